@@ -1,0 +1,251 @@
+"""Export: a folder that loads with plain transformers (safetensors, config, tokenizer) plus the recipe.
+
+Models transformers cannot serialize (torch.ao dynamic INT8) are written in a documented optbench format
+(``optbench-int8-dynamic``: int8 weights, scales and zero points in safetensors) with ``load_artifact`` as the
+loader. Every export is reloaded and its outputs compared with the in-memory model on a fixed input; a mismatch
+is an error and the destination is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from workbench import __version__
+from workbench.core.errors import InputError, OptbenchError
+
+MANIFEST = "optbench.json"
+VERIFY = "optbench_verify.safetensors"
+FORMAT_HF = "transformers"
+FORMAT_INT8 = "optbench-int8-dynamic"
+
+
+class ExportError(OptbenchError):
+    kind = "export"
+
+
+def export_format(opt_reports: list[dict]) -> str:
+    for rep in opt_reports:
+        how = rep.get("exportable", "yes")
+        if how == "no":
+            raise ExportError(f"{rep.get('name')}: this optimization cannot be exported; "
+                              f"the session keeps its results but no artifact")
+        if how == "custom":
+            return FORMAT_INT8
+    return FORMAT_HF
+
+
+def _fixed_inputs(tokenizer, device: str):
+    from workbench.core.measure.timing import fixed_input_ids
+
+    import torch
+
+    ids = fixed_input_ids(tokenizer, 1, 32).to(device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _outputs(model, task: str, inputs):
+    import torch
+
+    with torch.inference_mode():
+        out = model(**inputs)
+    t = out.last_hidden_state if task == "encoder" else out.logits
+    return t.float().cpu()
+
+
+def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: list[dict], device: str) -> dict:
+    """Write, reload, compare, then move into place. Returns the verification record."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    fmt = export_format(opt_reports)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        if fmt == FORMAT_HF:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            _save_int8_dynamic(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        inputs = _fixed_inputs(tokenizer, device)
+        expected = _outputs(model, task, inputs)
+        save_file({"input_ids": inputs["input_ids"].cpu().contiguous(), "expected": expected.contiguous()},
+                  str(tmp / VERIFY))
+        manifest = {"format": FORMAT_HF if fmt == FORMAT_HF else fmt, "task": task, "optbench": __version__,
+                    "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                    "recipe": recipe, "optimizations": opt_reports}
+        if fmt == FORMAT_INT8:
+            manifest["quantized_modules"] = _int8_module_names(model)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+        check = verify(tmp, device="cpu")
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    check["path"] = str(out_dir)
+    check["format"] = manifest["format"]
+    check["bytes_on_disk"] = folder_bytes(out_dir)
+    return check
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _int8_module_names(model) -> list[str]:
+    from torch.ao.nn.quantized.dynamic import Linear as DynLinear
+
+    return [n for n, m in model.named_modules() if isinstance(m, DynLinear)]
+
+
+def _save_int8_dynamic(model, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from torch.ao.nn.quantized.dynamic import Linear as DynLinear
+
+    tensors = {}
+    for name, value in model.state_dict().items():
+        if "_packed_params" in name or not isinstance(value, torch.Tensor) or value.is_quantized:
+            continue
+        tensors[name] = value.detach().cpu().contiguous()
+    for name, m in model.named_modules():
+        if isinstance(m, DynLinear):
+            w, b = m._weight_bias()
+            tensors[f"{name}.weight_int8"] = w.int_repr().contiguous()
+            if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                tensors[f"{name}.weight_scale"] = w.q_per_channel_scales().contiguous()
+                tensors[f"{name}.weight_zero_point"] = w.q_per_channel_zero_points().contiguous()
+                tensors[f"{name}.weight_axis"] = torch.tensor([w.q_per_channel_axis()])
+            else:
+                tensors[f"{name}.weight_scale"] = torch.tensor([w.q_scale()], dtype=torch.float64)
+                tensors[f"{name}.weight_zero_point"] = torch.tensor([w.q_zero_point()], dtype=torch.int64)
+            if b is not None:
+                tensors[f"{name}.bias"] = b.detach().contiguous()
+    # tied weights share storage: safetensors refuses duplicates, so clone them apart
+    seen = {}
+    for k in list(tensors):
+        ptr = tensors[k].untyped_storage().data_ptr()
+        if ptr in seen:
+            tensors[k] = tensors[k].clone()
+        seen[ptr] = k
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": FORMAT_INT8})
+    model.config.save_pretrained(out)
+
+
+def load_artifact(path: Path | str, device: str = "cpu"):
+    """Load any optbench export: (model, tokenizer, manifest). Plain-transformers exports need only transformers."""
+    import torch
+    import transformers
+
+    from workbench.core.models import auto_class
+
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise InputError(f"{path}: no {MANIFEST}; expected a folder written by optbench export")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{manifest_path}: cannot be parsed ({exc})") from None
+    task = manifest["task"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    if manifest["format"] == FORMAT_HF:
+        model = auto_class(task).from_pretrained(path, dtype="auto")
+    elif manifest["format"] == FORMAT_INT8:
+        model = _load_int8_dynamic(path, task, manifest)
+    else:
+        raise InputError(f"{manifest_path}: unknown format {manifest['format']!r}")
+    model.eval().to(device)
+    return model, tokenizer, manifest
+
+
+def _load_int8_dynamic(path: Path, task: str, manifest: dict):
+    import warnings
+
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    from workbench.core.models import auto_class
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    model = auto_class(task).from_config(config, dtype=torch.float32)
+    tensors = load_file(str(path / "model.safetensors"))
+    names = manifest["quantized_modules"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(model, {n: default_dynamic_qconfig for n in names}, dtype=torch.qint8, inplace=True)
+    float_state = {k: v for k, v in tensors.items()
+                   if not any(k.startswith(n + ".weight_") or k == n + ".bias" for n in names)}
+    missing, unexpected = model.load_state_dict(float_state, strict=False)
+    if unexpected:
+        raise InputError(f"{path}: unexpected tensors {unexpected[:3]}")
+    modules = dict(model.named_modules())
+    for n in names:
+        q = tensors[f"{n}.weight_int8"]
+        scale, zp = tensors[f"{n}.weight_scale"], tensors[f"{n}.weight_zero_point"]
+        if f"{n}.weight_axis" in tensors:
+            w = torch._make_per_channel_quantized_tensor(q, scale.double(), zp.long(),
+                                                         int(tensors[f"{n}.weight_axis"][0]))
+        else:
+            w = torch._make_per_tensor_quantized_tensor(q, float(scale[0]), int(zp[0]))
+        modules[n].set_weight_bias(w, tensors.get(f"{n}.bias"))
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+def verify(path: Path | str, device: str = "cpu") -> dict:
+    """Reload the export and compare its outputs with those recorded from the in-memory model at export time."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    model, tokenizer, manifest = load_artifact(path, device)
+    ref = load_file(str(path / VERIFY))
+    import torch
+
+    ids = ref["input_ids"].to(device)
+    got = _outputs(model, manifest["task"], {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    expected = ref["expected"]
+    scale = float(expected.abs().max().clamp_min(1e-6))
+    err = float((got - expected).abs().max()) / scale
+    half = manifest.get("dtype") in ("float16", "bfloat16")
+    tol = 1e-2 if half else 1e-4
+    ok = bool(torch.isfinite(got).all()) and got.shape == expected.shape and err <= tol
+    record = {"verified": ok, "max_rel_error": err, "tolerance": tol}
+    if not ok:
+        raise ExportError(f"{path}: reloaded outputs differ from the in-memory model (max relative error "
+                          f"{err:.2e} > {tol:.0e}); the export is not trustworthy")
+    return record
+
+
+def copy_and_verify(src: Path, out_dir: Path) -> dict:
+    """``optbench export``: copy a session's artifact to a new folder, then verify it there."""
+    src, out_dir = Path(src), Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    try:
+        check = verify(tmp)
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    check["path"] = str(out_dir)
+    check["bytes_on_disk"] = folder_bytes(out_dir)
+    return check

@@ -1,0 +1,41 @@
+"""The event protocol: one JSON object per line, each with ``type`` and ``t`` (unix seconds).
+
+Types: progress {stage, fraction}; log {level, text}; sample {monitor reading}; model {detected model info};
+result {phase, report}; error {kind, message, hint}; done {ok}. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+TYPES = ("progress", "log", "sample", "model", "result", "error", "done")
+
+
+def _clean(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        return _clean(obj.item())
+    return obj
+
+
+def encode(type_: str, **payload) -> str:
+    if type_ not in TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    return json.dumps(_clean({"type": type_, "t": time.time(), **payload}), allow_nan=False, default=str)
+
+
+def decode(line: str) -> dict | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or event.get("type") not in TYPES:
+        return None
+    return event

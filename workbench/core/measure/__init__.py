@@ -1,0 +1,1 @@
+"""Measurement: statistics, timing, memory, the background monitor, the environment record."""

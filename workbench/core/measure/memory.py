@@ -1,0 +1,83 @@
+"""Model size as stored (an int8 weight is 1 byte, its scales count too) and CUDA peak memory."""
+
+from __future__ import annotations
+
+
+def tensor_bytes(t) -> int:
+    """Bytes a tensor really stores, looking inside tensor subclasses (torchao, sparse) and quantized tensors."""
+    import torch
+
+    if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    if t.is_quantized:
+        size = t.numel() * t.element_size()
+        if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
+                           torch.per_channel_affine_float_qparams):
+            size += t.q_per_channel_scales().numel() * 8 + t.q_per_channel_zero_points().numel() * 8
+        else:
+            size += 8 + 8
+        return size
+    if t.is_sparse:
+        return tensor_bytes(t._indices()) + tensor_bytes(t._values())
+    return t.numel() * t.element_size()
+
+
+def _packed_linear_tensors(module):
+    """Weights of torch.ao dynamic-quantized Linear layers live in packed params, not in parameters()."""
+    try:
+        from torch.ao.nn.quantized.dynamic import Linear as DynLinear
+    except ImportError:  # pragma: no cover - very old torch
+        return []
+    out = []
+    for m in module.modules():
+        if isinstance(m, DynLinear):
+            w, b = m._weight_bias()
+            out.extend(x for x in (w, b) if x is not None)
+    return out
+
+
+def model_size_bytes(model) -> int:
+    seen: set[int] = set()
+    total = 0
+    tensors = list(model.parameters()) + list(model.buffers()) + _packed_linear_tensors(model)
+    for t in tensors:
+        key = id(t)
+        try:
+            if not hasattr(t, "__tensor_flatten__") or type(t).__name__ in ("Tensor", "Parameter"):
+                key = t.untyped_storage().data_ptr() if not t.is_quantized else id(t)
+        except (RuntimeError, NotImplementedError):
+            pass
+        if key in seen:
+            continue  # tied weights count once
+        seen.add(key)
+        total += tensor_bytes(t)
+    return total
+
+
+def param_count(model) -> int:
+    seen: set[int] = set()
+    n = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def cuda_reset(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_peaks(device: str) -> dict:
+    import torch
+
+    if not device.startswith("cuda"):
+        return {"cuda_peak_allocated": None, "cuda_peak_reserved": None}
+    torch.cuda.synchronize(device)
+    return {"cuda_peak_allocated": torch.cuda.max_memory_allocated(device) / 2**20,
+            "cuda_peak_reserved": torch.cuda.max_memory_reserved(device) / 2**20}

@@ -1,0 +1,171 @@
+"""Loading models (demo, folder, GGUF, Hugging Face id), detecting the task, describing what was loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.core.errors import InputError
+from workbench.core.modelref import ResolvedRef, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    task: str
+    ref: ResolvedRef
+    device: str
+    fingerprint: str
+
+    def info(self) -> dict:
+        return describe(self.model, self.task, self.ref, self.device, self.fingerprint)
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA GPU is visible here; expected --device cpu or auto")
+    return device
+
+
+def detect_task(config) -> str:
+    archs = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "seq-cls"
+    if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs):
+        return "causal-lm"
+    if archs:
+        return "encoder"
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(
+            config, "is_encoder_decoder", False) and config.model_type not in ("bert", "roberta", "xlm-roberta"):
+        return "causal-lm"
+    return "encoder"
+
+
+def auto_class(task: str):
+    import transformers
+
+    return {
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "seq-cls": transformers.AutoModelForSequenceClassification,
+        "encoder": transformers.AutoModel,
+    }[task]
+
+
+def fingerprint(ref: ResolvedRef, config=None) -> str:
+    """Content hash of the weight files (local), or hub id + commit. Keys the baseline cache."""
+    files = ref.weight_files()
+    if files:
+        h = hashlib.sha256()
+        for path in files:
+            h.update(path.name.encode())
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+        return "sha256:" + h.hexdigest()[:32]
+    commit = getattr(config, "_commit_hash", None) if config is not None else None
+    return f"hub:{ref.hub_id}@{commit or 'unknown'}"
+
+
+def load(ref_text: str, task: str | None = None, device: str = "auto", trust_remote_code: bool = False,
+         revision: str | None = None) -> LoadedModel:
+    import torch
+    import transformers
+
+    ref = resolve(ref_text)
+    dev = pick_device(device)
+    source = ref.path if ref.path else ref.hub_id
+    common = {"trust_remote_code": trust_remote_code}
+    if revision:
+        common["revision"] = revision
+    if ref.gguf_file:
+        common["gguf_file"] = ref.gguf_file
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **common)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"--model {ref_text}: could not read its config ({_first_line(exc)}); "
+                         f"expected a transformers model") from None
+    task = task or ref.task_hint or detect_task(config)
+    # CPU runs in float32 (half precision on CPU is an optimization the user picks); CUDA keeps the stored dtype.
+    dtype = torch.float32 if dev == "cpu" else "auto"
+    try:
+        model = auto_class(task).from_pretrained(source, config=config, dtype=dtype, **common)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        raise InputError(f"--model {ref_text}: could not load its weights ({_first_line(exc)}); "
+                         f"expected an intact model for task {task}") from None
+    if ref.gguf_file:
+        model = _strip_gguf_quantizer(model, task)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.eval()
+    model.to(dev)
+    return LoadedModel(model, tokenizer, task, ref, dev, fingerprint(ref, config))
+
+
+def _strip_gguf_quantizer(model, task: str):
+    """A GGUF-loaded model refuses save_pretrained; rebuild it from its config without the quantization config."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    state = model.state_dict()
+    dtype = next(model.parameters()).dtype
+    clean = auto_class(task).from_config(config, dtype=dtype)
+    missing, unexpected = clean.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith("lm_head.weight")]  # tied to the embeddings
+    if missing or unexpected:
+        raise InputError(f"GGUF rebuild mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if getattr(config, "tie_word_embeddings", False):
+        clean.tie_weights()
+    del state
+    return clean
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:240]
+
+
+def describe(model, task: str, ref: ResolvedRef, device: str, fp: str) -> dict:
+    from workbench.core.measure.memory import model_size_bytes, param_count
+
+    config = model.config
+    first = next(model.parameters())
+    return {
+        "ref": ref.ref,
+        "source": ref.kind,
+        "path": ref.path,
+        "gguf_file": ref.gguf_file,
+        "architecture": (getattr(config, "architectures", None) or [type(model).__name__])[0],
+        "model_type": getattr(config, "model_type", None),
+        "task": task,
+        "parameters": param_count(model),
+        "dtype": str(first.dtype).replace("torch.", ""),
+        "size_mb": model_size_bytes(model) / 1e6,
+        "layers": getattr(config, "num_hidden_layers", None),
+        "hidden_size": getattr(config, "hidden_size", None),
+        "heads": getattr(config, "num_attention_heads", None),
+        "vocab_size": getattr(config, "vocab_size", None),
+        "device": device,
+        "fingerprint": fp,
+    }
+
+
+def config_summary(path: str) -> dict:
+    """Cheap, torch-free look at a folder's config.json (for the UI before anything heavy runs)."""
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    return {k: cfg.get(k) for k in ("architectures", "model_type", "num_hidden_layers", "hidden_size",
+                                     "num_attention_heads", "vocab_size", "torch_dtype", "dtype")}

@@ -1,0 +1,57 @@
+"""The optimization registry. Every module in this package registers its optimizations on import.
+
+Adding an optimization is adding a module here: the CLI (``--opt``), the session file, the recipe validator and the
+TUI panels all read the registry. Modules must not import torch at module level (tests check that).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from workbench.core.errors import InputError
+from workbench.core.optimizations.base import STAGES, OptSpec, Param, register, registry
+
+__all__ = ["OptSpec", "Param", "STAGES", "all_specs", "get", "parse_opt_arg", "register"]
+
+_loaded = False
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    _loaded = True
+
+
+def all_specs() -> list[OptSpec]:
+    _load_all()
+    return sorted(registry().values(), key=lambda s: (STAGES[s.stage], s.family, s.name))
+
+
+def get(name: str) -> OptSpec:
+    _load_all()
+    spec = registry().get(name)
+    if spec is None:
+        names = ", ".join(s.name for s in all_specs())
+        raise InputError(f"--opt {name}: unknown optimization; expected one of: {names}")
+    return spec
+
+
+def parse_opt_arg(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME[:key=value,...]`` -> (name, raw params). Values stay strings; ``OptSpec.resolve`` checks them."""
+    name, _, rest = text.strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise InputError(f"--opt {text!r}: expected NAME[:key=value,...]")
+    params: dict[str, str] = {}
+    if rest.strip():
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise InputError(f"--opt {text!r}: {item!r} is not key=value")
+            params[key.strip()] = value.strip()
+    return name, params

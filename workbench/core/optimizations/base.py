@@ -1,0 +1,163 @@
+"""Optimizations as data: a typed, bounded parameter list plus one apply function.
+
+This module must stay importable without torch: the UI process, the CLI's validation and the session reader use it.
+Each optimization module imports torch inside its apply function only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from workbench.core.errors import InputError
+
+# Where in a recipe a family may apply. A recipe must be non-decreasing in stage:
+# train-time changes (distill, QAT) before pruning, pruning before precision and quantization,
+# quantization before runtime settings (attention, cache), compilation last.
+STAGES = {
+    "train": 10,
+    "prune": 20,
+    "precision": 30,
+    "quantize": 40,
+    "runtime": 50,
+    "compile": 90,
+}
+
+TASKS = ("causal-lm", "encoder", "seq-cls")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+    search: tuple | None = None  # values a tuner may try
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "type": self.type.__name__,
+            "default": self.default,
+            "help": self.help,
+            "min": self.min,
+            "max": self.max,
+            "choices": list(self.choices) if self.choices else None,
+            "search": list(self.search) if self.search else None,
+        }
+
+    def coerce(self, opt: str, raw: Any) -> Any:
+        """Turn a CLI string or a TOML/JSON value into a checked value, or raise InputError naming the input."""
+        expected = self._expected()
+        try:
+            if self.type is bool:
+                if isinstance(raw, bool):
+                    value = raw
+                elif str(raw).lower() in ("1", "true", "yes", "on"):
+                    value = True
+                elif str(raw).lower() in ("0", "false", "no", "off"):
+                    value = False
+                else:
+                    raise ValueError
+            elif self.type is int:
+                if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                    raise ValueError
+                value = int(raw)
+            elif self.type is float:
+                if isinstance(raw, bool):
+                    raise ValueError
+                value = float(raw)
+                if value != value:  # NaN
+                    raise ValueError
+            else:
+                value = str(raw)
+        except (TypeError, ValueError):
+            raise InputError(f"--opt {opt}: {self.name}={raw!r} is not valid; expected {expected}") from None
+        if self.choices is not None and value not in self.choices:
+            raise InputError(f"--opt {opt}: {self.name}={raw!r} is not allowed; expected {expected}")
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            raise InputError(f"--opt {opt}: {self.name}={raw!r} is out of range; expected {expected}")
+        return value
+
+    def _expected(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[self.type]
+        if self.min is not None and self.max is not None:
+            return f"{kind} in [{self.min}, {self.max}]"
+        if self.min is not None:
+            return f"{kind} >= {self.min}"
+        if self.max is not None:
+            return f"{kind} <= {self.max}"
+        return kind
+
+
+@dataclass(frozen=True)
+class OptSpec:
+    name: str
+    family: str
+    stage: str
+    summary: str
+    params: tuple[Param, ...]
+    apply: Callable[..., dict]
+    tasks: tuple[str, ...] = TASKS
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    exportable: str = "yes"  # "yes": plain transformers; "custom": optbench format + loader; "no"
+    exclusive_group: str | None = None  # at most one optimization of a group per recipe
+    conflicts: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()  # importable modules it needs (e.g. "torchao")
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Defaults filled in, every given value checked. Unknown names are an InputError."""
+        known = {p.name for p in self.params}
+        for key in given:
+            if key not in known:
+                names = ", ".join(sorted(known)) or "none"
+                raise InputError(f"--opt {self.name}: unknown parameter {key!r}; expected one of: {names}")
+        return {p.name: (p.coerce(self.name, given[p.name]) if p.name in given else p.default) for p in self.params}
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "stage": self.stage,
+            "summary": self.summary,
+            "tasks": list(self.tasks),
+            "devices": list(self.devices),
+            "exportable": self.exportable,
+            "exclusive_group": self.exclusive_group,
+            "conflicts": list(self.conflicts),
+            "requires": list(self.requires),
+            "notes": self.notes,
+            "params": [p.describe() for p in self.params],
+        }
+
+
+_REGISTRY: dict[str, OptSpec] = {}
+
+
+def register(*, name: str, family: str, stage: str, summary: str, params: tuple[Param, ...] = (), **kw: Any):
+    """Decorator over an ``apply(model, params, ctx) -> report`` function."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+
+    def deco(fn: Callable[..., dict]) -> Callable[..., dict]:
+        if name in _REGISTRY:
+            raise ValueError(f"optimization {name!r} registered twice")
+        _REGISTRY[name] = OptSpec(name=name, family=family, stage=stage, summary=summary, params=tuple(params),
+                                  apply=fn, **kw)
+        return fn
+
+    return deco
+
+
+def registry() -> dict[str, OptSpec]:
+    return _REGISTRY

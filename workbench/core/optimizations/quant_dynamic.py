@@ -1,0 +1,71 @@
+"""Dynamic INT8 quantization of Linear layers: int8 weights, activations quantized on the fly per batch."""
+
+from __future__ import annotations
+
+from workbench.core.errors import InputError
+from workbench.core.optimizations.base import Param, register
+
+
+@register(
+    name="int8-dynamic", family="quantization", stage="quantize", exclusive_group="weight-quantization",
+    summary="Dynamic INT8 quantization of Linear layers (int8 weights, per-batch int8 activations).",
+    params=(
+        Param("backend", str, "torch.ao", "torch.ao: quantize_dynamic (fbgemm kernels, CPU only); torchao: "
+              "quantize_ with Int8DynamicActivationInt8WeightConfig", choices=("torch.ao", "torchao"),
+              search=("torch.ao", "torchao")),
+        Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision"),
+    ),
+    conflicts=("fp16", "bf16"),
+    devices=("cpu",),
+    exportable="custom",
+    notes="torch.ao's quantize_dynamic is deprecated upstream in favour of torchao; both are offered and measured.",
+    extra={"conflict_reason": "int8-dynamic quantizes from float32 Linear layers; drop the half-precision cast"},
+)
+def apply(model, params: dict, ctx) -> dict:
+    import torch
+
+    from workbench.core.measure.memory import model_size_bytes
+    from workbench.core.optimizations.context import linear_modules
+
+    if next(model.parameters()).dtype != torch.float32:
+        raise InputError("--opt int8-dynamic: the model is not float32; expected a float32 model (drop fp16/bf16)")
+    targets = linear_modules(model, skip_head=params["skip_head"])
+    names = {n for n, _ in targets}
+    linear_bytes_before = sum(m.weight.numel() * m.weight.element_size() for _, m in targets)
+    before = model_size_bytes(model)
+    if params["backend"] == "torch.ao":
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(model, {n: torch.ao.quantization.default_dynamic_qconfig for n in names},
+                             dtype=torch.qint8, inplace=True)
+        from torch.ao.nn.quantized.dynamic import Linear as DynLinear
+
+        linear_bytes_after = 0
+        for n, m in model.named_modules():
+            if isinstance(m, DynLinear):
+                w = m.weight()
+                linear_bytes_after += w.numel() + (w.q_per_channel_scales().numel() * 8
+                                                   if w.qscheme() != torch.per_tensor_affine else 16)
+    else:
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        except ImportError:
+            raise InputError("--opt int8-dynamic:backend=torchao: torchao is not installed; expected "
+                             "`pip install torchao` or backend=torch.ao") from None
+        quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, fqn: fqn in names)
+        from workbench.core.measure.memory import tensor_bytes
+
+        linear_bytes_after = sum(tensor_bytes(m.weight) for n, m in model.named_modules() if n in names)
+    return {
+        "backend": params["backend"],
+        "layers_quantized": len(names),
+        "linear_bytes_before": linear_bytes_before,
+        "linear_bytes_after": linear_bytes_after,
+        "bytes_before": before,
+        "bytes_after": model_size_bytes(model),
+        "exportable": "custom" if params["backend"] == "torch.ao" else "no",
+    }

@@ -1,0 +1,179 @@
+"""The engine: load → baseline (bench + eval, accuracy cached) → apply optimizations → bench + eval → export.
+
+``run(recipe, emit)`` is what the job process executes. ``emit(type, **payload)`` streams events; the function
+returns the JSON report (also emitted as a ``result`` event).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Callable
+
+from workbench.core import cache, optimizations
+from workbench.core.data import load_eval
+from workbench.core.evaluate import HIGHER_IS_BETTER, evaluate
+from workbench.core.measure import memory
+from workbench.core.measure.env import environment
+from workbench.core.measure.monitor import Monitor
+from workbench.core.measure.timing import bench
+from workbench.core.optimizations.context import ApplyContext
+from workbench.core.recipe import Recipe
+
+Emit = Callable[..., None]
+
+
+def _stage(emit: Emit, stage: str, fraction: float = 0.0, **extra) -> None:
+    emit("progress", stage=stage, fraction=round(fraction, 4), **extra)
+
+
+def _measure(loaded, recipe: Recipe, data, monitor: Monitor, emit: Emit, phase: str, reference,
+             do_eval: bool = True) -> tuple[dict, dict]:
+    """Bench + eval one model state. Returns (phase report, reference built when ``reference`` is None)."""
+    model, tok, task, device = loaded.model, loaded.tokenizer, loaded.task, loaded.device
+    monitor.reset_peaks()
+    memory.cuda_reset(device)
+    _stage(emit, f"{phase}: benchmarking")
+    timing = bench(model, tok, task, recipe.bench, device,
+                   on_progress=lambda f: _stage(emit, f"{phase}: benchmarking", f))
+    peaks = monitor.peaks()
+    cuda = memory.cuda_peaks(device)
+    _stage(emit, f"{phase}: evaluating")
+    t0 = time.perf_counter()
+    metrics, new_ref = evaluate(model, tok, task, data, recipe.eval, device, reference,
+                                on_progress=lambda f: _stage(emit, f"{phase}: evaluating", f)) \
+        if do_eval else ({}, None)
+    gpu_peak = peaks["gpu_used_peak_mb"]
+    report = {
+        **timing,
+        "memory_mb": {
+            "rss_peak": peaks["rss_peak_mb"],
+            **cuda,
+            "nvml_used": sum(gpu_peak.values()) if gpu_peak else None,
+        },
+        "model_size_mb": memory.model_size_bytes(model) / 1e6,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "eval_seconds": time.perf_counter() - t0,
+        "metrics": metrics,
+    }
+    return report, new_ref
+
+
+def _baseline_key(loaded, recipe: Recipe, data, env) -> str:
+    """Every setting that changes the baseline's accuracy numbers, and nothing else."""
+    return cache.key({
+        "model": loaded.fingerprint, "task": loaded.task, "eval": asdict(recipe.eval), "source": data.source,
+        "device": env.get("device_name") or loaded.device, "dtype": str(next(loaded.model.parameters()).dtype),
+        "torch": env.get("torch"), "transformers": env.get("transformers"), "schema": 1,
+    })
+
+
+def accuracy_table(base: dict, opt: dict) -> dict:
+    out = {}
+    for name, value in opt.items():
+        if name not in HIGHER_IS_BETTER or name not in base:
+            continue
+        b = base[name]
+        out[name] = {"value": value, "baseline": b, "delta": value - b,
+                     "higher_is_better": HIGHER_IS_BETTER[name]}
+    return out
+
+
+def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
+    from workbench.core import export as export_mod
+    from workbench.core.models import load
+
+    started = time.time()
+    _stage(emit, "loading")
+    monitor = Monitor(hz=recipe.bench.monitor_hz, on_sample=lambda s: emit("sample", **s))
+    monitor.start()
+    try:
+        t0 = time.perf_counter()
+        loaded = load(recipe.model.ref, recipe.model.task, recipe.device, recipe.model.trust_remote_code,
+                      recipe.model.revision)
+        load_s = time.perf_counter() - t0
+        info = loaded.info()
+        emit("log", level="info", text=f"loaded {info['architecture']} ({info['parameters'] / 1e6:.1f} M params, "
+                                       f"{info['dtype']}, task {loaded.task}) on {loaded.device} in {load_s:.1f} s")
+        emit("model", **info)
+        recipe = recipe.validate(task=loaded.task, device=loaded.device)
+        env = environment(loaded.device)
+        data = load_eval(recipe.eval, loaded.task)
+
+        # Baseline: latency is always measured in this run (speedups are side-by-side ratios, never against an
+        # old number); accuracy comes from the cache when this exact model, data and settings were seen before.
+        key = _baseline_key(loaded, recipe, data, env)
+        hit = cache.load_baseline(key)
+        if hit is not None:
+            emit("log", level="info", text=f"baseline accuracy from cache ({key[:12]})")
+            cached_doc, reference = hit
+            base, _ = _measure(loaded, recipe, data, monitor, emit, "baseline", None, do_eval=False)
+            base["metrics"] = cached_doc["metrics"]
+        else:
+            base, reference = _measure(loaded, recipe, data, monitor, emit, "baseline", None)
+            cache.save_baseline(key, {"metrics": base["metrics"], "model": loaded.fingerprint}, reference)
+        base["accuracy_cached"] = hit is not None
+        emit("result", phase="baseline", report=_strip_samples(base))
+
+        opt_reports = []
+        for i, step in enumerate(recipe.optimizations):
+            spec = optimizations.get(step.name)
+            _stage(emit, f"applying {spec.name}", i / max(1, len(recipe.optimizations)))
+            ctx = ApplyContext(device=loaded.device, task=loaded.task, tokenizer=loaded.tokenizer,
+                               log=lambda text: emit("log", level="info", text=text),
+                               progress=lambda f, n=spec.name: _stage(emit, f"applying {n}", f),
+                               eval_settings=recipe.eval)
+            t0 = time.perf_counter()
+            rep = spec.apply(loaded.model, step.params, ctx) or {}
+            rep = {"name": spec.name, "params": step.params, "seconds": time.perf_counter() - t0,
+                   "exportable": spec.exportable, **rep}
+            opt_reports.append(rep)
+            emit("log", level="info", text=f"applied {spec.name} in {rep['seconds']:.1f} s")
+
+        optimized, _ = _measure(loaded, recipe, data, monitor, emit, "optimized", reference) \
+            if recipe.optimizations else (None, None)
+        if optimized is None:  # no optimizations: the run is a baseline measurement; accuracy vs itself
+            optimized = base
+        report = {
+            "schema": 1,
+            "model": info,
+            "task": loaded.task,
+            "device": loaded.device,
+            "environment": env,
+            "optimizations": [{"name": s.name, "params": s.params} for s in recipe.optimizations],
+            "optimization_reports": opt_reports,
+            "bench": asdict(recipe.bench),
+            "eval": {**asdict(recipe.eval), "source": data.source},
+            "baseline": base,
+            "optimized": optimized,
+            "accuracy": accuracy_table(base["metrics"], optimized["metrics"]),
+            "speedup": base["latency_ms"]["p50"] / optimized["latency_ms"]["p50"],
+            "size_ratio": optimized["model_size_mb"] / base["model_size_mb"],
+            "load_seconds": load_s,
+            "monitor_samples": monitor.samples_taken,
+            "started": started,
+            "seconds": time.time() - started,
+            "export": None,
+        }
+        if artifact_dir:
+            _stage(emit, "exporting")
+            try:
+                report["export"] = export_mod.save(loaded.model, loaded.tokenizer, loaded.task, artifact_dir,
+                                                   recipe.to_dict(), opt_reports, loaded.device)
+            except export_mod.ExportError as exc:
+                report["export"] = {"verified": False, "error": exc.message}
+                emit("log", level="warning", text=f"export skipped: {exc.message}")
+        emit("result", phase="final", report=report)
+        _stage(emit, "done", 1.0)
+        return report
+    finally:
+        monitor.stop()
+
+
+def _strip_samples(phase: dict) -> dict:
+    """A copy light enough for a progress event (raw samples go in the final report)."""
+    out = dict(phase)
+    for k in ("latency_ms", "ttft_ms", "decode_ms_per_token"):
+        if out.get(k):
+            out[k] = {kk: vv for kk, vv in out[k].items() if kk != "samples"}
+    return out
