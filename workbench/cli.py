@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="hardware and library versions")
     i.add_argument("--json", action="store_true")
+    for sp in (run, s, x):
+        sp.add_argument("--sessions-dir", default=argparse.SUPPRESS, help="where sessions live")
     return p
 
 

@@ -118,8 +118,10 @@ def _save_int8_dynamic(model, out: Path) -> None:
     from torch.ao.nn.quantized.dynamic import Linear as DynLinear
 
     tensors = {}
+    qnames = set(_int8_module_names(model))
     for name, value in model.state_dict().items():
-        if "_packed_params" in name or not isinstance(value, torch.Tensor) or value.is_quantized:
+        if name.rpartition(".")[0] in qnames or "_packed_params" in name or not isinstance(value, torch.Tensor) \
+                or value.is_quantized:
             continue
         tensors[name] = value.detach().cpu().contiguous()
     for name, m in model.named_modules():
@@ -187,14 +189,14 @@ def _load_int8_dynamic(path: Path, task: str, manifest: dict):
     model = auto_class(task).from_config(config, dtype=torch.float32)
     tensors = load_file(str(path / "model.safetensors"))
     names = manifest["quantized_modules"]
+    float_state = {k: v for k, v in tensors.items()
+                   if not any(k.startswith(n + ".weight_") or k == n + ".bias" for n in names)}
+    _, unexpected = model.load_state_dict(float_state, strict=False)  # before quantizing: plain Linear layers
+    if unexpected:
+        raise InputError(f"{path}: unexpected tensors {unexpected[:3]}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(model, {n: default_dynamic_qconfig for n in names}, dtype=torch.qint8, inplace=True)
-    float_state = {k: v for k, v in tensors.items()
-                   if not any(k.startswith(n + ".weight_") or k == n + ".bias" for n in names)}
-    missing, unexpected = model.load_state_dict(float_state, strict=False)
-    if unexpected:
-        raise InputError(f"{path}: unexpected tensors {unexpected[:3]}")
     modules = dict(model.named_modules())
     for n in names:
         q = tensors[f"{n}.weight_int8"]

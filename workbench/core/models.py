@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.core.errors import InputError
@@ -22,6 +22,7 @@ class LoadedModel:
     ref: ResolvedRef
     device: str
     fingerprint: str
+    generate_kwargs: dict = field(default_factory=dict)  # set by runtime optimizations (e.g. a static cache)
 
     def info(self) -> dict:
         return describe(self.model, self.task, self.ref, self.device, self.fingerprint)

@@ -35,7 +35,8 @@ def _measure(loaded, recipe: Recipe, data, monitor: Monitor, emit: Emit, phase: 
     memory.cuda_reset(device)
     _stage(emit, f"{phase}: benchmarking")
     timing = bench(model, tok, task, recipe.bench, device,
-                   on_progress=lambda f: _stage(emit, f"{phase}: benchmarking", f))
+                   on_progress=lambda f: _stage(emit, f"{phase}: benchmarking", f),
+                   generate_kwargs=loaded.generate_kwargs if phase != "baseline" else None)
     peaks = monitor.peaks()
     cuda = memory.cuda_peaks(device)
     _stage(emit, f"{phase}: evaluating")
@@ -123,8 +124,12 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
                                log=lambda text: emit("log", level="info", text=text),
                                progress=lambda f, n=spec.name: _stage(emit, f"applying {n}", f),
                                eval_settings=recipe.eval)
+            ctx.extra["generate_kwargs"] = loaded.generate_kwargs
             t0 = time.perf_counter()
             rep = spec.apply(loaded.model, step.params, ctx) or {}
+            new_model = rep.pop("_model", None)  # an optimization may return a new module (student, compiled)
+            if new_model is not None:
+                loaded.model = new_model
             rep = {"name": spec.name, "params": step.params, "seconds": time.perf_counter() - t0,
                    "exportable": spec.exportable, **rep}
             opt_reports.append(rep)

@@ -164,7 +164,7 @@ def bench_forward(model, tokenizer, settings, device: str, on_progress=None) -> 
     }
 
 
-def bench(model, tokenizer, task: str, settings, device: str, on_progress=None) -> dict:
+def bench(model, tokenizer, task: str, settings, device: str, on_progress=None, generate_kwargs=None) -> dict:
     if task == "causal-lm":
-        return bench_causal(model, tokenizer, settings, device, on_progress)
+        return bench_causal(model, tokenizer, settings, device, on_progress, generate_kwargs)
     return bench_forward(model, tokenizer, settings, device, on_progress)
