@@ -229,6 +229,11 @@ def cmd_run(args) -> int:
     finally:
         view.stop()
     if error is not None or final is None:
+        if args.session and session is None:  # a failed first run leaves no empty session folder behind
+            try:
+                store.path(args.session).rmdir()
+            except OSError:
+                pass
         error = error or {"kind": "crashed", "message": "the job ended without a result", "hint": ""}
         _fail(error["message"], error.get("hint", ""), args.json, error["kind"])
         return EXIT_INPUT if error["kind"] == "input" else EXIT_FAILED

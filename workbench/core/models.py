@@ -103,8 +103,8 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
     try:
         model = auto_class(task).from_pretrained(source, config=config, dtype=dtype, **common)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
-        if isinstance(exc, torch.OutOfMemoryError):
+    except Exception as exc:  # safetensors, GGUF and pickle readers raise many types; all mean "bad weights"
+        if isinstance(exc, (torch.OutOfMemoryError, MemoryError, InputError)):
             raise
         raise InputError(f"--model {ref_text}: could not load its weights ({_first_line(exc)}); "
                          f"expected an intact model for task {task}") from None

@@ -41,7 +41,7 @@ class Monitor:
         rss = self.process.memory_info().rss
         vm = psutil.virtual_memory()
         reading = {
-            "t": time.time(),
+            "time": time.time(),
             "cpu_percent": self.process.cpu_percent(None),
             "system_cpu_percent": psutil.cpu_percent(None),
             "rss_mb": rss / 2**20,
