@@ -19,6 +19,16 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("OPTBENCH_SESSIONS", str(tmp_path / "sessions"))
 
 
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A working directory for CLI runs, with its own sessions folder and a file that must survive."""
+    d = tmp_path / "work"
+    d.mkdir()
+    (d / "notes.txt").write_text("keep me")
+    monkeypatch.setenv("OPTBENCH_SESSIONS", str(d / "sessions"))
+    return d
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     from tests.fixtures.tiny import build_llama

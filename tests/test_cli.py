@@ -21,15 +21,6 @@ def snapshot(path: Path) -> dict:
     return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in path.rglob("*")}
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    d = tmp_path / "work"
-    d.mkdir()
-    (d / "notes.txt").write_text("keep me")
-    monkeypatch.setenv("OPTBENCH_SESSIONS", str(d / "sessions"))
-    return d
-
-
 def bad_inputs(tmp_path: Path, tiny_bert: Path):
     notmodel = tmp_path / "notmodel"
     notmodel.mkdir(exist_ok=True)

@@ -102,15 +102,21 @@ def bench_causal(model, tokenizer, settings, device: str, on_progress=None, gene
             return scores
 
     extra = dict(generate_kwargs or {})
+    factory = extra.pop("optbench_generator", None)  # a custom decode loop (graph-decode) replaces generate
+    generator = factory(batch, settings.seq_len + n_new) if factory else None
 
     def run_once() -> dict:
         stamp = StepStamp()
         with torch.inference_mode():
             clock.sync()
             start = clock.mark()
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
-                                 do_sample=False, num_beams=1, logits_processor=LogitsProcessorList([stamp]),
-                                 pad_token_id=tokenizer.pad_token_id, **extra)
+            if generator is not None:
+                out = generator.generate(ids, n_new, on_step=lambda: stamp(None, None))
+            else:
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new,
+                                     min_new_tokens=n_new, do_sample=False, num_beams=1,
+                                     logits_processor=LogitsProcessorList([stamp]),
+                                     pad_token_id=tokenizer.pad_token_id, **extra)
             end = clock.mark()
             clock.sync()
         produced = out.shape[1] - ids.shape[1]
