@@ -1,0 +1,64 @@
+"""CUDA paths. Skipped without a GPU (CI has none); run on the lent GPU machine with `pytest -m gpu`."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+from tests.conftest import fast_recipe  # noqa: E402
+from workbench.core import pipeline  # noqa: E402
+
+
+def run(recipe, artifact=None):
+    events = []
+    report = pipeline.run(recipe.validate(), lambda type_, **k: events.append((type_, k)), artifact_dir=artifact)
+    return report, events
+
+
+def cuda_recipe(ref, opts=()):
+    r = fast_recipe(ref, opts)
+    r.device = "cuda"
+    return r
+
+
+def test_cuda_bench_memory_and_nvml(tiny_llama):
+    report, events = run(cuda_recipe(str(tiny_llama), [("bf16", {})]))
+    assert report["device"] == "cuda"
+    mem = report["optimized"]["memory_mb"]
+    assert mem["cuda_peak_allocated"] > 0 and mem["cuda_peak_reserved"] >= mem["cuda_peak_allocated"]
+    assert mem["nvml_used"] is None or mem["nvml_used"] > 0
+    samples = [k for t, k in events if t == "sample"]
+    assert samples and samples[-1]["gpus"], "NVML readings expected on a GPU machine"
+    g = samples[-1]["gpus"][0]
+    assert g["mem_total_mb"] > 1000 and g["name"]
+    assert report["optimized"]["dtype"] == "bfloat16"
+    assert report["environment"]["device_name"]
+
+
+def test_graph_decode_matches_generate_tokens(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from workbench.core.fastgen import GraphedGreedy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).cuda().eval()
+    ids = torch.randint(1000, 20000, (2, 24), device="cuda")
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16,
+                         do_sample=False)
+    gen = GraphedGreedy(model, 2, 40, compile_mode="reduce-overhead")
+    for _ in range(3):  # warm-up, recording, replay: the tokens must not change
+        out = gen.generate(ids, 16)
+        assert torch.equal(out, ref)
+
+
+def test_graph_decode_runs_in_pipeline_and_exports(tiny_llama, tmp_path):
+    report, _ = run(cuda_recipe(str(tiny_llama), [("bf16", {}), ("graph-decode", {})]),
+                    artifact=str(tmp_path / "art"))
+    assert report["optimized"]["decode_ms_per_token"]["count"] >= 2
+    assert report["export"]["verified"]
+
+
+def test_export_reload_on_cuda(tiny_bert, tmp_path):
+    report, _ = run(cuda_recipe(str(tiny_bert), [("fp16", {})]), artifact=str(tmp_path / "art"))
+    assert report["export"]["verified"]
+    assert report["accuracy"]["cosine_to_baseline"]["value"] > 0.99
