@@ -24,11 +24,20 @@ class _Clock:
         self.torch = torch
         self.device = device
 
+    def reset(self) -> None:
+        """Start of a timed run: events are reused from a pool, so stamping a step costs one record call
+        (creating a CUDA event per step costs tens of microseconds and would bias per-token figures)."""
+        self._next = 0
+
     def mark(self):
         if self.cuda:
-            ev = self.torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
+            pool = self.__dict__.setdefault("_pool", [])
+            i = self.__dict__.get("_next", 0)
+            if i == len(pool):
+                pool.append(self.torch.cuda.Event(enable_timing=True))
+            self._next = i + 1
+            pool[i].record()
+            return pool[i]
         return time.perf_counter_ns()
 
     def sync(self) -> None:
@@ -107,6 +116,7 @@ def bench_causal(model, tokenizer, settings, device: str, on_progress=None, gene
 
     def run_once() -> dict:
         stamp = StepStamp()
+        clock.reset()
         with torch.inference_mode():
             clock.sync()
             start = clock.mark()
@@ -150,6 +160,7 @@ def bench_forward(model, tokenizer, settings, device: str, on_progress=None) -> 
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def run_once() -> dict:
+        clock.reset()
         with torch.inference_mode():
             clock.sync()
             start = clock.mark()
