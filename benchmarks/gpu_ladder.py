@@ -47,7 +47,7 @@ class FixedTok:
 
 RUNGS = ["hf-eager", "hf-sdpa", "static-cache", "graph-decode", "int8-wo", "int4-wo", "float8-wo", "float8-dyn"]
 QUANT_RUNGS = ("int8-wo", "int4-wo", "float8-wo", "float8-dyn")
-DEVICE = "cuda"
+DEVICE = "cuda"  # the CPU dry run switches it
 
 
 def copy_bandwidth(torch, gib: float = 1.0, reps: int = 20) -> float:
@@ -252,7 +252,7 @@ def main() -> int:
     doc = {"environment": env, "copy_bandwidth_Bps": bw, "prompt": args.prompt, "new_tokens": args.new,
            "rows": rows, "dry_run": args.cpu_dry_run}
     mode = "reduce-overhead" if DEVICE == "cuda" else None
-    for name in args.models.split(","):
+    for name in [m for m in args.models.split(",") if m]:
         for batch in [int(b) for b in args.batches.split(",")]:
             for rung in args.rungs.split(","):
                 row: dict = {"model": name, "batch": batch, "rung": rung}
