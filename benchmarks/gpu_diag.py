@@ -55,7 +55,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama-1b")
     ap.add_argument("--variants", default="bf16,int8-wo")
-    ap.add_argument("--modes", default="reduce-overhead")
+    ap.add_argument("--modes", default="graph,reduce-overhead")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     out = {}
@@ -66,7 +66,7 @@ def main() -> int:
             if variant != "bf16":
                 quantize(model, variant)
             t0 = time.time()
-            gen = GraphedGreedy(model, 1, 256, compile_mode=None if mode == "eager" else mode)
+            gen = GraphedGreedy(model, 1, 256, mode=mode, log=print)
             gen.generate(ids, 4)
             compile_s = time.time() - t0
             try:

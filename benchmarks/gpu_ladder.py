@@ -251,7 +251,7 @@ def main() -> int:
     rows: list[dict] = []
     doc = {"environment": env, "copy_bandwidth_Bps": bw, "prompt": args.prompt, "new_tokens": args.new,
            "rows": rows, "dry_run": args.cpu_dry_run}
-    mode = "reduce-overhead" if DEVICE == "cuda" else None
+    mode = "graph" if DEVICE == "cuda" else "eager"
     for name in [m for m in args.models.split(",") if m]:
         for batch in [int(b) for b in args.batches.split(",")]:
             for rung in args.rungs.split(","):
@@ -263,7 +263,7 @@ def main() -> int:
                     if rung in QUANT_RUNGS:
                         quantize(model, rung)
                     if rung not in ("hf-eager", "hf-sdpa", "static-cache"):
-                        gen = GraphedGreedy(model, batch, args.prompt + args.new, compile_mode=mode)
+                        gen = GraphedGreedy(model, batch, args.prompt + args.new, mode=mode)
                     r = time_rung(torch, model, rung, batch, args.prompt, args.new, args.rounds, gen=gen)
                     t_tok = r["decode_ms_per_token"]["p50"] / 1000
                     need = bytes_per_token(model, CONFIGS[name], batch, args.prompt, args.new)

@@ -7,11 +7,14 @@ from workbench.core.optimizations.base import Param, register
 
 @register(
     name="graph-decode", family="runtime", stage="compile", tasks=("causal-lm",),
-    summary="Greedy decode loop with a static KV cache and the whole step replayed as a CUDA graph "
-            "(what closes the launch-bound gap at batch 1).",
+    summary="Greedy decode loop with a static KV cache and the whole step replayed as one CUDA graph "
+            "(what closes the launch- and host-bound gap at small batch).",
     params=(
-        Param("compile_mode", str, "reduce-overhead", "torch.compile mode of the decode step; 'none' runs it "
-              "eagerly (for checking tokens on CPU)", choices=("reduce-overhead", "max-autotune", "default", "none")),
+        Param("mode", str, "graph", "graph: compile the step, capture it in one CUDA graph (fastest); "
+              "reduce-overhead: torch.compile's own CUDA graphs; eager: no compile, no graph (CPU, checking)",
+              choices=("graph", "reduce-overhead", "eager"), search=("graph",)),
+        Param("compile_mode", str, "default", "torch.compile mode for the step in 'graph' mode",
+              choices=("default", "max-autotune-no-cudagraphs")),
         Param("max_len", int, 0, "static cache length; 0 = prompt + new tokens of the benchmark", min=0,
               max=131072),
     ),
@@ -21,13 +24,14 @@ from workbench.core.optimizations.base import Param, register
 def apply(model, params: dict, ctx) -> dict:
     from workbench.core.fastgen import GraphedGreedy
 
-    mode = None if params["compile_mode"] == "none" else params["compile_mode"]
-    if mode and not ctx.device.startswith("cuda"):
+    mode = params["mode"]
+    if mode != "eager" and not ctx.device.startswith("cuda"):
         ctx.log("graph-decode: CUDA graphs need a GPU; on CPU the loop runs eagerly")
-        mode = None
+        mode = "eager"
 
     def factory(batch: int, max_len: int):
-        return GraphedGreedy(model, batch, params["max_len"] or max_len, compile_mode=mode)
+        return GraphedGreedy(model, batch, params["max_len"] or max_len, mode=mode,
+                             compile_mode=params["compile_mode"], log=ctx.log)
 
     ctx.extra["generate_kwargs"]["optbench_generator"] = factory
-    return {"compile_mode": mode or "none", "max_len": params["max_len"]}
+    return {"mode": mode, "compile_mode": params["compile_mode"], "max_len": params["max_len"]}
