@@ -95,6 +95,12 @@ class GraphedGreedy:
             pos = torch.tensor([t], device=device, dtype=torch.long)
             if self.mode == "graph" and self.graph is None and device.type == "cuda":
                 self._capture(token, pos)
+                # The warm-up steps before capture advanced the cache's own counters (transformers keeps a
+                # cumulative length per layer): start this call again from a clean cache.
+                self.cache.reset()
+                logits = self.model(input_ids=input_ids, cache_position=torch.arange(t, device=device),
+                                    past_key_values=self.cache, use_cache=True).logits
+                token = logits[:, -1, :].argmax(dim=-1, keepdim=True)
             if on_step:
                 on_step()
             out = [token]
