@@ -1,0 +1,63 @@
+"""Run summary line: what ran, the speedup, latency, size and memory side by side, and the artifact's state."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from workbench.tui import fmt
+
+
+def summary_table(report: dict, run_id=None) -> Table:
+    base, opt = report.get("baseline") or {}, report.get("optimized") or {}
+    opts = ", ".join(o["name"] for o in report.get("optimizations") or []) or "baseline only"
+    speed = report.get("speedup")
+    export = report.get("export")
+    if export is None:
+        art = Text("no artifact kept", style="dim")
+    elif export.get("verified"):
+        art = Text("artifact saved, reload verified", style="green")
+    else:
+        art = Text(f"artifact not saved: {export.get('error', 'not verified')}", style="yellow")
+
+    def lat(ph):
+        return fmt.ms((ph.get("latency_ms") or {}).get("p50"))
+
+    def rss(ph):
+        return fmt.mb((ph.get("memory_mb") or {}).get("rss_peak"))
+
+    t = Table.grid(padding=(0, 3))
+    t.add_column(ratio=1)
+    t.add_column(ratio=1)
+    t.add_row(Text.assemble(("run ", "bold"), f"#{run_id} " if run_id is not None else "", (opts, "cyan")),
+              Text.assemble(("speedup ", "bold"),
+                            (fmt.ratio(speed), "bold green" if speed and speed >= 1 else "bold red"),
+                            f"  p50 {lat(base)} → {lat(opt)}"))
+    t.add_row(Text.assemble(("size ", "bold"), f"{fmt.mb(base.get('model_size_mb'))} → "
+                                               f"{fmt.mb(opt.get('model_size_mb'))} ({fmt.ratio(report.get('size_ratio'))})"),
+              Text.assemble(("peak RSS ", "bold"), f"{rss(base)} → {rss(opt)}"))
+    t.add_row(Text.assemble(("dtype ", "bold"), f"{base.get('dtype', fmt.NA)} → {opt.get('dtype', fmt.NA)}",
+                            f" · {report.get('task', '')} · {report.get('device', '')}"), art)
+    return t
+
+
+class SummaryPane(Static):
+    BORDER_TITLE = "Result"
+
+    def on_mount(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.update(Text("No result yet: set up a model and optimizations, then press r.", style="dim"))
+
+    def set_running(self, baseline: dict | None = None) -> None:
+        if baseline:
+            p50 = (baseline.get("latency_ms") or {}).get("p50")
+            self.update(Text.assemble(("running… ", "bold cyan"), f"baseline p50 {fmt.ms(p50)}; "
+                                      "the optimized model is next"))
+        else:
+            self.update(Text("running…", style="bold cyan"))
+
+    def set_report(self, report: dict, run_id=None) -> None:
+        self.update(summary_table(report, run_id))
