@@ -1,6 +1,8 @@
 """TUI tests: every test gets its own config folder (recent models, keymap) besides the root conftest's sessions
 and cache folders, so nothing touches the user's home."""
 
+import asyncio
+import inspect
 import os
 
 import pytest
@@ -14,16 +16,11 @@ def _isolated_config(tmp_path, monkeypatch):
     monkeypatch.setenv("OPTBENCH_CONFIG_DIR", str(tmp_path / "config"))
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-def pytest_collection_modifyitems(items):
-    """Async tests in this folder run on asyncio through anyio's pytest plugin."""
-    import inspect
-
-    for item in items:
-        if "tests/tui/" in str(item.fspath).replace("\\", "/") and inspect.iscoroutinefunction(
-                getattr(item, "function", None)):
-            item.add_marker(pytest.mark.anyio)
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Run ``async def`` tests in this folder on a fresh asyncio loop (Textual's ``run_test`` is async)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    asyncio.run(pyfuncitem.obj(**args))
+    return True

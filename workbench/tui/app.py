@@ -74,6 +74,7 @@ class OptbenchApp(App):
         self.last_report: dict | None = None
         self.last_export: dict | None = None
         self.notices: list[tuple[str, str]] = []  # (severity, message): what the user was told (tests read it)
+        self.ready = False  # the main screen's panes exist
 
     # ------------------------------------------------------------------ setup
     def get_default_screen(self) -> MainScreen:
@@ -82,6 +83,7 @@ class OptbenchApp(App):
 
     def main_ready(self) -> None:
         """Called by the main screen once its panes exist."""
+        self.ready = True
         if self.keymap_overrides:
             self.set_keymap(self.keymap_overrides)
         if self.keymap_error:
@@ -90,6 +92,8 @@ class OptbenchApp(App):
         self.recheck()
         if self.initial_model:
             self.load_model(self.initial_model)
+            first = self.main_screen.query(".opt-toggle").first()
+            self.main_screen.set_focus(first)  # the model is set: toggling optimizations comes next
         else:
             self.pane(ModelPane).query_one("#model-input").focus()
 
@@ -524,11 +528,9 @@ class OptbenchApp(App):
         tabs = self.main_screen.query_one("#tabs", TabbedContent)
         if tabs.active == tab:
             return
-        # Focus must leave the hidden tab first: TabbedContent follows the focus back to a widget it contains.
-        self.main_screen.set_focus(None)
         tabs.active = tab
-        if self.screen is self.main_screen:
-            self.main_screen.set_focus(self.main_screen.query_one(self.TAB_FOCUS[tab]))
+        # Move the focus into the shown tab at once: TabbedContent follows a focus left in a hidden tab back there.
+        self.main_screen.set_focus(self.main_screen.query_one(self.TAB_FOCUS[tab]))
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

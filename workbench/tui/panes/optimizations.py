@@ -59,11 +59,14 @@ def _tags(spec: OptSpec) -> str:
 
 
 class OptRow(Vertical):
-    """One optimization: toggle, summary, why it cannot be combined, and its parameters (when on)."""
+    """One optimization: toggle, summary and why it cannot be combined; its parameters are built the first time it
+    is switched on (a registry of dozens of optimizations stays a few hundred widgets, not thousands)."""
 
     def __init__(self, spec: OptSpec) -> None:
         super().__init__(classes="opt-row", id=f"row-{safe_id(spec.name)}")
         self.spec = spec
+        self.reason: str | None = None
+        self.built = False
 
     def compose(self) -> ComposeResult:
         spec = self.spec
@@ -71,36 +74,62 @@ class OptRow(Vertical):
         box.opt_name = spec.name
         box.tooltip = spec.summary + (f"\n\n{spec.notes}" if spec.notes else "")
         yield box
-        summary = Text(spec.summary, style="")
-        tags = _tags(spec)
-        if tags:
-            summary.append(f"  [{tags}]", style="dim")
-        yield Static(summary, classes="opt-summary")
-        yield Static("", classes="opt-reason")
-        with Vertical(classes="opt-params"):
-            if spec.notes:
-                yield Static(Text(spec.notes, style="dim italic"), classes="opt-notes")
-            for p in spec.params:
-                yield from self._param(p)
+        yield Static(self._text(), classes="opt-text")
 
-    def _param(self, p: Param) -> ComposeResult:
+    def _text(self) -> Text:
+        text = Text(self.spec.summary)
+        tags = _tags(self.spec)
+        if tags:
+            text.append(f"  [{tags}]", style="dim")
+        if self.reason:
+            text.append("\n⚠ " + self.reason, style="yellow")
+        return text
+
+    def set_reason(self, reason: str | None) -> None:
+        if reason != self.reason:
+            self.reason = reason
+            self.set_class(reason is not None, "-blocked")
+            self.query_one(".opt-text", Static).update(self._text())
+
+    def build_params(self, given: dict) -> None:
+        """Mount the parameter fields (once), showing ``given`` raw values where set, else the defaults."""
+        if self.built:
+            return
+        self.built = True
+        box = Vertical(classes="opt-params")
+        widgets = []
+        if self.spec.notes:
+            widgets.append(Static(Text(self.spec.notes, style="dim italic"), classes="opt-notes"))
+        for p in self.spec.params:
+            widgets += self._param(p, given.get(p.name, p.default))
+        self.mount(box)
+        box.mount_all(widgets)
+
+    def _param(self, p: Param, value) -> list:
         wid = f"p-{safe_id(self.spec.name)}-{safe_id(p.name)}"
-        with Horizontal(classes="param"):
-            if p.type is bool:
-                w = Checkbox(p.name, bool(p.default), id=wid, classes="param-bool")
-            elif p.choices:
-                w = Select([(str(c), c) for c in p.choices], value=p.default, allow_blank=False, id=wid,
-                           compact=True, classes="param-select")
-                yield Label(p.name, classes="param-name")
-            else:
-                w = Input(str(p.default), placeholder=str(p.default), validators=[ParamValidator(self.spec, p)],
-                          validate_on=["changed"], id=wid, compact=True, classes="param-input")
-                yield Label(p.name, classes="param-name")
-            w.opt_name, w.param_name = self.spec.name, p.name
-            w.tooltip = p.help
-            yield w
-            yield Static(Text(p.help + _bounds(p), style="dim"), classes="param-help")
-        yield Static("", classes="param-error", id=f"err-{wid}")
+        parts = []
+        if p.type is bool:
+            try:
+                on = bool(p.coerce(self.spec.name, value))
+            except InputError:
+                on = bool(p.default)
+            w = Checkbox(p.name, on, id=wid, classes="param-bool")
+        elif p.choices:
+            try:
+                chosen = p.coerce(self.spec.name, value)
+            except InputError:
+                chosen = p.default
+            w = Select([(str(c), c) for c in p.choices], value=chosen, allow_blank=False, id=wid,
+                       compact=True, classes="param-select")
+            parts.append(Label(p.name, classes="param-name"))
+        else:
+            w = Input(str(value), placeholder=str(p.default), validators=[ParamValidator(self.spec, p)],
+                      validate_on=["changed"], id=wid, compact=True, classes="param-input")
+            parts.append(Label(p.name, classes="param-name"))
+        w.opt_name, w.param_name = self.spec.name, p.name
+        w.tooltip = p.help
+        parts += [w, Static(Text(p.help + _bounds(p), style="dim"), classes="param-help")]
+        return [Horizontal(*parts, classes="param"), Static("", classes="param-error", id=f"err-{wid}")]
 
 
 def _bounds(p: Param) -> str:
@@ -117,6 +146,10 @@ def _bounds(p: Param) -> str:
 
 class OptimizationsPane(VerticalScroll):
     BORDER_TITLE = "Optimizations"
+
+    def __init__(self, workbench, **kw) -> None:
+        super().__init__(**kw)
+        self.wb = workbench
 
     class Changed(Message):
         """The user toggled an optimization or edited a parameter (the app re-validates)."""
@@ -147,7 +180,10 @@ class OptimizationsPane(VerticalScroll):
         event.stop()
         param = getattr(cb, "param_name", None)
         if param is None:
-            self.query_one(f"#row-{safe_id(name)}", OptRow).set_class(cb.value, "-enabled")
+            row = self.query_one(f"#row-{safe_id(name)}", OptRow)
+            row.set_class(cb.value, "-enabled")
+            if cb.value:
+                row.build_params(self.wb.params.get(name, {}))
         self.post_message(self.Changed(name, param, cb.value))
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -172,26 +208,29 @@ class OptimizationsPane(VerticalScroll):
     # ---- state -> view
     def sync(self, workbench) -> None:
         """Set toggles and fields from the workbench state (opening a session)."""
-        for spec in optimizations.all_specs():
+        self.wb = workbench
+        for row in self.query(OptRow):
+            spec = row.spec
             on = spec.name in workbench.enabled
-            self.query_one(f"#opt-{safe_id(spec.name)}", Checkbox).value = on
-            self.query_one(f"#row-{safe_id(spec.name)}", OptRow).set_class(on, "-enabled")
             given = workbench.params.get(spec.name, {})
-            for p in spec.params:
-                w = self.query_one(f"#p-{safe_id(spec.name)}-{safe_id(p.name)}")
-                value = given.get(p.name, p.default)
-                if isinstance(w, Input):
-                    w.value = str(value)
-                elif isinstance(w, Checkbox):
+            row.set_class(on, "-enabled")
+            if on and not row.built:
+                row.build_params(given)  # created with the session's values
+            elif row.built:
+                for p in spec.params:
+                    w = row.query_one(f"#p-{safe_id(spec.name)}-{safe_id(p.name)}")
+                    value = given.get(p.name, p.default)
                     try:
-                        w.value = bool(p.coerce(spec.name, value))
+                        coerced = p.coerce(spec.name, value)
                     except InputError:
-                        w.value = bool(p.default)
-                elif isinstance(w, Select):
-                    try:
-                        w.value = p.coerce(spec.name, value)
-                    except InputError:
-                        w.value = p.default
+                        coerced = p.default
+                    if isinstance(w, Input):
+                        w.value = str(value)
+                    elif isinstance(w, Checkbox):
+                        w.value = bool(coerced)
+                    elif isinstance(w, Select):
+                        w.value = coerced
+            row.query_one(f"#opt-{safe_id(spec.name)}", Checkbox).value = on
 
     def show_check(self, workbench) -> str | None:
         """Show the apply order, the validator's verdict and, per optimization, why it cannot be added."""
@@ -221,8 +260,5 @@ class OptimizationsPane(VerticalScroll):
             check.update(Text("Pick a model to check task and device support.", style="dim"))
         for row in self.query(OptRow):
             reason = workbench.blocked_reason(row.spec.name)
-            row.set_class(reason is not None, "-blocked")
-            if reason:
-                reason = reason.removeprefix("--opt ")
-            row.query_one(".opt-reason", Static).update(Text("⚠ " + reason, style="yellow") if reason else "")
+            row.set_reason(reason.removeprefix("--opt ") if reason else None)
         return problem

@@ -10,6 +10,8 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from workbench.core import optimizations
+from workbench.core.errors import InputError
 from workbench.tui import fmt, keys
 
 SORTS = {  # key -> (label, function of a row giving the sort value, descending?)
@@ -41,14 +43,32 @@ def primary_metric(runs: list[dict]) -> str | None:
     return None
 
 
+def _changed(name: str, params: dict) -> dict:
+    """Only the parameters that differ from the registry's defaults (reports carry every resolved value)."""
+    try:
+        spec = optimizations.get(name)
+    except InputError:
+        return dict(params)
+    out = {}
+    for k, v in params.items():
+        p = spec.param(k)
+        if p is None or p.default != v:
+            out[k] = v
+    return out
+
+
 def opts_text(run: dict) -> str:
     if run.get("id") == "baseline":
         return "baseline (no optimizations)"
     parts = []
     for o in run.get("optimizations") or []:
-        params = ",".join(f"{k}={v}" for k, v in (o.get("params") or {}).items())
+        params = ",".join(f"{k}={v}" for k, v in _changed(o["name"], o.get("params") or {}).items())
         parts.append(o["name"] + (f":{params}" if params else ""))
     return " → ".join(parts) or "baseline only"
+
+
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 class CompareScreen(Screen[None]):
@@ -79,10 +99,10 @@ class CompareScreen(Screen[None]):
         table.add_column("speedup", key="speedup")
         table.add_column("p50 ms", key="p50")
         table.add_column("p99 ms", key="p99")
-        table.add_column("throughput", key="thr")
+        table.add_column("thrpt", key="thr")
         table.add_column("peak RSS", key="mem")
         table.add_column("size", key="size")
-        table.add_column(f"Δ {self.metric}" if self.metric else "Δ accuracy", key="acc")
+        table.add_column(f"Δ {clip(self.metric, 12)}" if self.metric else "Δ acc", key="acc")
         self.rebuild()
         table.focus()
 
@@ -118,9 +138,9 @@ class CompareScreen(Screen[None]):
             speed = run.get("speedup")
             thr = ph.get("throughput") or {}
             table.add_row(
-                "●" if key in self.marked else ("📌" if key == "baseline" else ""),
+                "●" if key in self.marked else ("▲" if key == "baseline" else ""),
                 Text(key, style="bold" if key == "baseline" else ""),
-                opts_text(run)[:48],
+                clip(opts_text(run), 24 if self.app.size.width < 110 else 44),
                 Text(fmt.ratio(speed), style="green" if speed and speed > 1.0 and key != "baseline" else ""),
                 fmt.num((ph.get("latency_ms") or {}).get("p50")),
                 fmt.num((ph.get("latency_ms") or {}).get("p99")),
@@ -212,7 +232,7 @@ def side_by_side(a: dict, b: dict, budget_pct: float) -> Table:
                 cells.append(Text(fmt.NA, style="dim"))
                 continue
             st = fmt.budget_status(e, budget_pct)
-            cells.append(Text(f"{fmt.num(e.get('value'), 4)} ({fmt.signed(e.get('delta'), 3)})",
+            cells.append(Text(f"{fmt.sig(e.get('value'))} ({fmt.signed(e.get('delta'), 3)})",
                               style=fmt.STATUS_STYLE[st]))
         rows.append((metric, cells[0], cells[1], ea.get("value"), eb.get("value")))
     for label, ca, cb, va, vb in rows:

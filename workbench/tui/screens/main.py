@@ -44,7 +44,7 @@ class MainScreen(Screen):
                     with VerticalScroll(id="setup-left"):
                         yield ModelPane(self.recent, id="model-pane", classes="pane")
                         yield SettingsPane(self.wb, id="settings-pane", classes="pane")
-                    yield OptimizationsPane(id="opt-pane", classes="pane")
+                    yield OptimizationsPane(self.wb, id="opt-pane", classes="pane")
             with TabPane("Live", id="run"):
                 with Horizontal(id="run-cols"):
                     with Vertical(id="run-left"):

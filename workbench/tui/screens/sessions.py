@@ -51,7 +51,7 @@ class SessionsScreen(Screen[str | None]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("name", "model", "created", "runs", "best speedup", "artifact")
+        table.add_columns("name", "model", "created", "runs", "best", "model kept")
         self.reload()
         table.focus()
 
@@ -64,7 +64,10 @@ class SessionsScreen(Screen[str | None]):
                 table.add_row(row["name"], Text(row["error"][:60], style="red"), "", "", "", "", key=row["name"])
                 continue
             best = row.get("best_speedup")
-            table.add_row(row["name"], str(row.get("model", ""))[-36:], short_date(row.get("created", "")),
+            model = str(row.get("model", ""))
+            width = 22 if self.app.size.width < 110 else 44
+            model = model if len(model) <= width else "…" + model[-(width - 1):]
+            table.add_row(row["name"], model, short_date(row.get("created", "")),
                           str(row.get("runs", 0)),
                           Text(fmt.ratio(best), style="green" if best and best >= 1 else ""),
                           "yes" if row.get("artifact") else "no", key=row["name"])
