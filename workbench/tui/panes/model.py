@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
@@ -184,7 +183,3 @@ def _table(info: dict, full: dict | None) -> Table:
     for name, value in rows:
         t.add_row(name, fmt.NA if value is None else str(value))
     return t
-
-
-def is_pathlike(ref: str) -> bool:
-    return ref.startswith(("/", ".", "~")) or Path(ref).exists()
