@@ -562,9 +562,28 @@ class OptbenchApp(App):
 
 
 def run_app(model: str | None = None, mouse: bool = True) -> int:
+    """The ``optbench`` entry point (no arguments). Jobs never outlive the app: on exit, hang-up (a dropped SSH
+    connection) or SIGTERM they are terminated, since nothing would be left to save their results."""
+    import os
+    import signal
+
     app = OptbenchApp(model)
+
+    def on_signal(signum, frame) -> None:
+        for h in (app.run_handle, app.inspect_handle, app.export_handle):
+            if h is not None and h.active:
+                h.cancelling = True
+                try:
+                    os.killpg(h.job.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        app.exit(return_code=128 + signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGHUP, signal.SIGTERM)}
     try:
         app.run(mouse=mouse)
     finally:
         app.stop_jobs()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return app.return_code or 0

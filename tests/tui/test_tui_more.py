@@ -1,0 +1,164 @@
+"""Sessions screen (rename, delete with confirmation), the accuracy budget, a killed job, hang-up handling, and the
+setup state's rules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from tests.conftest import ROOT
+from tests.tui.helpers import canned_report, fast_app, screen_text, wait_for
+from workbench.core.recipe import ModelSpec, OptStep, Recipe
+from workbench.tui import fmt
+from workbench.tui.jobs import JobHandle
+from workbench.tui.panes.accuracy import AccuracyPane
+from workbench.tui.screens.dialogs import ConfirmDialog, PromptDialog
+from workbench.tui.screens.sessions import SessionsScreen
+from workbench.tui.state import Workbench
+
+
+async def test_sessions_screen_renames_and_deletes_with_confirmation():
+    app = fast_app(auto_inspect=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for name in ("alpha", "beta"):
+            s = app.store.create(name, Recipe(ModelSpec("demo:minilm")), {})
+            s.add_run({"id": 1, **canned_report()})
+        assert app.open_session("alpha")
+        await pilot.press("f3")
+        assert isinstance(app.screen, SessionsScreen)
+        text = screen_text(app)
+        assert "alpha" in text and "beta" in text and "0.86×" in text  # best speedup column
+
+        await pilot.press("n")  # rename the selected (first) session
+        assert isinstance(app.screen, PromptDialog)
+        app.screen.query_one("#prompt-input").value = "../escape"
+        await pilot.press("enter")
+        assert isinstance(app.screen, PromptDialog)  # refused, with the reason shown
+        assert "not allowed" in str(app.screen.query_one("#prompt-error").render())
+        app.screen.query_one("#prompt-input").value = "gamma"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.store.exists("gamma") and not app.store.exists("alpha")
+        assert app.session.name == "gamma"  # the open session followed the rename
+
+        await pilot.press("d")  # delete asks first; "Keep" keeps it
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.click("#no")
+        await pilot.pause()
+        names = {r["name"] for r in app.store.list()}
+        assert names == {"beta", "gamma"}
+        await pilot.press("d")
+        await pilot.click("#yes")
+        await pilot.pause()
+        assert len(app.store.list()) == 1 and isinstance(app.screen, SessionsScreen)
+
+
+async def test_accuracy_colours_follow_the_budget():
+    app = fast_app(auto_inspect=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app._show_report(canned_report(), 1)
+        pane = app.pane(AccuracyPane)
+        # agreement fell 3.1 %, perplexity rose 0.04 %: with a 1 % budget one is over, one within
+        assert pane.statuses()["next_token_agreement"] == "over"
+        assert pane.statuses()["perplexity"] == "within"
+        field = app.main_screen.query_one("#set-budget")
+        field.value = "5"
+        await pilot.pause()
+        assert app.wb.budget_pct == 5.0 and pane.statuses()["next_token_agreement"] == "within"
+        field.value = "lots"
+        await pilot.pause()
+        assert app.wb.budget_pct == 5.0  # an invalid value is shown as an error and not taken
+        assert "budget" in str(app.main_screen.query_one("#settings-error").render())
+
+
+def test_budget_rule():
+    assert fmt.budget_status({"delta": 0.01, "baseline": 1.0, "higher_is_better": True}, 1) == "better"
+    assert fmt.budget_status({"delta": -0.005, "baseline": 1.0, "higher_is_better": True}, 1) == "within"
+    assert fmt.budget_status({"delta": -0.02, "baseline": 1.0, "higher_is_better": True}, 1) == "over"
+    assert fmt.budget_status({"delta": 0.5, "baseline": 10.0, "higher_is_better": False}, 1) == "over"
+    assert fmt.budget_status({"delta": 0.001, "baseline": 0.0, "higher_is_better": False}, 1) == "within"
+    assert fmt.budget_status({"delta": None, "baseline": 0.0}, 1) == "unknown"
+
+
+def test_workbench_orders_by_stage_and_keeps_only_changed_params():
+    wb = Workbench(model_ref="demo:minilm")
+    wb.set_enabled("int8-dynamic", True)
+    wb.set_enabled("prune-l1", True)
+    wb.set_param("prune-l1", "sparsity", "0.5")  # the default, written as text
+    wb.set_param("prune-l1", "scope", "global")
+    steps = wb.steps()
+    assert [s.name for s in steps] == ["prune-l1", "int8-dynamic"]  # prune (stage) before quantize
+    assert steps[0] == OptStep("prune-l1", {"scope": "global"})
+    recipe, problem = wb.check()
+    assert problem is None and recipe.optimizations[0].params["sparsity"] == 0.5
+
+
+async def test_a_killed_job_is_a_notice_and_the_app_stays():
+    app = fast_app(auto_inspect=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        session = app.store.create("k", Recipe(ModelSpec("demo:minilm")), {})
+        app.run_handle = JobHandle("run", {"job": "selftest", "action": "kill"}, session=session).start()
+        await wait_for(pilot, lambda: not app.run_handle.active, 30, what="the killed job")
+        await pilot.pause(0.3)
+        assert app.run_handle.error["kind"] == "killed"
+        assert any(sev == "error" and "out-of-memory killer" in m for sev, m in app.notices)
+        assert app.is_running
+
+
+def test_hangup_ends_the_app_and_its_job(tiny_llama, tmp_path):
+    """A dropped SSH connection (SIGHUP) must not leave a job running with nobody to save its results."""
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "OPTBENCH_SESSIONS": str(tmp_path / "s"),
+           "OPTBENCH_CONFIG_DIR": str(tmp_path / "c")}
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "--model", str(tiny_llama)], stdin=slave,
+                            stdout=slave, stderr=slave, env=env, cwd=ROOT, start_new_session=True)
+    os.close(slave)
+    output = b""
+
+    def pump(seconds: float) -> None:
+        nonlocal output
+        import select
+
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            r, _, _ = select.select([master], [], [], 0.05)
+            if r:
+                try:
+                    output += os.read(master, 65536)
+                except OSError:
+                    return
+
+    try:
+        ui = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 30
+        while b"Optimizations" not in output and time.monotonic() < deadline:
+            pump(0.2)
+        os.write(master, b"\x1b[15~")  # F5: run (cancels the inspect job it started with)
+        job = None
+        while job is None and time.monotonic() < deadline:
+            pump(0.2)
+            kids = [k for k in ui.children(recursive=True) if "workbench.core.jobs.child" in " ".join(k.cmdline())]
+            job = kids[-1] if kids else None
+        assert job is not None, "no job started"
+        pump(0.5)
+        os.kill(proc.pid, signal.SIGHUP)
+        proc.wait(15)
+        gone, alive = psutil.wait_procs([job], timeout=5)
+        assert not alive, "the job outlived the app"
+        assert proc.returncode == 128 + signal.SIGHUP
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for k in psutil.Process().children(recursive=True):
+            k.kill()
+        os.close(master)
