@@ -20,6 +20,7 @@ MANIFEST = "optbench.json"
 VERIFY = "optbench_verify.safetensors"
 FORMAT_HF = "transformers"
 FORMAT_INT8 = "optbench-int8-dynamic"
+FORMAT_RESIZED = "optbench-resized"  # transformers folder whose Linear shapes differ from its config (pruned heads)
 
 
 class ExportError(OptbenchError):
@@ -27,14 +28,18 @@ class ExportError(OptbenchError):
 
 
 def export_format(opt_reports: list[dict]) -> str:
+    custom = set()
     for rep in opt_reports:
         how = rep.get("exportable", "yes")
         if how == "no":
-            raise ExportError(f"{rep.get('name')}: this optimization cannot be exported; "
+            note = f" ({rep['export_note']})" if rep.get("export_note") else ""
+            raise ExportError(f"{rep.get('name')}: this optimization cannot be exported{note}; "
                               f"the session keeps its results but no artifact")
         if how == "custom":
-            return FORMAT_INT8
-    return FORMAT_HF
+            custom.add(rep.get("export_format", FORMAT_INT8))
+    if FORMAT_INT8 in custom:  # its loader also restores resized Linear shapes
+        return FORMAT_INT8
+    return FORMAT_RESIZED if custom else FORMAT_HF
 
 
 def _fixed_inputs(tokenizer, device: str):
@@ -66,7 +71,7 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        if fmt == FORMAT_HF:
+        if fmt in (FORMAT_HF, FORMAT_RESIZED):
             model.save_pretrained(tmp, safe_serialization=True)
         else:
             _save_int8_dynamic(model, tmp)
@@ -75,7 +80,7 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
         expected = _outputs(model, task, inputs)
         save_file({"input_ids": inputs["input_ids"].cpu().contiguous(), "expected": expected.contiguous()},
                   str(tmp / VERIFY))
-        manifest = {"format": FORMAT_HF if fmt == FORMAT_HF else fmt, "task": task, "optbench": __version__,
+        manifest = {"format": fmt, "task": task, "optbench": __version__,
                     "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                     "recipe": recipe, "optimizations": opt_reports}
         if fmt == FORMAT_INT8:
@@ -169,6 +174,8 @@ def load_artifact(path: Path | str, device: str = "cpu"):
         model = auto_class(task).from_pretrained(path, dtype="auto")
     elif manifest["format"] == FORMAT_INT8:
         model = _load_int8_dynamic(path, task, manifest)
+    elif manifest["format"] == FORMAT_RESIZED:
+        model = _load_resized(path, task)
     else:
         raise InputError(f"{manifest_path}: unknown format {manifest['format']!r}")
     model.eval().to(device)
@@ -189,6 +196,10 @@ def _load_int8_dynamic(path: Path, task: str, manifest: dict):
     model = auto_class(task).from_config(config, dtype=torch.float32)
     tensors = load_file(str(path / "model.safetensors"))
     names = manifest["quantized_modules"]
+    shapes = {n: tuple(tensors[f"{n}.weight_int8"].shape) for n in names}
+    shapes.update({k[: -len(".weight")]: tuple(v.shape) for k, v in tensors.items() if k.endswith(".weight")})
+    _resize_linears(model, shapes, {n for n in names if f"{n}.bias" in tensors}
+                    | {k[: -len(".bias")] for k in tensors if k.endswith(".bias")})
     float_state = {k: v for k, v in tensors.items()
                    if not any(k.startswith(n + ".weight_") or k == n + ".bias" for n in names)}
     _, unexpected = model.load_state_dict(float_state, strict=False)  # before quantizing: plain Linear layers
@@ -208,6 +219,54 @@ def _load_int8_dynamic(path: Path, task: str, manifest: dict):
             w = torch._make_per_tensor_quantized_tensor(q, float(scale[0]), int(zp[0]))
         modules[n].set_weight_bias(w, tensors.get(f"{n}.bias"))
     if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+def _resize_linears(model, shapes: dict, with_bias: set) -> None:
+    """Replace every nn.Linear whose stored weight shape differs from the config's with one of the stored shape
+    (structured pruning), and keep the attention modules' own head counts in step."""
+    import torch
+
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, torch.nn.Linear) or name not in shapes:
+            continue
+        out_f, in_f = shapes[name]
+        if (out_f, in_f) == tuple(module.weight.shape):
+            continue
+        new = torch.nn.Linear(in_f, out_f, bias=name in with_bias, dtype=module.weight.dtype)
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, new)
+        head = getattr(owner, "attention_head_size", None)
+        if head and child == "query":  # BERT-style self-attention
+            owner.num_attention_heads = out_f // head
+            owner.all_head_size = out_f
+
+
+def _load_resized(path: Path, task: str):
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    from workbench.core.models import auto_class
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    tensors = {}
+    for f in sorted(path.glob("*.safetensors")):
+        if f.name != VERIFY:
+            tensors.update(load_file(str(f)))
+    dtype = next(v.dtype for v in tensors.values() if v.is_floating_point())
+    model = auto_class(task).from_config(config, dtype=dtype)
+    shapes = {k[: -len(".weight")]: tuple(v.shape) for k, v in tensors.items() if k.endswith(".weight")}
+    _resize_linears(model, shapes, {k[: -len(".bias")] for k in tensors if k.endswith(".bias")})
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing = [m for m in missing if not (tied and m.endswith(("lm_head.weight", "decoder.weight")))]
+    if missing or unexpected:
+        raise InputError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]})")
+    if tied:
         model.tie_weights()
     return model
 

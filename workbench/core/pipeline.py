@@ -122,7 +122,7 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
             _stage(emit, f"applying {spec.name}", i / max(1, len(recipe.optimizations)))
             ctx = ApplyContext(device=loaded.device, task=loaded.task, tokenizer=loaded.tokenizer,
                                log=lambda text: emit("log", level="info", text=text),
-                               progress=lambda f, n=spec.name: _stage(emit, f"applying {n}", f),
+                               progress=lambda f, n=spec.name, **kw: _stage(emit, f"applying {n}", f, **kw),
                                eval_settings=recipe.eval)
             ctx.extra["generate_kwargs"] = loaded.generate_kwargs
             t0 = time.perf_counter()

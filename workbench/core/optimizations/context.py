@@ -12,7 +12,7 @@ class ApplyContext:
     task: str
     tokenizer: object = None
     log: Callable[[str], None] = lambda text: None
-    progress: Callable[[float], None] = lambda frac: None
+    progress: Callable[..., None] = lambda frac, **extra: None  # extra: step, loss, ... (training curves)
     eval_settings: object = None
     extra: dict = field(default_factory=dict)
 

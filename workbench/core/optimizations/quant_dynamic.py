@@ -33,6 +33,7 @@ def apply(model, params: dict, ctx) -> dict:
     names = {n for n, _ in targets}
     linear_bytes_before = sum(m.weight.numel() * m.weight.element_size() for _, m in targets)
     before = model_size_bytes(model)
+    export: dict = {}
     if params["backend"] == "torch.ao":
         import warnings
 
@@ -56,16 +57,22 @@ def apply(model, params: dict, ctx) -> dict:
         except ImportError:
             raise InputError("--opt int8-dynamic:backend=torchao: torchao is not installed; expected "
                              "`pip install torchao` or backend=torch.ao") from None
-        quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, fqn: fqn in names)
         from workbench.core.measure.memory import tensor_bytes
+        from workbench.core.optimizations import _torchao
 
+        config = Int8DynamicActivationInt8WeightConfig()
+        done = _torchao.quantize(model, config, names)
         linear_bytes_after = sum(tensor_bytes(m.weight) for n, m in model.named_modules() if n in names)
-    return {
+        export = _torchao.attach_export(model, config, done)
+    report = {
         "backend": params["backend"],
         "layers_quantized": len(names),
         "linear_bytes_before": linear_bytes_before,
         "linear_bytes_after": linear_bytes_after,
         "bytes_before": before,
         "bytes_after": model_size_bytes(model),
-        "exportable": "custom" if params["backend"] == "torch.ao" else "no",
+        "exportable": "custom",
     }
+    if params["backend"] == "torchao":
+        report.update(export)  # transformers' TorchAoConfig format
+    return report

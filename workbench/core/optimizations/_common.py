@@ -1,0 +1,116 @@
+"""Helpers shared by optimization modules: architecture layout, module swapping, output error on calibration data.
+
+Not an optimization module (the leading underscore keeps the registry loader away). Imports torch inside functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench.core.errors import InputError
+
+
+def set_module(model, name: str, new) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+# ------------------------------------------------------------------ architecture layout
+
+@dataclass
+class Layout:
+    """Where the pieces of a transformer block are, by attribute path inside one layer."""
+
+    kind: str  # "llama" (q/k/v/o_proj, gate/up/down_proj) or "bert" (query/key/value, intermediate/output)
+    layers_path: str  # dotted path of the ModuleList of blocks
+    q: str
+    k: str
+    v: str
+    o: str
+    ffn_in: tuple[str, ...]  # layers whose output rows are FFN neurons
+    ffn_out: str  # the layer whose input columns are FFN neurons
+    attn: str  # the attention module (head bookkeeping lives there)
+
+
+LLAMA = dict(kind="llama", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj",
+             ffn_in=("mlp.gate_proj", "mlp.up_proj"), ffn_out="mlp.down_proj", attn="self_attn")
+BERT = dict(kind="bert", q="attention.self.query", k="attention.self.key", v="attention.self.value",
+            o="attention.output.dense", ffn_in=("intermediate.dense",), ffn_out="output.dense",
+            attn="attention.self")
+
+
+def layers_path(model) -> str:
+    """Dotted path of the ModuleList holding the transformer blocks (as many as config.num_hidden_layers)."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    best = None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and (n is None or len(module) == n):
+            if best is None or name.count(".") < best.count("."):
+                best = name
+    if best is None:
+        raise InputError(f"{type(model).__name__}: cannot find its list of transformer layers; expected a model "
+                         f"with config.num_hidden_layers blocks in an nn.ModuleList")
+    return best
+
+
+def layout(model, what: str = "this optimization") -> Layout:
+    path = layers_path(model)
+    first = model.get_submodule(path)[0]
+    names = {n for n, _ in first.named_modules()}
+    for spec in (LLAMA, BERT):
+        if {spec["q"], spec["k"], spec["v"], spec["o"], spec["ffn_out"], *spec["ffn_in"]} <= names:
+            return Layout(layers_path=path, **spec)
+    raise InputError(f"{what}: {type(model).__name__} is not a supported layout; expected a Llama-style "
+                     f"(q/k/v/o_proj, gate/up/down_proj) or BERT-style (query/key/value, intermediate/output) model")
+
+
+def blocks(model):
+    return model.get_submodule(layers_path(model))
+
+
+# ------------------------------------------------------------------ output error on calibration batches
+
+def outputs(model, task: str, batch: dict):
+    """What accuracy is judged on: encoder -> mean-pooled L2-normalised embeddings; others -> log-probs."""
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = model(**inputs)
+    if task == "encoder":
+        hidden = out.last_hidden_state.float()
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+    return torch.log_softmax(out.logits.float(), dim=-1)
+
+
+def error(task: str, ref, got) -> float:
+    """Lower is better. Encoder: 1 - mean cosine; others: mean KL(ref || got) per position."""
+    if task == "encoder":
+        return float(1.0 - (ref * got).sum(-1).mean())
+    return float((ref.exp() * (ref - got)).sum(-1).mean())
+
+
+def reference(model, task: str, batches: list[dict]) -> list:
+    import torch
+
+    with torch.inference_mode():
+        return [outputs(model, task, b) for b in batches]
+
+
+def error_on(model, task: str, batches: list[dict], refs: list) -> float:
+    import torch
+
+    with torch.inference_mode():
+        errs = [error(task, r, outputs(model, task, b)) for b, r in zip(batches, refs)]
+    return sum(errs) / len(errs)
+
+
+def error_name(task: str) -> str:
+    return "1 - cosine" if task == "encoder" else "KL(baseline || optimized)"
+
+
+def float_dtype(model):
+    return next(p for p in model.parameters() if p.is_floating_point()).dtype

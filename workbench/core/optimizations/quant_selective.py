@@ -1,0 +1,183 @@
+"""Selective INT8 quantization: measure each Linear layer's sensitivity, keep the most sensitive ones in fp32.
+
+Sensitivity of a layer = the output error on calibration data when only that layer is quantized (encoders:
+1 - cosine of the mean-pooled embeddings; causal LMs and classifiers: KL(fp32 || quantized) per position).
+Layers are then kept in fp32 from the most sensitive down, either a fixed number (``keep``) or the fewest that bring
+the calibration error within the target (binary search over the sensitivity order; the error is checked with all
+the other layers quantized together, not assumed additive). Calibration text comes from the end of the built-in
+text, away from the evaluation text (core/calibration.py).
+"""
+
+from __future__ import annotations
+
+from workbench.core.errors import InputError
+from workbench.core.optimizations.base import Param, register
+
+SCHEMES = ("per-tensor", "per-channel", "torchao")
+
+
+def _quantized_copy(module, scheme: str):
+    """A quantized twin of one nn.Linear (the original is left untouched)."""
+    import copy
+    import warnings
+
+    import torch
+
+    if scheme in ("per-tensor", "per-channel"):
+        from torch.ao.nn.quantized.dynamic import Linear as DynLinear
+
+        f = copy.deepcopy(module)
+        f.qconfig = (torch.ao.quantization.per_channel_dynamic_qconfig if scheme == "per-channel"
+                     else torch.ao.quantization.default_dynamic_qconfig)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return DynLinear.from_float(f)
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    holder = torch.nn.Sequential(copy.deepcopy(module))
+    quantize_(holder, Int8DynamicActivationInt8WeightConfig())
+    return holder[0]
+
+
+@register(
+    name="int8-selective", family="quantization", stage="quantize", exclusive_group="weight-quantization",
+    summary="INT8 dynamic quantization of every Linear layer except the most sensitive ones (measured one by one "
+            "on calibration text), which stay fp32 until the accuracy target holds.",
+    params=(
+        Param("scheme", str, "per-channel", "per-tensor: torch.ao default (what int8-dynamic does; fastest, least "
+              "accurate); per-channel: torch.ao per-channel weight scales; torchao: per-token activations + "
+              "per-channel weights", choices=SCHEMES, search=SCHEMES),
+        Param("keep", int, -1, "layers kept in fp32, most sensitive first; -1: the fewest that meet the target",
+              min=-1, max=100000, search=(-1, 2, 4)),
+        Param("min_cosine", float, 0.992, "encoders: calibration cosine to the fp32 embeddings to reach "
+              "(a little above 0.99: calibration and evaluation texts differ)", min=0.0, max=1.0),
+        Param("max_kl", float, 0.02, "causal LMs / classifiers: calibration KL(fp32 || quantized) per token to "
+              "stay under", min=0.0, max=100.0),
+        Param("calib_samples", int, 32, "calibration texts (encoders) or 128-token windows (causal LMs)", min=2,
+              max=4096),
+        Param("calib_data", str, "builtin", "calibration text: builtin (end of the built-in text) or a .txt path"),
+        Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision"),
+    ),
+    conflicts=("fp16", "bf16"),
+    exportable="custom",
+    notes="per-tensor/per-channel use torch.ao's fbgemm kernels (CPU); torchao runs on CPU and CUDA. Exports: "
+          "torch.ao schemes in the optbench-int8-dynamic format, torchao in transformers' TorchAoConfig format.",
+    extra={"conflict_reason": "selective INT8 quantizes from float32 Linear layers; drop the half-precision cast"},
+)
+def apply(model, params: dict, ctx) -> dict:
+    import time
+
+    import torch
+
+    from workbench.core.calibration import overlap_note, token_batches
+    from workbench.core.measure.memory import model_size_bytes, tensor_bytes
+    from workbench.core.optimizations import _common
+    from workbench.core.optimizations.context import linear_modules
+
+    scheme = params["scheme"]
+    if next(model.parameters()).dtype != torch.float32:
+        raise InputError("--opt int8-selective: the model is not float32; expected a float32 model")
+    if scheme != "torchao" and ctx.device != "cpu":
+        raise InputError(f"--opt int8-selective:scheme={scheme}: torch.ao dynamic INT8 runs on CPU only; expected "
+                         f"scheme=torchao on {ctx.device}")
+    if scheme == "torchao":
+        from workbench.core.optimizations import _torchao
+
+        _torchao.require("int8-selective")
+    t0 = time.perf_counter()
+    task = ctx.task
+    n = params["calib_samples"]
+    if task == "causal-lm":
+        batches = token_batches(ctx.tokenizer, task, n_batches=max(1, n // 4), batch=min(4, n), seq_len=128,
+                                source=params["calib_data"], device=ctx.device)
+    else:
+        batches = token_batches(ctx.tokenizer, task, n_batches=max(1, n // 8), batch=min(8, n), seq_len=128,
+                                source=params["calib_data"], device=ctx.device)
+    note = overlap_note(ctx.eval_settings, task)
+    if note:
+        ctx.log(f"int8-selective: {note}")
+    refs = _common.reference(model, task, batches)
+    targets = linear_modules(model, skip_head=params["skip_head"])
+    if not targets:
+        raise InputError("--opt int8-selective: the model has no Linear layers to quantize")
+    originals = dict(targets)
+    names = [nm for nm, _ in targets]
+    quantized = {nm: _quantized_copy(m, scheme) for nm, m in targets}
+    linear_before = sum(tensor_bytes(m.weight) for m in originals.values())
+
+    def configure(kept: set[str]) -> None:
+        for nm in names:
+            _common.set_module(model, nm, originals[nm] if nm in kept else quantized[nm])
+
+    sensitivity = {}
+    for i, nm in enumerate(names):
+        _common.set_module(model, nm, quantized[nm])
+        sensitivity[nm] = _common.error_on(model, task, batches, refs)
+        _common.set_module(model, nm, originals[nm])
+        ctx.progress(0.8 * (i + 1) / len(names))
+    order = sorted(names, key=lambda nm: sensitivity[nm], reverse=True)
+
+    tolerance = (1.0 - params["min_cosine"]) if task == "encoder" else params["max_kl"]
+    curve: dict[int, float] = {}
+
+    def err_at(k: int) -> float:
+        if k not in curve:
+            configure(set(order[:k]))
+            curve[k] = _common.error_on(model, task, batches, refs)
+        return curve[k]
+
+    if params["keep"] >= 0:
+        k = min(params["keep"], len(order))
+        err_at(k)
+    else:
+        lo, hi = 0, len(order)  # invariant: hi meets the target (all fp32: error 0)
+        if err_at(0) <= tolerance:
+            hi = 0
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if err_at(mid) <= tolerance:
+                hi = mid
+            else:
+                lo = mid
+        k = hi
+        if k == len(order):
+            ctx.log("int8-selective: the target needs every layer in fp32; nothing is quantized")
+    kept = set(order[:k])
+    configure(kept)
+    calib_error = err_at(k)
+    ctx.progress(1.0)
+    done = [nm for nm in names if nm not in kept]
+    linear_after = sum(tensor_bytes(originals[nm].weight) for nm in kept)
+    for nm in done:
+        q = quantized[nm]
+        linear_after += (tensor_bytes(q.weight()) if callable(getattr(q, "weight", None)) else tensor_bytes(q.weight))
+    report = {
+        "scheme": scheme,
+        "layers": len(names),
+        "layers_quantized": len(done),
+        "kept_fp32": order[:k],
+        "target": {"metric": _common.error_name(task), "tolerance": tolerance},
+        "calibration_error": calib_error,
+        "calibration_cosine": 1.0 - calib_error if task == "encoder" else None,
+        "error_by_kept": {str(kk): v for kk, v in sorted(curve.items())},
+        "sensitivity_top": [{"layer": nm, "error_alone": sensitivity[nm]} for nm in order[:12]],
+        "sensitivity": sensitivity,
+        "linear_bytes_before": linear_before,
+        "linear_bytes_after": linear_after,
+        "bytes_after": model_size_bytes(model),
+        "calibration": {"source": params["calib_data"], "batches": len(batches),
+                        "shape": list(batches[0]["input_ids"].shape)},
+        "search_seconds": time.perf_counter() - t0,
+    }
+    if scheme == "torchao":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        from workbench.core.optimizations import _torchao
+
+        report.update(_torchao.attach_export(model, Int8DynamicActivationInt8WeightConfig(), done) if done
+                      else {"exportable": "yes"})
+    else:
+        report["exportable"] = "custom" if done else "yes"
+    ctx.log(f"int8-selective: {len(done)}/{len(names)} layers quantized ({scheme}), {k} kept fp32; calibration "
+            f"{_common.error_name(task)} = {calib_error:.4g} (target <= {tolerance:.4g})")
+    return report

@@ -1,0 +1,149 @@
+"""Weight quantization with torchao: int8 weight-only, int8 dynamic activation + int8 weight, int4 weight-only
+(group size), float8 weight-only and float8 dynamic activation + float8 weight.
+
+Exports go through transformers' ``TorchAoConfig`` path (safetensors + torchao metadata) for every tensor type
+torchao can serialize; a reload needs torchao. What runs where (torchao 0.18):
+- int8-weight-only, int8-dynamic-act, fp8-weight-only: CPU and CUDA (on CPU the fp8/int8 weight-only matmuls
+  dequantize on the fly: smaller, rarely faster).
+- int4-weight-only: CUDA only (tinygemm ``tile_packed_to_4d`` layout, bf16 activations). torchao 0.18 has no x86
+  CPU int4 layout and aten's CPU int4 kernel measured ~20x slower than fp32 matmul here, so it is not offered.
+- fp8-dynamic: CUDA with compute capability >= 8.9 (Ada, Hopper) — float8 tensor-core matmuls.
+"""
+
+from __future__ import annotations
+
+from workbench.core.errors import InputError
+from workbench.core.optimizations.base import Param, register
+
+SKIP_HEAD = Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision")
+COMMON = dict(family="quantization", stage="quantize", exclusive_group="weight-quantization", requires=("torchao",),
+              conflicts=("fp16",),
+              extra={"conflict_reason": "torchao quantization works from fp32 or bf16 weights; drop the fp16 cast"})
+
+
+def _run(model, params: dict, ctx, opt: str, make_config, need_bf16: bool = False) -> dict:
+    import torch
+
+    from workbench.core.measure.memory import model_size_bytes, tensor_bytes
+    from workbench.core.optimizations import _torchao
+    from workbench.core.optimizations.context import linear_modules
+
+    _torchao.require(opt)
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float16:
+        raise InputError(f"--opt {opt}: the model is float16; expected float32 or bfloat16 weights")
+    report: dict = {}
+    if need_bf16 and dtype != torch.bfloat16:
+        ctx.log(f"{opt}: casting the model to bfloat16 first (the kernel takes bf16 activations)")
+        model.to(torch.bfloat16)
+        report["cast_to"] = "bfloat16"
+    targets = linear_modules(model, skip_head=params["skip_head"])
+    names = {n for n, _ in targets}
+    before = model_size_bytes(model)
+    linear_before = sum(tensor_bytes(m.weight) for _, m in targets)
+    config = make_config()
+    done = _torchao.quantize(model, config, names)
+    if not done:
+        raise InputError(f"--opt {opt}: no Linear layer could be quantized (shapes not supported); expected "
+                         f"layers whose input size is a multiple of the group size")
+    skipped = sorted(names - set(done))
+    if skipped:
+        ctx.log(f"{opt}: {len(skipped)} layer(s) left in full precision (unsupported shape): {skipped[:3]}")
+    modules = dict(model.named_modules())
+    report.update({
+        "config": type(config).__name__,
+        "layers_quantized": len(done),
+        "layers_skipped": skipped,
+        "linear_bytes_before": linear_before,
+        "linear_bytes_after": sum(tensor_bytes(modules[n].weight) for n in names),
+        "bytes_before": before,
+        "bytes_after": model_size_bytes(model),
+    })
+    report.update(_torchao.attach_export(model, config, done))
+    return report
+
+
+@register(name="int8-weight-only", summary="torchao int8 weight-only: int8 per-channel weights, activations stay "
+          "in float (halves/quarters weight bytes; helps memory-bound decode).",
+          params=(SKIP_HEAD,), **COMMON)
+def apply_int8_wo(model, params: dict, ctx) -> dict:
+    def make():
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return Int8WeightOnlyConfig()
+
+    return _run(model, params, ctx, "int8-weight-only", make)
+
+
+@register(name="int8-dynamic-act", summary="torchao int8 dynamic activation (per token) + int8 weight (per "
+          "channel): integer matmuls, CPU and CUDA.",
+          params=(SKIP_HEAD,),
+          notes="The torchao counterpart of int8-dynamic (torch.ao): per-token activation scales keep more "
+                "accuracy than torch.ao's per-tensor ones. Slow at batch-1 decode (memory-bound).",
+          **COMMON)
+def apply_int8_da(model, params: dict, ctx) -> dict:
+    def make():
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        return Int8DynamicActivationInt8WeightConfig()
+
+    return _run(model, params, ctx, "int8-dynamic-act", make)
+
+
+@register(name="int4-weight-only", summary="torchao int4 weight-only with per-group scales (tinygemm, bf16; CUDA).",
+          params=(Param("group_size", int, 128, "weights per scale/zero-point group (smaller: more accurate, "
+                        "bigger)", choices=(32, 64, 128, 256), search=(64, 128)), SKIP_HEAD),
+          devices=("cuda",),
+          notes="Casts the model to bf16 first. Layers whose input size is not a multiple of group_size stay in "
+                "bf16. torchao 0.18 has no x86 CPU int4 layout, hence CUDA only.",
+          **COMMON)
+def apply_int4_wo(model, params: dict, ctx) -> dict:
+    if not ctx.device.startswith("cuda"):
+        raise InputError("--opt int4-weight-only: needs a CUDA GPU; expected --device cuda")
+
+    def make():
+        from torchao.quantization import Int4WeightOnlyConfig
+
+        return Int4WeightOnlyConfig(group_size=params["group_size"], int4_packing_format="tile_packed_to_4d")
+
+    rep = _run(model, params, ctx, "int4-weight-only", make, need_bf16=True)
+    rep["group_size"] = params["group_size"]
+    return rep
+
+
+@register(name="fp8-weight-only", summary="torchao float8 (e4m3) weight-only: 1-byte weights, dequantized per "
+          "matmul.", params=(SKIP_HEAD,),
+          notes="Runs on CPU (dequantizing; expect no speedup) and CUDA.", **COMMON)
+def apply_fp8_wo(model, params: dict, ctx) -> dict:
+    def make():
+        from torchao.quantization import Float8WeightOnlyConfig
+
+        return Float8WeightOnlyConfig()
+
+    return _run(model, params, ctx, "fp8-weight-only", make)
+
+
+@register(name="fp8-dynamic", summary="torchao float8 dynamic activation + float8 weight, per-row scales "
+          "(float8 tensor cores; CUDA compute capability >= 8.9).",
+          params=(Param("granularity", str, "row", "scale granularity: row (per-row, more accurate) or tensor",
+                        choices=("row", "tensor")), SKIP_HEAD),
+          devices=("cuda",), notes="Casts the model to bf16 first.", **COMMON)
+def apply_fp8_dyn(model, params: dict, ctx) -> dict:
+    import torch
+
+    if not ctx.device.startswith("cuda"):
+        raise InputError("--opt fp8-dynamic: needs a CUDA GPU; expected --device cuda")
+    cap = torch.cuda.get_device_capability(torch.device(ctx.device))
+    if cap < (8, 9):
+        raise InputError(f"--opt fp8-dynamic: this GPU has compute capability {cap[0]}.{cap[1]}; expected >= 8.9 "
+                         f"(Ada or Hopper) for float8 matmuls; use int8-weight-only or int4-weight-only")
+
+    def make():
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor
+
+        gran = PerRow() if params["granularity"] == "row" else PerTensor()
+        return Float8DynamicActivationFloat8WeightConfig(granularity=gran)
+
+    rep = _run(model, params, ctx, "fp8-dynamic", make, need_bf16=True)
+    rep["granularity"] = params["granularity"]
+    return rep
