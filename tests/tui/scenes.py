@@ -11,8 +11,50 @@ from workbench.tui.panes.model import ModelPane
 from workbench.tui.panes.monitor import MonitorPane
 from workbench.tui.panes.progress_log import LogPane, ProgressPane, planned_stages
 
+from workbench.core.optimizations.base import OptSpec, Param
+
 MODEL = "tests/tui/fixtures/llama-config"  # relative: the snapshot tests run from the repository root
 CREATED = "2025-06-01T12:00:00+00:00"
+
+
+def _noop(model, params, ctx):  # pragma: no cover - snapshots never apply anything
+    return {}
+
+
+# A frozen registry for snapshots: the real one grows and its texts change as optimizations are added; these
+# keep the shape (families, typed parameters, a conflict, a device limit) so the screens stay comparable.
+FROZEN_SPECS = (
+    OptSpec("prune-l1", "pruning", "prune", "Unstructured L1 magnitude pruning of Linear weights.",
+            (Param("sparsity", float, 0.5, "fraction of weights set to zero", min=0.0, max=0.99),
+             Param("scope", str, "layer", "layer or global", choices=("layer", "global"))), _noop),
+    OptSpec("bf16", "precision", "precision", "Cast weights and activations to bfloat16.", (), _noop,
+            exclusive_group="precision"),
+    OptSpec("fp16", "precision", "precision", "Cast weights and activations to float16.", (), _noop,
+            exclusive_group="precision", notes="On CPU, fp16 matmuls are often slower than fp32."),
+    OptSpec("int8-dynamic", "quantization", "quantize", "Dynamic INT8 quantization of Linear layers.",
+            (Param("backend", str, "torch.ao", "torch.ao or torchao", choices=("torch.ao", "torchao")),
+             Param("skip_head", bool, True, "leave the output head in full precision")), _noop,
+            devices=("cpu",), exportable="custom", conflicts=("fp16", "bf16"),
+            extra={"conflict_reason": "it quantizes from float32 Linear layers"}),
+    OptSpec("graph-decode", "runtime", "compile", "Static KV cache and the decode step as one CUDA graph.",
+            (Param("max_len", int, 0, "static cache length; 0 = from the benchmark", min=0, max=131072),),
+            _noop, tasks=("causal-lm",)),
+)
+
+
+def freeze_registry(monkeypatch) -> None:
+    from workbench.core import optimizations
+    from workbench.core.errors import InputError
+
+    by_name = {s.name: s for s in FROZEN_SPECS}
+
+    def get(name):
+        if name not in by_name:
+            raise InputError(f"--opt {name}: unknown optimization; expected one of: {', '.join(by_name)}")
+        return by_name[name]
+
+    monkeypatch.setattr(optimizations, "all_specs", lambda: list(FROZEN_SPECS))
+    monkeypatch.setattr(optimizations, "get", get)
 
 
 def make_app():

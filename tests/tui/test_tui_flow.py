@@ -37,6 +37,8 @@ async def test_load_toggle_run_save_reopen_compare_export(tiny_llama, tmp_path):
         assert userconfig.load_recent()[0] == ref  # remembered in the config dir
 
         # Toggle int8-dynamic with the mouse; the apply order shows it.
+        app.main_screen.query_one("#opt-int8-dynamic").scroll_visible(animate=False)
+        await pilot.pause()
         await pilot.click("#opt-int8-dynamic")
         await pilot.pause()
         assert app.wb.enabled == ["int8-dynamic"]

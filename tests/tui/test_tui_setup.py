@@ -45,6 +45,8 @@ async def test_panels_come_from_the_registry(extra_optimization):
         assert not pane.query("#p-zz-test-opt-level")  # parameters are built when switched on
 
         # switched on, its parameters are typed widgets: int -> input, choices -> select, bool -> checkbox
+        app.main_screen.query_one("#opt-zz-test-opt").scroll_visible(animate=False)
+        await pilot.pause()
         await pilot.click("#opt-zz-test-opt")
         await pilot.pause()
         assert pane.query_one("#p-zz-test-opt-level").__class__.__name__ == "Input"

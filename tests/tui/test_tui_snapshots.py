@@ -9,7 +9,6 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.tui import scenes
-from workbench.core import optimizations
 
 SIZES = [(80, 24), (120, 40)]
 SCENES = {
@@ -22,16 +21,10 @@ SCENES = {
 }
 
 
-# The registry grows as optimizations are added; the snapshots pin the four it started with, so a new optimization
-# does not rewrite every setup snapshot (test_tui_setup.py checks that every registered one appears).
-PINNED = ("prune-l1", "fp16", "bf16", "int8-dynamic")
-
-
 @pytest.fixture(autouse=True)
-def _repo_cwd_and_pinned_registry(monkeypatch):
+def _repo_cwd_and_frozen_registry(monkeypatch):
     monkeypatch.chdir(ROOT)  # the scenes use a model path relative to the repository
-    real = optimizations.all_specs
-    monkeypatch.setattr(optimizations, "all_specs", lambda: [s for s in real() if s.name in PINNED])
+    scenes.freeze_registry(monkeypatch)  # new optimizations must not rewrite every snapshot
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

@@ -522,7 +522,7 @@ class OptbenchApp(App):
         self.pane(ModelPane).show_detected(detect(self.wb.model_ref), inspecting=True)
         self.start_inspect()
 
-    TAB_FOCUS = {"setup": "#opt-pane", "run": "#log", "results": "#acc-table"}
+    TAB_FOCUS = {"setup": "#opt-list", "run": "#log", "results": "#acc-table"}
 
     def action_show_tab(self, tab: str) -> None:
         tabs = self.main_screen.query_one("#tabs", TabbedContent)

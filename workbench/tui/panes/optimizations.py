@@ -144,7 +144,9 @@ def _bounds(p: Param) -> str:
     return ""
 
 
-class OptimizationsPane(VerticalScroll):
+class OptimizationsPane(Vertical):
+    """The apply order and the validator's verdict stay in view above the scrolling list of families."""
+
     BORDER_TITLE = "Optimizations"
 
     def __init__(self, workbench, **kw) -> None:
@@ -165,11 +167,12 @@ class OptimizationsPane(VerticalScroll):
         for spec in optimizations.all_specs():
             families[spec.family].append(spec)
         order = sorted(families, key=lambda f: (min(STAGES[s.stage] for s in families[f]), f))
-        for family in order:
-            with Collapsible(title=f"{family_title(family)} ({len(families[family])})", collapsed=False,
-                             id=f"family-{safe_id(family)}", classes="family"):
-                for spec in families[family]:
-                    yield OptRow(spec)
+        with VerticalScroll(id="opt-list"):
+            for family in order:
+                with Collapsible(title=f"{family_title(family)} ({len(families[family])})", collapsed=False,
+                                 id=f"family-{safe_id(family)}", classes="family"):
+                    for spec in families[family]:
+                        yield OptRow(spec)
 
     # ---- user edits -> messages
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:

@@ -31,7 +31,7 @@ REMOTE = """\
 Over SSH: ssh -t host optbench   (-t gives it a terminal; 80×24 is enough; add --no-mouse if mouse capture
 gets in the way). In tmux or screen: run optbench inside a session; detach and reattach freely — a run keeps
 going in its own job process, and results are autosaved. In a browser: on the remote machine run
-  optbench-serve --port 8000        (or: python -m workbench.tui.serve --port 8000; binds 127.0.0.1)
+  python -m workbench.tui.serve --port 8000     (needs textual-serve; binds 127.0.0.1 only)
 then on your machine  ssh -L 8000:127.0.0.1:8000 host  and open http://127.0.0.1:8000.
 Keys can be remapped in keymap.toml in the config folder ($OPTBENCH_CONFIG_DIR, else the platform's user config
 folder, e.g. ~/.config/optbench):  [keys]  "optbench.run" = "f5"."""
