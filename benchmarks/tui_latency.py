@@ -1,12 +1,12 @@
 """How responsive is the workbench? Time to first frame, key-press response while a job saturates the CPU, and the UI
 process's memory — measured on the real app in a pseudo-terminal, the way a user runs it.
 
-    .venv/bin/python benchmarks/tui_latency.py [--model demo:minilm] [--launches 5] [--presses 30]
+    .venv/bin/python benchmarks/tui_latency.py [--model demo:smollm2] [--launches 5] [--presses 30]
 
 * first frame: from spawning ``python -m workbench`` until the screen shows its panes (the words "Optimizations"
   and "Model" in the output), over several launches;
 * key response: from writing a key (1/2/3 switch tabs) to the pty until the new tab's text arrives, first with no
-  job, then while a run of ``--model`` (default demo:minilm, default bench settings) keeps the CPU busy;
+  job, then while a run of ``--model`` (default demo:smollm2, default bench settings) keeps the CPU busy;
 * live update cadence: the longest gap between screen updates while the Live tab shows a running job;
 * UI memory: the RSS of the UI process when idle and its peak during the run, and whether torch is mapped into it.
 
@@ -143,7 +143,7 @@ def torch_mapped(pid: int) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="demo:minilm", help="the model the CPU-saturating run uses")
+    ap.add_argument("--model", default="demo:smollm2", help="the model the CPU-saturating run uses")
     ap.add_argument("--launches", type=int, default=5)
     ap.add_argument("--presses", type=int, default=30)
     ap.add_argument("--opt", default="int8-dynamic", help="optimization switched on (via the command palette)")

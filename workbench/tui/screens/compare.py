@@ -27,12 +27,15 @@ def _phase(run: dict) -> dict:
     return run.get("optimized") or {}
 
 
-def baseline_row(baseline: dict) -> dict:
-    """The session's baseline as a row shaped like a run (speedup 1, no accuracy change)."""
+def baseline_row(baseline: dict, runs: list[dict]) -> dict:
+    """The session's baseline as a row shaped like a run (speedup 1, no accuracy change), with the metrics the runs
+    compare (not bookkeeping such as tokens scored)."""
+    compared = {k: e for r in runs for k, e in (r.get("accuracy") or {}).items()}
     metrics = {k: v for k, v in (baseline.get("metrics") or {}).items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+               if k in compared and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {"id": "baseline", "optimizations": [], "optimized": baseline, "speedup": 1.0, "size_ratio": 1.0,
-            "accuracy": {k: {"value": v, "baseline": v, "delta": 0.0, "higher_is_better": True}
+            "accuracy": {k: {"value": v, "baseline": v, "delta": 0.0,
+                             "higher_is_better": compared[k].get("higher_is_better", True)}
                          for k, v in metrics.items()}}
 
 
@@ -78,7 +81,7 @@ class CompareScreen(Screen[None]):
         super().__init__(id="compare-screen")
         self.session_name = session_name
         self.runs = list(runs)
-        self.baseline = baseline_row(baseline) if baseline else None
+        self.baseline = baseline_row(baseline, self.runs) if baseline else None
         self.metric = primary_metric(self.runs)
         self.budget_pct = budget_pct
         self.sort_key: str | None = None

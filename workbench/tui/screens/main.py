@@ -56,9 +56,8 @@ class MainScreen(Screen):
                     yield SummaryPane(id="summary-pane", classes="pane")
                     with Horizontal(id="results-cols"):
                         yield LatencyPane(id="latency-pane", classes="pane")
-                        with Vertical(id="results-right"):
-                            yield ThroughputPane(id="throughput-pane", classes="pane")
-                            yield AccuracyPane(id="accuracy-pane", classes="pane")
+                        yield ThroughputPane(id="throughput-pane", classes="pane")
+                    yield AccuracyPane(id="accuracy-pane", classes="pane")
         yield Footer()
 
     def on_mount(self) -> None:
