@@ -114,3 +114,45 @@ def error_name(task: str) -> str:
 
 def float_dtype(model):
     return next(p for p in model.parameters() if p.is_floating_point()).dtype
+
+
+def keep_layers(model, indices: list[int]) -> None:
+    """Keep only the transformer blocks at ``indices`` (in that order); config and per-layer cache indices follow,
+    so the model saves and reloads as a plain transformers model with fewer layers."""
+    import torch
+
+    path = layers_path(model)
+    old = model.get_submodule(path)
+    if not indices or any(i < 0 or i >= len(old) for i in indices) or len(set(indices)) != len(indices):
+        raise InputError(f"layers {indices}: expected distinct indices in [0, {len(old) - 1}]")
+    new = torch.nn.ModuleList([old[i] for i in indices])
+    set_module(model, path, new)
+    cfg = model.config
+    cfg.num_hidden_layers = len(indices)
+    types = getattr(cfg, "layer_types", None)
+    if isinstance(types, (list, tuple)) and len(types) == len(old):
+        cfg.layer_types = [types[i] for i in indices]
+    for new_i, block in enumerate(new):
+        for m in block.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = new_i  # KV-cache slot
+
+
+def parse_layers(text: str, n: int, what: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{what}: {text!r} is not a comma-separated list of layer indices") from None
+    out = [i + n if i < 0 else i for i in out]
+    if not out or any(i < 0 or i >= n for i in out) or len(set(out)) != len(out):
+        raise InputError(f"{what}: {text!r}: expected distinct layer indices in [0, {n - 1}]")
+    return out
+
+
+def spread(k: int, n: int) -> list[int]:
+    """``k`` of ``n`` layer indices evenly spread, first and last included."""
+    if k >= n:
+        return list(range(n))
+    if k == 1:
+        return [n - 1]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
