@@ -1,0 +1,383 @@
+"""Strategy recommender: from the model, the measured hardware and the user's constraints, propose a recipe with a
+reason for every step and estimates of memory and latency made before anything runs; after the recipe ran, the
+estimates are compared with what was measured and the error is shown.
+
+Estimates (all computed from the config on the meta device, no weights loaded):
+- weights: every parameter at the bytes it will have after the recipe (int8 = 1 byte + scales, int4 = 0.5 byte +
+  group scales, bf16 = 2 ...), tied embeddings once;
+- KV cache (causal LMs): 2 x layers x kv_heads x head_dim x (prompt + new tokens) x batch x bytes;
+- activations: the largest transient tensors of one forward (hidden/FFN/attention scores, logits of the last token);
+- runtime: this process's resident memory after importing torch + transformers (measured now), CPU only;
+- latency: roofline lower bounds from a measured matmul rate and copy bandwidth of this machine — prefill/encoder
+  compute-bound (2 x params x tokens / FLOP rate), decode memory-bound (weight bytes / bandwidth per token).
+Roofline bounds are optimistic by construction (kernels, Python overhead and launches are not free); the check after
+the run says by how much.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from workbench.core.errors import InputError
+
+
+@dataclass
+class Constraints:
+    memory_mb: float | None = None  # memory cap: GPU memory on a GPU, process memory (RSS) on CPU
+    latency_ms: float | None = None  # p50 latency target of the benchmark workload
+    max_drop: float = 1.0  # allowed accuracy drop in percent (cosine / agreement / next-token agreement)
+    batch: int | None = None
+    seq_len: int = 128
+    new_tokens: int = 32
+
+
+# ------------------------------------------------------------------ hardware
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def measure_cpu(seconds: float = 1.0) -> dict:
+    """This machine's best observed fp32 matmul rate (all torch threads) and memory-copy bandwidth: the peak of
+    several short runs, since a roofline wants what the hardware can do, not what a busy moment allowed."""
+    import torch
+
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best, end = 0.0, time.perf_counter() + seconds / 2
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+    src = torch.empty(64 * 2 ** 20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    bw, end = 0.0, time.perf_counter() + seconds / 2
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        dst.copy_(src)
+        bw = max(bw, 2 * src.numel() * 4 / (time.perf_counter() - t))  # read + write
+    return {"fp32_gflops": best / 1e9, "copy_gb_s": bw / 1e9}
+
+
+def hardware(device: str = "auto", measure: bool = True) -> dict:
+    import psutil
+    import torch
+
+    flags = _cpu_flags()
+    hw = {
+        "cpu_cores": os.cpu_count(),
+        "cpu_physical_cores": psutil.cpu_count(logical=False),
+        "ram_mb": psutil.virtual_memory().total / 2 ** 20,
+        "ram_available_mb": psutil.virtual_memory().available / 2 ** 20,
+        "avx2": "avx2" in flags, "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_tile" in flags,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": None,
+    }
+    use_gpu = torch.cuda.is_available() and device != "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA GPU is visible here; expected --device cpu or auto")
+    if use_gpu:
+        idx = torch.device(device).index or 0 if device.startswith("cuda") else 0
+        props = torch.cuda.get_device_properties(idx)
+        hw["gpu"] = {"name": props.name, "memory_mb": props.total_memory / 2 ** 20,
+                     "compute_capability": f"{props.major}.{props.minor}", "count": torch.cuda.device_count(),
+                     "cc": (props.major, props.minor)}
+        hw["device"] = f"cuda:{idx}"
+    else:
+        hw["device"] = "cpu"
+        if measure:
+            hw.update(measure_cpu())
+    return hw
+
+
+# ------------------------------------------------------------------ model facts
+
+def model_facts(ref: str, task: str | None = None, trust_remote_code: bool = False) -> dict:
+    """Sizes from the config alone (model built on the meta device: no weights read)."""
+    import torch
+    import transformers
+
+    from workbench.core.modelref import resolve
+    from workbench.core.models import auto_class, detect_task
+
+    r = resolve(ref)
+    source = r.path or r.hub_id
+    kw = {"trust_remote_code": trust_remote_code}
+    if r.gguf_file:
+        kw["gguf_file"] = r.gguf_file
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **kw)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"--model {ref}: could not read its config ({str(exc).splitlines()[0][:200]})") from None
+    task = task or r.task_hint or detect_task(config)
+    with torch.device("meta"):
+        model = auto_class(task).from_config(config)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    emb = model.get_input_embeddings()
+    tied = head is not None and head.weight is emb.weight
+    linear = 0
+    head_names = {n for n, m in model.named_modules() if m is head or n.split(".")[-1] in ("classifier", "score")}
+    for n, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and n not in head_names:
+            linear += m.weight.numel()
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    heads = getattr(config, "num_attention_heads", 1)
+    return {
+        "ref": ref, "task": task, "model_type": getattr(config, "model_type", None),
+        "architecture": (getattr(config, "architectures", None) or [type(model).__name__])[0],
+        "params": total, "linear_params": linear,
+        "head_params": 0 if (head is None or tied) else head.weight.numel(),
+        "embedding_params": emb.weight.numel(), "tied_embeddings": tied,
+        "layers": getattr(config, "num_hidden_layers", None), "hidden": getattr(config, "hidden_size", None),
+        "intermediate": getattr(config, "intermediate_size", None), "heads": heads,
+        "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "head_dim": getattr(config, "head_dim", None) or (config.hidden_size // heads),
+        "vocab": getattr(config, "vocab_size", None),
+        "stored_dtype": str(stored).replace("torch.", "") if stored is not None else None,
+        "gguf": bool(r.gguf_file),
+    }
+
+
+# ------------------------------------------------------------------ estimates
+
+_LINEAR_BYTES = {  # bytes per Linear weight, and extra bytes per output row (scales/zero points) or per group
+    "fp32": (4.0, 0), "bf16": (2.0, 0), "fp16": (2.0, 0),
+    "int8-dynamic": (1.0, 0), "int8-dynamic:per-channel": (1.0, 16), "int8-weight-only": (1.0, 4),
+    "int8-dynamic-act": (1.0, 4), "fp8-weight-only": (1.0, 4), "fp8-dynamic": (1.0, 4),
+}
+
+
+def linear_bytes_per_param(kind: str, group_size: int = 128, row_len: int = 1024) -> float:
+    if kind == "int4-weight-only":
+        return 0.5 + 4.0 / group_size  # int4 + bf16 scale and zero point per group
+    per, per_row = _LINEAR_BYTES[kind]
+    return per + per_row / max(1, row_len)
+
+
+def estimate(facts: dict, recipe_steps: list[dict], hw: dict, c: Constraints) -> dict:
+    """Memory and latency estimates for ``facts`` after ``recipe_steps`` on ``hw``."""
+    import psutil
+
+    gpu = hw.get("gpu") is not None
+    names = [s["name"] for s in recipe_steps]
+    dtype = "fp32" if not gpu else ("bf16" if (facts["stored_dtype"] in (None, "bfloat16", "float32")) else "fp16")
+    if "bf16" in names:
+        dtype = "bf16"
+    if "fp16" in names:
+        dtype = "fp16"
+    elem = 4.0 if dtype == "fp32" else 2.0
+    linear_kind = dtype
+    kept_fraction = 1.0
+    for s in recipe_steps:
+        if s["name"] in _LINEAR_BYTES or s["name"] == "int4-weight-only":
+            linear_kind = s["name"]
+        if s["name"] == "int8-selective":
+            linear_kind = "int8-dynamic" if s["params"].get("scheme") == "per-tensor" else "int8-dynamic:per-channel"
+            kept_fraction = 0.8  # typically 10-25 % of the layers (the heavy FFN ones) stay fp32
+        if s["name"] == "int4-weight-only" or s["name"] == "fp8-dynamic":
+            elem = 2.0
+    lin = facts["linear_params"]
+    other = facts["params"] - lin
+    row = facts["hidden"] or 1024
+    weights = other * elem + lin * (kept_fraction * linear_bytes_per_param(linear_kind, 128, row)
+                                    + (1 - kept_fraction) * elem)
+    batch = c.batch or (1 if facts["task"] == "causal-lm" else 8)
+    tokens = c.seq_len + (c.new_tokens if facts["task"] == "causal-lm" else 0)
+    kv = 0.0
+    if facts["task"] == "causal-lm":
+        kv = 2 * facts["layers"] * facts["kv_heads"] * facts["head_dim"] * tokens * batch * elem
+    h = facts["hidden"] or 0
+    inter = facts["intermediate"] or 4 * h
+    act = batch * c.seq_len * (3 * h + inter) * 4 + batch * facts["heads"] * c.seq_len * c.seq_len * 4
+    if facts["task"] == "causal-lm":
+        act += batch * (facts["vocab"] or 0) * 4
+    runtime = 0.0 if gpu else psutil.Process().memory_info().rss
+    fp32_weights = facts["params"] * 4.0
+    mb = 2 ** 20
+    out = {
+        "dtype": dtype, "linear_format": linear_kind,
+        "weights_mb": weights / mb, "kv_cache_mb": kv / mb, "activations_mb": act / mb,
+        "runtime_mb": runtime / mb,
+        "deployed_mb": (runtime + weights + kv + act) / mb,
+        # optbench run first holds the fp32 baseline on CPU (the allocator keeps freed pages): the run's peak is
+        # the larger of the two phases, plus the quantized copy made while the fp32 weights still exist
+        "run_peak_mb": (runtime + max(fp32_weights, weights) + (weights if weights < fp32_weights else 0) + kv + act) / mb
+        if not gpu else (weights + kv + act) / mb,
+    }
+    # roofline lower bounds
+    flops_rate = (hw.get("fp32_gflops") or 0) * 1e9 * (2.0 if dtype != "fp32" and gpu else 1.0)
+    bw = (hw.get("copy_gb_s") or 0) * 1e9
+    if not gpu and flops_rate and bw:
+        work_params = facts["params"] - facts["embedding_params"] + (facts["embedding_params"]
+                                                                      if facts["task"] == "causal-lm" else 0)
+        if facts["task"] == "causal-lm":
+            prefill = 2 * work_params * c.seq_len * batch / flops_rate
+            per_token = max((weights - facts["embedding_params"] * elem * (0 if facts["tied_embeddings"] else 1))
+                            / bw, 2 * work_params * batch / flops_rate)
+            out["latency_ms"] = (prefill + per_token * (c.new_tokens - 1)) * 1000
+            out["decode_ms_per_token"] = per_token * 1000
+            speed = 1.0
+            if linear_kind.startswith("int8-dynamic"):
+                speed = 2.0  # int8 GEMMs (fbgemm) do about twice the fp32 rate
+            out["latency_ms"] /= speed if prefill > per_token * c.new_tokens else 1.0
+        else:
+            t = 2 * work_params * c.seq_len * batch / flops_rate
+            if linear_kind.startswith("int8"):
+                t /= 2.0
+            out["latency_ms"] = t * 1000
+        out["latency_basis"] = "roofline lower bound (measured fp32 matmul rate and copy bandwidth)"
+    return out
+
+
+# ------------------------------------------------------------------ rules
+
+def _step(name: str, params: dict, reason: str) -> dict:
+    return {"name": name, "params": params, "reason": reason}
+
+
+def propose(facts: dict, hw: dict, c: Constraints) -> list[dict]:
+    gpu = hw.get("gpu")
+    task = facts["task"]
+    drop = c.max_drop
+    steps: list[dict] = []
+    if gpu:
+        cc = tuple(gpu["cc"])
+        half = "bf16" if cc >= (8, 0) else "fp16"
+        steps.append(_step(half, {}, f"{gpu['name']} (compute {gpu['compute_capability']}): {half} halves the "
+                                     f"weight bytes and runs on tensor cores"))
+        fp16_weights = facts["params"] * 2 / 2 ** 20
+        if c.memory_mb and fp16_weights > 0.8 * c.memory_mb:
+            if fp16_weights / 2 <= 0.8 * c.memory_mb or drop < 2:
+                steps.append(_step("int8-weight-only", {}, f"{fp16_weights:.0f} MB of {half} weights exceed 80 % "
+                                                           f"of the {c.memory_mb:.0f} MB cap; int8 weights halve them"))
+            else:
+                steps.append(_step("int4-weight-only", {"group_size": 128}, f"{fp16_weights:.0f} MB of weights need "
+                                   f"a 4x cut to fit {c.memory_mb:.0f} MB; int4 (group 128) costs some accuracy, "
+                                   f"allowed by the {drop}% budget"))
+        if task == "causal-lm":
+            if (c.batch or 1) <= 8:
+                steps.append(_step("graph-decode", {"mode": "graph"}, "small-batch decode is launch-bound on a GPU: a "
+                                   "static KV cache and the whole step replayed as one CUDA graph remove the host "
+                                   "overhead (measured 24 % of roofline vs ~4 % for eager sdpa)"))
+            else:
+                steps.append(_step("kv-cache", {"cache": "static"}, "large-batch decode: a static cache lets "
+                                   "transformers compile the decode step"))
+        else:
+            steps.append(_step("compile", {"mode": "max-autotune-no-cudagraphs"}, "fixed-shape encoder: inductor "
+                               "fuses the elementwise work around the matmuls"))
+        return steps
+    # CPU
+    if task == "causal-lm":
+        if drop >= 1.0:
+            steps.append(_step("int8-dynamic", {}, "CPU decode is memory-bound at batch 1: int8 weights read 4x fewer "
+                               "bytes than fp32 and fbgemm's int8 kernels are fast; the accuracy cost is measured as "
+                               "KL and next-token agreement"))
+        else:
+            steps.append(_step("int8-selective", {"scheme": "per-tensor", "max_kl": max(0.002, drop / 100)},
+                               f"a {drop}% budget is tight: quantize to int8 but keep the most sensitive layers fp32 "
+                               f"(measured on calibration text)"))
+    else:
+        if drop >= 7.0:
+            steps.append(_step("int8-dynamic", {}, "encoder on CPU: dynamic INT8 is the fastest path (fbgemm); its "
+                               "cosine drop (about 7 % on MiniLM) fits the budget"))
+        else:
+            target = round(1.0 - drop / 100 + 0.002, 4)
+            steps.append(_step("int8-selective", {"scheme": "per-tensor", "min_cosine": min(0.999, target)},
+                               f"the {drop}% budget rules out plain dynamic INT8 (about 7 % cosine drop on MiniLM): "
+                               f"quantize every layer but the most sensitive ones, which stay fp32 until the "
+                               f"calibration cosine reaches {min(0.999, target)}"))
+    est = estimate(facts, steps, hw, c)
+    if c.latency_ms and est.get("latency_ms") and est["latency_ms"] > c.latency_ms and drop >= 10:
+        steps.insert(0, _step("drop-layers", {"fraction": 0.5, "which": "importance"}, f"the roofline estimate "
+                              f"({est['latency_ms']:.0f} ms) misses the {c.latency_ms:.0f} ms target even quantized; "
+                              f"the {drop}% budget allows dropping half the blocks (measured removal error decides "
+                              f"which)"))
+    return steps
+
+
+def recommend(model_ref: str, constraints: Constraints, task: str | None = None, device: str = "auto",
+              measure: bool = True) -> dict:
+    """A recipe with reasons and estimates. Torch is imported; nothing is loaded but the config."""
+    t0 = time.perf_counter()
+    hw = hardware(device, measure=measure)
+    facts = model_facts(model_ref, task)
+    steps = propose(facts, hw, constraints)
+    est = estimate(facts, steps, hw, constraints)
+    warnings = []
+    if constraints.memory_mb and est["deployed_mb"] > constraints.memory_mb:
+        warnings.append(f"estimated {est['deployed_mb']:.0f} MB exceeds the {constraints.memory_mb:.0f} MB cap even "
+                        f"with this recipe")
+    if constraints.latency_ms and est.get("latency_ms") and est["latency_ms"] > constraints.latency_ms:
+        warnings.append(f"roofline estimate {est['latency_ms']:.0f} ms is above the {constraints.latency_ms:.0f} ms "
+                        f"target: no recipe within the accuracy budget is expected to meet it")
+    recipe = {
+        "model": {"ref": model_ref, **({"task": task} if task else {})},
+        "optimizations": [{"name": s["name"], "params": s["params"]} for s in steps],
+        "bench": {k: v for k, v in {"batch": constraints.batch, "seq_len": constraints.seq_len,
+                                    "new_tokens": constraints.new_tokens}.items() if v is not None},
+        "device": hw["device"],
+    }
+    return {"model": facts, "hardware": {k: v for k, v in hw.items() if k != "gpu"} | {"gpu": _plain_gpu(hw)},
+            "constraints": asdict(constraints), "steps": steps, "recipe": recipe, "estimate": est,
+            "warnings": warnings, "seconds": time.perf_counter() - t0}
+
+
+def _plain_gpu(hw):
+    g = hw.get("gpu")
+    return None if g is None else {k: v for k, v in g.items() if k != "cc"}
+
+
+def check(rec: dict, report: dict) -> dict:
+    """Estimate versus measured, with the relative error (estimate - measured) / measured."""
+    est = rec["estimate"]
+    opt = report.get("optimized") or {}
+    gpu = str(report.get("device", "")).startswith("cuda")
+    rows = []
+
+    def row(what, e, m, note=""):
+        if e is None or m is None:
+            return
+        rows.append({"what": what, "estimate": e, "measured": m, "error": (e - m) / m if m else None,
+                     "note": note})
+
+    row("weights (MB)", est["weights_mb"], opt.get("model_size_mb", 0) * 1e6 / 2 ** 20 if opt else None,
+        "model size as stored (parameters + buffers)")
+    mem = opt.get("memory_mb") or {}
+    if gpu:
+        row("peak memory (MB)", est["run_peak_mb"], mem.get("cuda_peak_allocated"),
+            "torch.cuda.max_memory_allocated in the optimized phase")
+    else:
+        row("peak memory (MB)", est["run_peak_mb"], mem.get("rss_peak"),
+            "process RSS peak in the optimized phase (includes what the fp32 baseline left in the allocator)")
+    lat = (opt.get("latency_ms") or {}).get("p50")
+    row("latency p50 (ms)", est.get("latency_ms"), lat, est.get("latency_basis", ""))
+    if report.get("task") == "causal-lm":
+        row("decode ms/token", est.get("decode_ms_per_token"), (opt.get("decode_ms_per_token") or {}).get("p50"),
+            "memory-bound roofline: weight bytes / copy bandwidth")
+    drops = {}
+    for name, a in (report.get("accuracy") or {}).items():
+        if a.get("baseline"):
+            rel = (a["value"] - a["baseline"]) / abs(a["baseline"]) * (1 if a["higher_is_better"] else -1)
+            drops[name] = -100 * rel
+    budget = rec["constraints"]["max_drop"]
+    within = {k: v <= budget for k, v in drops.items() if k in ("cosine_to_baseline", "next_token_agreement",
+                                                                 "agreement", "accuracy")}
+    return {"rows": rows, "accuracy_drop_percent": drops, "within_budget": within, "speedup": report.get("speedup")}
