@@ -42,7 +42,8 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
     conflicts=("graph-decode",),
     exportable="yes",
     notes="The export is the uncompiled model (compilation is a runtime step). Needs a C++ compiler on CPU.",
-    extra={"conflict_reason": "graph-decode compiles and graphs its own decode step"},
+    extra={"conflict_reason": "graph-decode compiles and graphs its own decode step; early-exit branches on data "
+                              "after every block, which would break the compiled graph at every check"},
 )
 def apply(model, params: dict, ctx) -> dict:
     import functools

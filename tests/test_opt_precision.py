@@ -1,0 +1,53 @@
+"""Precision: cast (existing) and autocast with fp32 islands (fp32 weights, half-precision matmuls)."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tests.conftest import fast_recipe  # noqa: E402
+from workbench.core import optimizations, pipeline  # noqa: E402
+from workbench.core.models import load  # noqa: E402
+from workbench.core.optimizations.context import ApplyContext  # noqa: E402
+
+
+def apply(loaded, name, **params):
+    spec = optimizations.get(name)
+    ctx = ApplyContext("cpu", loaded.task, loaded.tokenizer)
+    ctx.extra["generate_kwargs"] = loaded.generate_kwargs
+    return spec.apply(loaded.model, spec.resolve(params), ctx)
+
+
+def test_autocast_keeps_fp32_weights_and_computes_matmuls_in_bf16(tiny_llama):
+    loaded = load(str(tiny_llama), None, "cpu")
+    ids = torch.arange(3, 40)[None]
+    with torch.inference_mode():
+        ref = loaded.model(input_ids=ids).logits.float()
+    seen = {}
+    lin = loaded.model.model.layers[0].mlp.down_proj
+    lin.register_forward_hook(lambda m, a, out: seen.update(dtype=out.dtype))
+    rep = apply(loaded, "bf16", mode="autocast")
+    assert rep["mode"] == "autocast" and rep["exportable"] == "no"
+    assert rep["bytes_after"] == rep["bytes_before"]
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    with torch.inference_mode():
+        got = loaded.model(input_ids=ids).logits.float()
+    assert seen["dtype"] == torch.bfloat16  # the matmul really ran in bf16
+    assert not torch.equal(got, ref)
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0)
+    assert cos > 0.99
+
+
+def test_fp16_cast_halves_the_model(tiny_bert):
+    loaded = load(str(tiny_bert), None, "cpu")
+    rep = apply(loaded, "fp16")
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float16}
+    assert rep["bytes_after"] * 2 == pytest.approx(rep["bytes_before"], rel=0.01)
+
+
+def test_autocast_run_reports_no_export_with_reason(tiny_bert, tmp_path):
+    r = fast_recipe(str(tiny_bert), [("bf16", {"mode": "autocast"})])
+    report = pipeline.run(r.validate(), lambda *a, **k: None, artifact_dir=str(tmp_path / "art"))
+    assert report["export"]["verified"] is False and "autocast" in report["export"]["error"]
+    assert not (tmp_path / "art").exists()
+    assert report["optimized"]["dtype"] == "float32"
+    assert report["accuracy"]["cosine_to_baseline"]["value"] > 0.99
