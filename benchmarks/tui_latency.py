@@ -209,14 +209,13 @@ def main() -> int:
     job.cpu_percent(None)
     psutil.cpu_percent(None)
     term.drain(3.0)  # past model loading, into benchmarking
-    busy_cpu, job_cpu, rss_peak = [], [], idle_rss
+    busy_cpu, rss_peak = [], idle_rss
 
     def running() -> bool:
         nonlocal rss_peak
         if not job.is_running():
             return False
         try:
-            job_cpu.append(job.cpu_percent(None))
             busy_cpu.append(psutil.cpu_percent(None))
             rss_peak = max(rss_peak, ui.memory_info().rss / 2**20)
         except psutil.Error:
@@ -225,12 +224,19 @@ def main() -> int:
 
     # live cadence: the Live tab (shown when the run starts) while the job works, no keys pressed
     start = len(term.chunks)
+    ui.cpu_percent(None)
+    job.cpu_percent(None)
     t_end = time.perf_counter() + 5
-    while time.perf_counter() < t_end and running():
+    while time.perf_counter() < t_end and job.is_running():
         term.drain(0.25)
+    ui_cpu_watching = ui.cpu_percent(None)
+    job_cpu_watching = job.cpu_percent(None)
     times = [t for t, _ in term.chunks[start:]]
     gaps = [b - a for a, b in zip(times, times[1:])]
+    ui.cpu_percent(None)
+    job.cpu_percent(None)
     during = press_tabs(term, args.presses, keep_going=running)
+    ui_cpu_pressing = ui.cpu_percent(None)
     torch_in_ui = torch_mapped(ui.pid)
     while job.is_running():
         term.drain(0.5)
@@ -248,7 +254,9 @@ def main() -> int:
         "key_response_ms": {"idle": stats([ms for _, ms in idle]), "during_run": stats([ms for _, ms in during]),
                             "idle_by_tab": by_key(idle), "during_run_by_tab": by_key(during),
                             "what": "tab switch key written to the pty until the new tab's text arrives"},
-        "during_run": {"job_cpu_percent_median": round(statistics.median(job_cpu), 1) if job_cpu else None,
+        "during_run": {"job_cpu_percent_while_watching": round(job_cpu_watching, 1),
+                       "ui_cpu_percent_while_watching": round(ui_cpu_watching, 1),
+                       "ui_cpu_percent_while_pressing_keys": round(ui_cpu_pressing, 1),
                        "system_cpu_percent_median": round(statistics.median(busy_cpu), 1) if busy_cpu else None,
                        "live_update_max_gap_s": round(max(gaps), 3) if gaps else None,
                        "run_finished_and_shown": finished},
