@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="hardware and library versions")
     i.add_argument("--json", action="store_true")
-    for sp in (run, s, x):
+    sv = sub.add_parser("serve", help="the workbench in a browser (textual-serve), bound to 127.0.0.1")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    for sp in (run, s, x, sv):
         sp.add_argument("--sessions-dir", default=argparse.SUPPRESS, help="where sessions live")
     return p
 
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_app(model=args.tui_model, mouse=not args.no_mouse)
         handler = {"run": cmd_run, "sessions": cmd_sessions, "optimizations": cmd_optimizations,
-                   "export": cmd_export, "info": cmd_info}[args.command]
+                   "export": cmd_export, "info": cmd_info, "serve": cmd_serve}[args.command]
         return handler(args)
     except OptbenchError as exc:
         _fail(exc.message, exc.hint, getattr(args, "json", False), exc.kind)
@@ -368,6 +371,12 @@ def cmd_export(args) -> int:
         print(f"exported {args.name} to {result['path']} ({result['bytes_on_disk'] / 1e6:.1f} MB); reloaded and "
               f"verified: max relative error {result['max_rel_error']:.2e} (tolerance {result['tolerance']:.0e})")
     return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from workbench.tui.serve import serve
+
+    return serve(args.host, args.port, os.environ.get("OPTBENCH_SESSIONS"))
 
 
 def cmd_info(args) -> int:
