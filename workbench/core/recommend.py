@@ -8,7 +8,8 @@ Estimates (all computed from the config on the meta device, no weights loaded):
 - KV cache (causal LMs): 2 x layers x kv_heads x head_dim x (prompt + new tokens) x batch x bytes;
 - activations: the largest transient tensors of one forward (hidden/FFN/attention scores, logits of the last token);
 - runtime: this process's resident memory after importing torch + transformers (measured now), CPU only;
-- latency: roofline lower bounds from a measured matmul rate and copy bandwidth of this machine — prefill/encoder
+- latency: roofline lower bounds from a measured matmul rate (fp32 on CPU, bf16 on a GPU) and copy bandwidth of this
+  machine — prefill/encoder
   compute-bound (2 x params x tokens / FLOP rate), decode memory-bound (weight bytes / bandwidth per token).
 Roofline bounds are optimistic by construction (kernels, Python overhead and launches are not free); the check after
 the run says by how much.
@@ -71,6 +72,35 @@ def measure_cpu(seconds: float = 1.0) -> dict:
     return {"fp32_gflops": best / 1e9, "copy_gb_s": bw / 1e9}
 
 
+def measure_gpu(index: int, seconds: float = 1.0) -> dict:
+    """Best observed bf16 matmul rate and device-memory copy bandwidth of one GPU (CUDA events, synchronized)."""
+    import torch
+
+    dev = torch.device("cuda", index)
+    n = 4096
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    src = torch.empty(256 * 2 ** 20 // 2, device=dev, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def best(fn, work: float) -> float:
+        for _ in range(3):
+            fn()
+        top, stop = 0.0, time.perf_counter() + seconds / 2
+        while time.perf_counter() < stop:
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            top = max(top, work / (start.elapsed_time(end) / 1000))
+        return top
+
+    flops = best(lambda: a @ b, 2 * n ** 3)
+    bw = best(lambda: dst.copy_(src), 2 * src.numel() * 2)
+    return {"bf16_gflops": flops / 1e9, "copy_gb_s": bw / 1e9}
+
+
 def hardware(device: str = "auto", measure: bool = True) -> dict:
     import psutil
     import torch
@@ -96,6 +126,8 @@ def hardware(device: str = "auto", measure: bool = True) -> dict:
                      "compute_capability": f"{props.major}.{props.minor}", "count": torch.cuda.device_count(),
                      "cc": (props.major, props.minor)}
         hw["device"] = f"cuda:{idx}"
+        if measure:
+            hw.update(measure_gpu(idx))
     else:
         hw["device"] = "cpu"
         if measure:
@@ -223,9 +255,10 @@ def estimate(facts: dict, recipe_steps: list[dict], hw: dict, c: Constraints) ->
         if not gpu else (weights + kv + act) / mb,
     }
     # roofline lower bounds
-    flops_rate = (hw.get("fp32_gflops") or 0) * 1e9 * (2.0 if dtype != "fp32" and gpu else 1.0)
+    flops_rate = (hw.get("bf16_gflops") if gpu else hw.get("fp32_gflops")) or 0
+    flops_rate *= 1e9
     bw = (hw.get("copy_gb_s") or 0) * 1e9
-    if not gpu and flops_rate and bw:
+    if flops_rate and bw:
         work_params = facts["params"] - facts["embedding_params"] + (facts["embedding_params"]
                                                                       if facts["task"] == "causal-lm" else 0)
         if facts["task"] == "causal-lm":
@@ -234,16 +267,15 @@ def estimate(facts: dict, recipe_steps: list[dict], hw: dict, c: Constraints) ->
                             / bw, 2 * work_params * batch / flops_rate)
             out["latency_ms"] = (prefill + per_token * (c.new_tokens - 1)) * 1000
             out["decode_ms_per_token"] = per_token * 1000
-            speed = 1.0
-            if linear_kind.startswith("int8-dynamic"):
-                speed = 2.0  # int8 GEMMs (fbgemm) do about twice the fp32 rate
-            out["latency_ms"] /= speed if prefill > per_token * c.new_tokens else 1.0
+            if linear_kind.startswith("int8-dynamic") and not gpu and prefill > per_token * c.new_tokens:
+                out["latency_ms"] /= 2.0  # int8 GEMMs (fbgemm) do about twice the fp32 rate
         else:
             t = 2 * work_params * c.seq_len * batch / flops_rate
-            if linear_kind.startswith("int8"):
+            if linear_kind.startswith("int8") and not gpu:
                 t /= 2.0
             out["latency_ms"] = t * 1000
-        out["latency_basis"] = "roofline lower bound (measured fp32 matmul rate and copy bandwidth)"
+        out["latency_basis"] = (f"roofline lower bound (measured {'bf16' if gpu else 'fp32'} matmul rate and copy "
+                                f"bandwidth)")
     return out
 
 
