@@ -201,7 +201,6 @@ def _classifier_probe(model):
                               "at every check (use one or the other)"},
 )
 def apply_exit(model, params: dict, ctx) -> dict:
-    import math  # noqa: F401
     import time
 
     import torch

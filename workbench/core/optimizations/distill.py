@@ -116,7 +116,6 @@ def _forward(model, task: str, batch: dict, hidden: bool):
 
 
 def distill_loss(student_out, teacher_out, batch: dict, task: str, params: dict, mapping):
-    import torch
     import torch.nn.functional as F
 
     parts = {}
