@@ -30,6 +30,7 @@ OUT_MD = ROOT / "benchmarks" / "results" / "cpu_catalogue.md"
 OPTBENCH = [str(ROOT / ".venv" / "bin" / "optbench")]
 
 MINILM = [
+    ["attention:impl=sdpa"],  # a no-op (sdpa is the default): the A/A noise floor of a speedup
     ["int8-dynamic"],
     ["int8-dynamic:backend=torchao"],
     ["int8-dynamic-act"],
@@ -38,6 +39,8 @@ MINILM = [
     ["int8-selective"],
     ["int8-selective:scheme=per-tensor"],
     ["int8-selective:scheme=torchao"],
+    ["int8-selective:keep_dtype=bf16"],
+    ["int8-selective:scheme=per-tensor,keep_dtype=bf16"],
     ["qat:scheme=8da8w,steps=30"],
     ["bf16"],
     ["bf16:mode=autocast"],
@@ -52,9 +55,11 @@ MINILM = [
     ["early-exit:criterion=complexity"],
     ["attention:impl=eager"],
     ["compile"],
+    ["bf16", "compile"],
     ["prune-ffn:fraction=0.25", "int8-selective:scheme=per-tensor"],
 ]
 SMOLLM2 = [
+    ["attention:impl=sdpa"],  # a no-op (sdpa is the default): the A/A noise floor of a speedup
     ["int8-dynamic"],
     ["int8-dynamic-act"],
     ["int8-weight-only"],
@@ -158,7 +163,8 @@ def highlight(rep: dict) -> dict:
     keys = ("layers_quantized", "kept_fp32", "calibration_error", "measured_sparsity", "heads_after", "ffn_after",
             "params_removed_fraction", "layers_after", "student_layers", "heldout_loss_before", "heldout_loss_after",
             "steps_done", "ptq_heldout_error", "qat_heldout_error", "mean_layers_calibration", "runtime",
-            "strategy", "mode_used", "after", "exportable", "export_note", "train_seconds", "search_seconds")
+            "strategy", "mode_used", "after", "exportable", "export_note", "train_seconds", "search_seconds",
+            "tradeoff", "keep_dtype", "removed_per_layer", "loss_first", "loss_last")
     out = {"name": rep["name"]}
     for k in keys:
         if k in rep:
