@@ -73,12 +73,15 @@ SMOLLM2 = [
     ["prune-l1:sparsity=0.5"],
     ["prune-heads:fraction=0.34"],
     ["prune-ffn:fraction=0.25"],
+    ["prune-ffn:fraction=0.25,importance=gradient"],
     ["drop-layers:fraction=0.75,calib_samples=4"],
     ["distill:keep=22,steps=60,batch=2,checkpoint=none"],
     ["kv-cache:cache=static"],
     ["kv-cache:cache=static", "compile"],
     ["compile"],
     ["attention:impl=eager"],
+    ["bf16", "compile"],
+    ["bf16", "kv-cache:cache=static", "compile"],
 ]
 MODELS = {"minilm": ("demo:minilm", MINILM), "smollm2": ("demo:smollm2", SMOLLM2)}
 

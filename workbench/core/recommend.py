@@ -316,26 +316,35 @@ def propose(facts: dict, hw: dict, c: Constraints) -> list[dict]:
             steps.append(_step("compile", {"mode": "max-autotune-no-cudagraphs"}, "fixed-shape encoder: inductor "
                                "fuses the elementwise work around the matmuls"))
         return steps
-    # CPU
+    # CPU. Measured here (benchmarks/results/cpu_catalogue.md, 2-core AVX512-BF16 CPU): bf16 cast 3.3x on MiniLM
+    # (cosine 1.0000) and 1.9x decode on SmolLM2 (perplexity -0.1 %); torch.ao int8-dynamic 2.7x on MiniLM at cosine
+    # 0.927 and destructive on SmolLM2 (next-token agreement 0.52); torchao int8 weight-only 1.3x decode on SmolLM2
+    # at KL 0.003.
+    bf16_hw = hw.get("avx512_bf16") or hw.get("amx")
+    if bf16_hw:
+        steps.append(_step("bf16", {}, "this CPU has native bfloat16 matmuls (AVX512-BF16/AMX): a bf16 cast halves "
+                                       "the weights and was the fastest CPU option measured here at no measurable "
+                                       "accuracy cost (MiniLM 3.3x, SmolLM2 decode 1.9x)"))
+    fp32_mb = facts["params"] * 4 / 2 ** 20
+    need_cut = c.memory_mb is not None and (fp32_mb / (2 if bf16_hw else 1)) > 0.5 * c.memory_mb
     if task == "causal-lm":
-        if drop >= 1.0:
-            steps.append(_step("int8-dynamic", {}, "CPU decode is memory-bound at batch 1: int8 weights read 4x fewer "
-                               "bytes than fp32 and fbgemm's int8 kernels are fast; the accuracy cost is measured as "
-                               "KL and next-token agreement"))
-        else:
-            steps.append(_step("int8-selective", {"scheme": "per-tensor", "max_kl": max(0.002, drop / 100)},
-                               f"a {drop}% budget is tight: quantize to int8 but keep the most sensitive layers fp32 "
-                               f"(measured on calibration text)"))
-    else:
+        if not bf16_hw or need_cut:
+            steps.append(_step("int8-weight-only", {}, "decode is memory-bound at small batch: int8 weights read "
+                               "4x fewer bytes than fp32 (measured 1.3x on SmolLM2 at KL 0.003); torch.ao "
+                               "int8-dynamic was faster but destroyed SmolLM2's predictions (agreement 0.52)"
+                               + (f"; also needed for the {c.memory_mb:.0f} MB cap" if need_cut else "")))
+    elif not bf16_hw or need_cut:
         if drop >= 7.0:
-            steps.append(_step("int8-dynamic", {}, "encoder on CPU: dynamic INT8 is the fastest path (fbgemm); its "
-                               "cosine drop (about 7 % on MiniLM) fits the budget"))
+            steps.append(_step("int8-dynamic", {}, "encoder on CPU: dynamic INT8 is the fastest integer path "
+                               "(fbgemm; 2.7x on MiniLM); its cosine drop (about 7 % on MiniLM) fits the budget"))
         else:
             target = round(1.0 - drop / 100 + 0.002, 4)
-            steps.append(_step("int8-selective", {"scheme": "per-tensor", "min_cosine": min(0.999, target)},
+            steps.append(_step("int8-selective", {"min_cosine": min(0.999, target)},
                                f"the {drop}% budget rules out plain dynamic INT8 (about 7 % cosine drop on MiniLM): "
                                f"quantize every layer but the most sensitive ones, which stay fp32 until the "
                                f"calibration cosine reaches {min(0.999, target)}"))
+        if bf16_hw and steps and steps[0]["name"] == "bf16":
+            steps.pop(0)  # the int8 kernels take fp32 activations: no bf16 cast before them
     est = estimate(facts, steps, hw, c)
     if c.latency_ms and est.get("latency_ms") and est["latency_ms"] > c.latency_ms and drop >= 10:
         steps.insert(0, _step("drop-layers", {"fraction": 0.5, "which": "importance"}, f"the roofline estimate "

@@ -74,8 +74,8 @@ def _half_twin(module, dtype):
         Param("keep_dtype", str, "fp32", "precision of the kept layers: fp32, or bf16 (weights and matmul in "
               "bfloat16, fp32 in and out: fast on CPUs with AVX512-BF16/AMX and on GPUs; not exportable)",
               choices=("fp32", "bf16"), search=("fp32", "bf16")),
-        Param("calib_samples", int, 16, "calibration texts (encoders) or 128-token windows (causal LMs); each "
-              "layer's sensitivity is measured on the first 8 of them, the search on all", min=2, max=4096),
+        Param("calib_samples", int, 16, "calibration texts (encoders) or 128-token windows (causal LMs) for the "
+              "search; each layer's sensitivity is ranked on 8 texts / 2 windows", min=2, max=4096),
         Param("calib_data", str, "builtin", "calibration text: builtin (end of the built-in text) or a .txt path"),
         Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision"),
     ),
@@ -134,11 +134,15 @@ def apply(model, params: dict, ctx) -> dict:
         for nm in names:
             _common.set_module(model, nm, keepers[nm] if nm in kept else quantized[nm])
 
+    # ranking needs far less data than the final check: one forward per layer over 8 texts (encoders) or
+    # 2 x 128 tokens (causal LMs, where a model has hundreds of Linear layers)
+    rows = 2 if task == "causal-lm" else 8
+    probe = [{k: v[:rows] for k, v in batches[0].items()}]
+    probe_refs = _common.reference(model, task, probe)
     sensitivity = {}
-    probe = max(1, 8 // batches[0]["input_ids"].shape[0])  # one forward per layer over ~8 samples: ranking only
     for i, nm in enumerate(names):
         _common.set_module(model, nm, quantized[nm])
-        sensitivity[nm] = _common.error_on(model, task, batches[:probe], refs[:probe])
+        sensitivity[nm] = _common.error_on(model, task, probe, probe_refs)
         _common.set_module(model, nm, originals[nm])
         ctx.progress(0.8 * (i + 1) / len(names))
     order = sorted(names, key=lambda nm: sensitivity[nm], reverse=True)
