@@ -240,20 +240,33 @@ def table(rows: list[dict]) -> str:
             continue
         causal = model == "smollm2"
         lines += [f"## demo:{model}", ""]
-        head = "| optimization | speedup | " + ("decode ms/token | " if causal else "latency p50 ms | ") + \
+        head = "| optimization | speedup | " + ("TTFT ms | decode ms/token | " if causal else "latency p50 ms | ") + \
                "size MB | RSS peak MB | accuracy | apply s | notes |"
-        lines += [head, "|" + "---|" * 8]
+        lines += [head, "|" + "---|" * (9 if causal else 8)]
         for r in mrows:
             name = " + ".join(r["opts"])
             if "error" in r:
                 lines.append(f"| {name} | failed | | | | {r['error'][:120]} | | |")
                 continue
             lat = r["decode_ms_per_token"] if causal else r["latency_p50_ms"]
+            ttft = f"{r['ttft_ms'][0]:.0f} -> {r['ttft_ms'][1]:.0f} | " if causal else ""
             lines.append(
-                f"| {name} | {r['speedup']:.2f}x | {lat[0]:.1f} -> {lat[1]:.1f} | "
+                f"| {name} | {r['speedup']:.2f}x | {ttft}{lat[0]:.1f} -> {lat[1]:.1f} | "
                 f"{r['size_mb'][0]:.0f} -> {r['size_mb'][1]:.0f} | {r['rss_peak_mb'][0]:.0f} / "
                 f"{r['rss_peak_mb'][1]:.0f} | {accuracy_cell(r)} | {r['apply_seconds']:.0f} | {note_cell(r)} |")
         lines.append("")
+        for r in mrows:
+            for h in r.get("highlights", []):
+                if h.get("tradeoff"):
+                    knob = "threshold" if "threshold" in h["tradeoff"][0] else "complexity_tokens"
+                    metric = "cosine_to_full" if "cosine_to_full" in h["tradeoff"][0] else "agreement_with_full"
+                    lines += [f"Trade-off of `{' + '.join(r['opts'])}` on calibration text (batches of 8 x 128 "
+                              f"tokens, against the same model with exits disabled):", "",
+                              f"| {knob} | mean blocks used | {metric} | ms per batch |", "|---|---|---|---|"]
+                    for t in h["tradeoff"]:
+                        lines.append(f"| {t[knob]} | {t['mean_layers']:.2f} | {t[metric]:.4f} | "
+                                     f"{t['ms_per_batch']:.1f} |")
+                    lines.append("")
     return "\n".join(lines) + "\n"
 
 
