@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     for sp in (run, s, x, sv):
         sp.add_argument("--sessions-dir", default=argparse.SUPPRESS, help="where sessions live")
+    from workbench.commands_catalogue import add_parsers
+
+    p.set_defaults(catalogue_handlers=add_parsers(sub))  # recommend, sweep
     return p
 
 
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_app(model=args.tui_model, mouse=not args.no_mouse)
         handler = {"run": cmd_run, "sessions": cmd_sessions, "optimizations": cmd_optimizations,
-                   "export": cmd_export, "info": cmd_info, "serve": cmd_serve}[args.command]
+                   "export": cmd_export, "info": cmd_info, "serve": cmd_serve,
+                   **args.catalogue_handlers}[args.command]
         return handler(args)
     except OptbenchError as exc:
         _fail(exc.message, exc.hint, getattr(args, "json", False), exc.kind)
