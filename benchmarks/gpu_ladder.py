@@ -79,19 +79,19 @@ def build(torch, name: str, attn: str):
     return model
 
 
-def quantize(model, rung: str):
-    """The same torchao configurations optbench's catalogue applies (weight-only on every Linear but lm_head)."""
-    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig,
-                                      Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_)
+# ladder rung -> the catalogue optimization (and parameters) it applies
+RUNG_OPTS = {"int8-wo": ("int8-weight-only", {}), "int4-wo": ("int4-weight-only", {"group_size": 128}),
+             "float8-wo": ("fp8-weight-only", {}), "float8-dyn": ("fp8-dynamic", {})}
 
-    config = {
-        "int8-wo": lambda: Int8WeightOnlyConfig(),
-        "int4-wo": lambda: Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"),
-        "float8-wo": lambda: Float8WeightOnlyConfig(),
-        "float8-dyn": lambda: Float8DynamicActivationFloat8WeightConfig(),
-    }[rung]()
-    quantize_(model, config, filter_fn=lambda m, fqn: isinstance(m, __import__("torch").nn.Linear)
-              and "lm_head" not in fqn)
+
+def quantize(model, rung: str) -> dict:
+    """Apply the rung through optbench's own registry (weight quantization of every Linear but lm_head)."""
+    from workbench.core import optimizations
+    from workbench.core.optimizations.context import ApplyContext
+
+    name, params = RUNG_OPTS[rung]
+    spec = optimizations.get(name)
+    return spec.apply(model, spec.resolve(params), ApplyContext(device=DEVICE, task="causal-lm"))
 
 
 def bytes_per_token(model, cfg: dict, batch: int, prompt: int, new: int) -> float:

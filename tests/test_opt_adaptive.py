@@ -3,7 +3,7 @@ easy inputs, counted live)."""
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # a pinned dependency: a broken install must fail, not skip
 
 from workbench.core import optimizations  # noqa: E402
 from workbench.core.export import load_artifact, save  # noqa: E402

@@ -2,8 +2,8 @@
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torchao")
+import torch  # a pinned dependency: a broken install must fail, not skip
+import torchao  # noqa: F401  (pinned dependency)
 
 from workbench.core import optimizations  # noqa: E402
 from workbench.core.export import load_artifact, save  # noqa: E402

@@ -3,8 +3,8 @@ real byte savings, tensor types, and export through transformers' TorchAoConfig 
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torchao")
+import torch  # a pinned dependency: a broken install must fail, not skip
+import torchao  # noqa: F401  (pinned dependency)
 
 from tests.conftest import fast_recipe  # noqa: E402
 from workbench.core import optimizations, pipeline  # noqa: E402

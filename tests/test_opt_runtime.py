@@ -3,7 +3,7 @@ static-cache + compile combination that must compile once (through transformers)
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # a pinned dependency: a broken install must fail, not skip
 
 from workbench.core import optimizations  # noqa: E402
 from workbench.core.errors import InputError  # noqa: E402

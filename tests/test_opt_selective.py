@@ -2,7 +2,7 @@
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # a pinned dependency: a broken install must fail, not skip
 
 from tests.conftest import fast_recipe  # noqa: E402
 from workbench.core import optimizations, pipeline  # noqa: E402

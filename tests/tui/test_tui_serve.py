@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytest.importorskip("textual_serve", reason="textual-serve is not installed (pip install textual-serve)")
-aiohttp = pytest.importorskip("aiohttp")
+import textual_serve  # noqa: F401,E402  (pinned in requirements.txt)
+import aiohttp  # noqa: E402
 
 
 def _free_port() -> int:
