@@ -147,12 +147,10 @@ def recipe_from_args(args, base=None):
         recipe.device = args.device
     if args.opt:
         recipe.optimizations = [OptStep(*optimizations.parse_opt_arg(o)) for o in args.opt]
-    bench_map = {"batch": "batch", "seq_len": "seq_len", "new_tokens": "new_tokens", "warmup": "warmup",
-                 "min_iters": "min_iters", "min_seconds": "min_seconds", "monitor_hz": "monitor_hz"}
-    bench = BenchSettings(**vars(recipe.bench)) if isinstance(recipe.bench, BenchSettings) else BenchSettings()
-    for flag, field_name in bench_map.items():
-        if getattr(args, flag, None) is not None:
-            setattr(bench, field_name, getattr(args, flag))
+    bench = BenchSettings(**vars(recipe.bench))
+    for name in ("batch", "seq_len", "new_tokens", "warmup", "min_iters", "min_seconds", "monitor_hz"):
+        if getattr(args, name, None) is not None:
+            setattr(bench, name, getattr(args, name))
     ev = EvalSettings(**vars(recipe.eval))
     for flag, field_name in {"eval_source": "source", "text_column": "text_column", "label_column": "label_column",
                              "query_column": "query_column", "document_column": "document_column",
