@@ -84,3 +84,25 @@ def test_every_registered_optimization_describes_itself():
             assert p.help, f"{s.name}.{p.name} has no help text"
             # the default must pass the parameter's own validation
             assert p.coerce(s.name, p.default) == p.default
+
+
+def test_device_map_placement_is_validated():
+    def rec(dm, opts=(), device="cuda"):
+        return Recipe(ModelSpec("demo:smollm2", device_map=dm), [OptStep(n) for n in opts], device=device)
+
+    assert rec("balanced", ["bf16", "attention"]).validate(task="causal-lm").model.device_map == "balanced"
+    with pytest.raises(InputError, match="--device-map everywhere: unknown placement"):
+        rec("everywhere").validate()
+    with pytest.raises(InputError, match="expected --device cuda or auto, not cpu"):
+        rec("auto", device="cpu").validate()
+    with pytest.raises(InputError, match="--opt int8-weight-only: not supported with --device-map"):
+        rec("auto", ["int8-weight-only"]).validate(task="causal-lm")
+    d = rec("auto").to_dict()
+    assert d["model"]["device_map"] == "auto" and Recipe.from_dict(d).model.device_map == "auto"
+
+
+def test_device_map_needs_cuda(tmp_path):
+    from workbench.core.models import load
+
+    with pytest.raises(InputError, match="--device-map auto: needs CUDA GPUs"):
+        load("demo:minilm", None, "cpu", device_map="auto")

@@ -62,3 +62,17 @@ def test_export_reload_on_cuda(tiny_bert, tmp_path):
     report, _ = run(cuda_recipe(str(tiny_bert), [("fp16", {})]), artifact=str(tmp_path / "art"))
     assert report["export"]["verified"]
     assert report["accuracy"]["cosine_to_baseline"]["value"] > 0.99
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_device_map_spreads_a_model_over_two_gpus(tiny_llama):
+    r = cuda_recipe(str(tiny_llama), [("bf16", {}), ("attention", {"impl": "sdpa"})])
+    r.model.device_map = "balanced"
+    report, events = run(r)
+    placement = report["model"]["placement"]
+    assert placement and set(placement) == {"cuda:0", "cuda:1"}, placement
+    per = report["optimized"]["memory_mb"]["cuda_peak_allocated_per_device"]
+    assert per["cuda:0"] > 0 and per["cuda:1"] > 0
+    samples = [k for t, k in events if t == "sample"]
+    assert len(samples[-1]["gpus"]) >= 2
+    assert report["optimized"]["decode_ms_per_token"]["p50"] > 0

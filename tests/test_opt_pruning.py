@@ -64,7 +64,7 @@ def test_gqa_prunes_whole_kv_groups(gqa_llama):
 
 
 def test_magnitude_and_gradient_importance_pick_the_dead_head(tiny_llama):
-    for importance in ("magnitude", "gradient"):
+    for importance in ("magnitude", "gradient", "activation"):
         loaded = load(str(tiny_llama), None, "cpu")
         o = loaded.model.model.layers[0].self_attn.o_proj
         with torch.no_grad():

@@ -28,6 +28,8 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
                    help="an optimization (repeatable, applied in order); see `optbench optimizations`")
     p.add_argument("--task", choices=("causal-lm", "encoder", "seq-cls"), help="override the detected task")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--device-map", choices=("auto", "balanced", "balanced_low_0", "sequential"),
+                   help="spread the model over every visible GPU (accelerate); with precision/runtime optimizations")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model's own Python code to run (off unless you ask)")
     b = p.add_argument_group("benchmark")
@@ -143,6 +145,8 @@ def recipe_from_args(args, base=None):
         recipe.model.task = args.task
     if args.trust_remote_code:
         recipe.model.trust_remote_code = True
+    if getattr(args, "device_map", None):
+        recipe.model.device_map = args.device_map
     if args.device:
         recipe.device = args.device
     if args.opt:

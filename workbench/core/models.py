@@ -80,12 +80,16 @@ def fingerprint(ref: ResolvedRef, config=None) -> str:
 
 
 def load(ref_text: str, task: str | None = None, device: str = "auto", trust_remote_code: bool = False,
-         revision: str | None = None) -> LoadedModel:
+         revision: str | None = None, device_map: str | None = None) -> LoadedModel:
+    """Load a model for ``task`` onto ``device``. ``device_map`` (auto, balanced, ...) spreads it over every visible
+    GPU with accelerate instead; inputs then go to the device of the first module (the embeddings)."""
     import torch
     import transformers
 
     ref = resolve(ref_text)
     dev = pick_device(device)
+    if device_map is not None and not dev.startswith("cuda"):
+        raise InputError(f"--device-map {device_map}: needs CUDA GPUs; expected --device cuda on a GPU machine")
     source = ref.path if ref.path else ref.hub_id
     common = {"trust_remote_code": trust_remote_code}
     if revision:
@@ -101,7 +105,8 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
     # CPU runs in float32 (half precision on CPU is an optimization the user picks); CUDA keeps the stored dtype.
     dtype = torch.float32 if dev == "cpu" else "auto"
     try:
-        model = auto_class(task).from_pretrained(source, config=config, dtype=dtype, **common)
+        placement = {"device_map": device_map} if device_map else {}
+        model = auto_class(task).from_pretrained(source, config=config, dtype=dtype, **placement, **common)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
     except Exception as exc:  # safetensors, GGUF and pickle readers raise many types; all mean "bad weights"
         if isinstance(exc, (torch.OutOfMemoryError, MemoryError, InputError)):
@@ -113,7 +118,11 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.eval()
-    model.to(dev)
+    if device_map:
+        first = next(iter(getattr(model, "hf_device_map", {}).values()), 0)
+        dev = f"cuda:{first}" if isinstance(first, int) else str(first)
+    else:
+        model.to(dev)
     return LoadedModel(model, tokenizer, task, ref, dev, fingerprint(ref, config))
 
 
@@ -161,8 +170,21 @@ def describe(model, task: str, ref: ResolvedRef, device: str, fp: str) -> dict:
         "heads": getattr(config, "num_attention_heads", None),
         "vocab_size": getattr(config, "vocab_size", None),
         "device": device,
+        "placement": placement(model),
         "fingerprint": fp,
     }
+
+
+def placement(model) -> dict | None:
+    """Parameters (millions) and bytes per device when the model spans several devices, else None."""
+    devices: dict[str, list[float]] = {}
+    for p in model.parameters():
+        d = devices.setdefault(str(p.device), [0.0, 0.0])
+        d[0] += p.numel() / 1e6
+        d[1] += p.numel() * p.element_size() / 2**20
+    if len(devices) < 2:
+        return None
+    return {k: {"params_m": round(v[0], 3), "mb": round(v[1], 1)} for k, v in sorted(devices.items())}
 
 
 def config_summary(path: str) -> dict:

@@ -32,13 +32,15 @@ def _measure(loaded, recipe: Recipe, data, monitor: Monitor, emit: Emit, phase: 
     """Bench + eval one model state. Returns (phase report, reference built when ``reference`` is None)."""
     model, tok, task, device = loaded.model, loaded.tokenizer, loaded.task, loaded.device
     monitor.reset_peaks()
-    memory.cuda_reset(device)
+    memory.cuda_reset(device, every=bool(getattr(recipe.model, "device_map", None)))
     _stage(emit, f"{phase}: benchmarking")
     timing = bench(model, tok, task, recipe.bench, device,
                    on_progress=lambda f: _stage(emit, f"{phase}: benchmarking", f),
                    generate_kwargs=loaded.generate_kwargs if phase != "baseline" else None)
     peaks = monitor.peaks()
     cuda = memory.cuda_peaks(device)
+    if getattr(recipe.model, "device_map", None):
+        cuda["cuda_peak_allocated_per_device"] = memory.cuda_peaks_per_device()
     _stage(emit, f"{phase}: evaluating")
     t0 = time.perf_counter()
     metrics, new_ref = evaluate(model, tok, task, data, recipe.eval, device, reference,
@@ -91,7 +93,7 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
     try:
         t0 = time.perf_counter()
         loaded = load(recipe.model.ref, recipe.model.task, recipe.device, recipe.model.trust_remote_code,
-                      recipe.model.revision)
+                      recipe.model.revision, recipe.model.device_map)
         load_s = time.perf_counter() - t0
         info = loaded.info()
         emit("log", level="info", text=f"loaded {info['architecture']} ({info['parameters'] / 1e6:.1f} M params, "

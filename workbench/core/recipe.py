@@ -18,6 +18,13 @@ class ModelSpec:
     task: str | None = None  # None: detect from the config
     trust_remote_code: bool = False
     revision: str | None = None
+    device_map: str | None = None  # place the model across every visible GPU with accelerate (see DEVICE_MAPS)
+
+
+# accelerate's placement strategies for a model spread over several GPUs.
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+# Optimizations that work on a model spread over several GPUs (they do not move or rebuild the whole model).
+DEVICE_MAP_STAGES = ("precision", "runtime")
 
 
 @dataclass
@@ -110,6 +117,13 @@ class Recipe:
         dev = device or self.device
         if dev.split(":")[0] not in DEVICES:
             raise InputError(f"--device {dev}: unknown device; expected auto, cpu, cuda or cuda:N")
+        if self.model.device_map is not None:
+            if self.model.device_map not in DEVICE_MAPS:
+                raise InputError(f"--device-map {self.model.device_map}: unknown placement; expected one of: "
+                                 f"{', '.join(DEVICE_MAPS)}")
+            if dev == "cpu" or dev.startswith("cuda:"):
+                raise InputError(f"--device-map {self.model.device_map}: spreads the model over every visible GPU; "
+                                 f"expected --device cuda or auto, not {dev}")
         _check_limits(self.bench, "bench")
         _check_limits(self.eval, "eval")
         resolved: list[OptStep] = []
@@ -134,6 +148,9 @@ class Recipe:
                 if spec.name in pspec.conflicts or prev.name in spec.conflicts:
                     raise InputError(f"--opt {spec.name}: cannot be combined with {prev.name}: "
                                      f"{spec.extra.get('conflict_reason', pspec.extra.get('conflict_reason', 'they are incompatible'))}")
+            if self.model.device_map is not None and spec.stage not in DEVICE_MAP_STAGES:
+                raise InputError(f"--opt {spec.name}: not supported with --device-map (the model spans several "
+                                 f"GPUs); expected a {' or '.join(DEVICE_MAP_STAGES)} optimization")
             if task is not None and task not in spec.tasks:
                 raise InputError(f"--opt {spec.name}: does not apply to {task} models; "
                                  f"expected a model of task {', '.join(spec.tasks)}")

@@ -65,12 +65,25 @@ def param_count(model) -> int:
     return n
 
 
-def cuda_reset(device: str) -> None:
+def cuda_reset(device: str, every: bool = False) -> None:
+    """Reset peak statistics of ``device`` (or of every visible GPU, for a model spread over several)."""
     import torch
 
     if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        for d in range(torch.cuda.device_count()) if every else [device]:
+            torch.cuda.synchronize(d)
+            torch.cuda.reset_peak_memory_stats(d)
+
+
+def cuda_peaks_per_device() -> dict:
+    """Peak allocated MiB on every visible GPU (keys "cuda:N")."""
+    import torch
+
+    out = {}
+    for d in range(torch.cuda.device_count()):
+        torch.cuda.synchronize(d)
+        out[f"cuda:{d}"] = torch.cuda.max_memory_allocated(d) / 2**20
+    return out
 
 
 def cuda_peaks(device: str) -> dict:

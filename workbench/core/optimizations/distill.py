@@ -285,6 +285,10 @@ def train(teacher, student, mapping, task: str, tokenizer, params: dict, device:
             total += float(loss.detach())
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / accum
+        if dist:  # the logged loss is the global batch's, as on one device with grad_accum = world
+            t = torch.tensor([total], device=device)
+            torch.distributed.all_reduce(t)
+            total = float(t) / world
         if scaler is not None:
             scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -303,6 +307,10 @@ def train(teacher, student, mapping, task: str, tokenizer, params: dict, device:
             save_checkpoint(folder, student, opt, scaler, step, losses, key)
     if folder is not None and rank == 0 and step > start_step and stopped != "steps":
         save_checkpoint(folder, student, opt, scaler, step, losses, key)
+    if device_type == "cuda":
+        torch.cuda.synchronize(device)
+    train_s = time.perf_counter() - t0
+    samples = (step - start_step) * accum * world * params["batch"]
     student.eval()
     for p in student.parameters():
         p.requires_grad_(False)
@@ -311,9 +319,11 @@ def train(teacher, student, mapping, task: str, tokenizer, params: dict, device:
     head = losses[: max(1, len(losses) // 10)]
     tail = losses[-max(1, len(losses) // 10):]
     return {"steps_done": step, "steps": steps, "stopped_by": stopped, "resumed_from_step": resumed,
-            "train_seconds": seconds, "loss_first": sum(head) / len(head) if head else None,
+            "train_seconds": seconds, "samples_per_s": samples / train_s if train_s > 0 else None,
+            "loss_first": sum(head) / len(head) if head else None,
             "loss_last": sum(tail) / len(tail) if tail else None,
-            "loss_curve": losses[:: max(1, len(losses) // 100)], "heldout_loss_before": before,
+            "loss_curve": losses[:: max(1, len(losses) // 100)],
+            "heldout_loss_before": before,
             "heldout_loss_after": after, "world_size": world,
             "checkpoint": str(folder) if folder is not None else None,
             "tokens_seen": (step - start_step) * accum * world * params["batch"] * params["seq_len"]}
