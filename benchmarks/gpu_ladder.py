@@ -47,6 +47,11 @@ class FixedTok:
 
 RUNGS = ["hf-eager", "hf-sdpa", "static-cache", "graph-decode", "int8-wo", "int4-wo", "float8-wo", "float8-dyn"]
 QUANT_RUNGS = ("int8-wo", "int4-wo", "float8-wo", "float8-dyn")
+# Compile variants of graph-decode; any rung may take one as a suffix, e.g. "int8-wo+cdt".
+VARIANTS = {"": {}, "cdt": {"tuning": "coordinate-descent"},
+            "gemv": {"tuning": "coordinate-descent", "gemv": True},
+            "autotune": {"compile_mode": "max-autotune-no-cudagraphs"}}
+ALIASES = {"graph-cdt": "graph-decode+cdt", "graph-gemv": "graph-decode+gemv", "graph-autotune": "graph-decode+autotune"}
 DEVICE = "cuda"  # the CPU dry run switches it
 
 
@@ -256,15 +261,17 @@ def main() -> int:
         for batch in [int(b) for b in args.batches.split(",")]:
             for rung in args.rungs.split(","):
                 row: dict = {"model": name, "batch": batch, "rung": rung}
+                base, _, variant = ALIASES.get(rung, rung).partition("+")
                 t0 = time.time()
                 model = gen = None
                 try:
-                    model = build(torch, name, "eager" if rung == "hf-eager" else "sdpa")
-                    if rung in QUANT_RUNGS:
-                        quantize(model, rung)
-                    if rung not in ("hf-eager", "hf-sdpa", "static-cache"):
-                        gen = GraphedGreedy(model, batch, args.prompt + args.new, mode=mode)
-                    r = time_rung(torch, model, rung, batch, args.prompt, args.new, args.rounds, gen=gen)
+                    model = build(torch, name, "eager" if base == "hf-eager" else "sdpa")
+                    if base in QUANT_RUNGS:
+                        quantize(model, base)
+                    if base not in ("hf-eager", "hf-sdpa", "static-cache"):
+                        gen = GraphedGreedy(model, batch, args.prompt + args.new, mode=mode,
+                                            **(VARIANTS[variant] if mode == "graph" else {}))
+                    r = time_rung(torch, model, base, batch, args.prompt, args.new, args.rounds, gen=gen)
                     t_tok = r["decode_ms_per_token"]["p50"] / 1000
                     need = bytes_per_token(model, CONFIGS[name], batch, args.prompt, args.new)
                     row.update({

@@ -47,3 +47,23 @@ def test_graph_decode_in_pipeline_on_cpu(tiny_llama):
     assert report["optimization_reports"][0]["mode"] == "eager"
     assert any(t == "log" and "runs eagerly" in k["text"] for t, k in events)
     assert report["optimized"]["decode_ms_per_token"]["count"] >= 2
+
+
+def test_gemv_forward_matches_linear_for_one_row_and_leaves_batches_alone(tiny_llama):
+    import torch
+
+    from workbench.core.fastgen import use_gemv
+    from workbench.core.models import load
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    ids = torch.arange(5, 21)[None]
+    with torch.inference_mode():
+        ref_prefill = loaded.model(input_ids=ids).logits
+        ref_one = loaded.model(input_ids=ids[:, :1]).logits
+        n = use_gemv(loaded.model)
+        assert n == sum(1 for m in loaded.model.modules() if type(m) is torch.nn.Linear) and n > 0
+        lin = loaded.model.model.layers[0].mlp.down_proj
+        x = torch.randn(1, 1, lin.in_features)
+        assert torch.allclose(lin(x), torch.nn.functional.linear(x, lin.weight), atol=1e-5)
+        assert torch.equal(loaded.model(input_ids=ids).logits, ref_prefill)  # many rows: F.linear, unchanged
+        assert torch.allclose(loaded.model(input_ids=ids[:, :1]).logits, ref_one, atol=1e-4)

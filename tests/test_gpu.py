@@ -51,6 +51,21 @@ def test_graph_decode_matches_generate_tokens(tiny_llama):
         assert torch.equal(out, ref)
 
 
+def test_graph_decode_gemv_and_tuning_keep_the_tokens(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from workbench.core.fastgen import GraphedGreedy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).cuda().eval()
+    ids = torch.randint(1000, 20000, (1, 24), device="cuda")
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16,
+                         do_sample=False)
+    gen = GraphedGreedy(model, 1, 40, mode="graph", tuning="coordinate-descent", gemv=True)
+    for _ in range(2):
+        assert torch.equal(gen.generate(ids, 16), ref)
+    assert gen.graph is not None
+
+
 def test_graph_decode_runs_in_pipeline_and_exports(tiny_llama, tmp_path):
     report, _ = run(cuda_recipe(str(tiny_llama), [("bf16", {}), ("graph-decode", {})]),
                     artifact=str(tmp_path / "art"))

@@ -14,6 +14,13 @@ If capture fails (a model with a host sync inside its forward), it falls back to
 "accessing tensor output of CUDAGraphs that has been overwritten").
 
 On CPU the same loop runs eagerly, which is how its tokens are checked against ``generate``.
+
+Two knobs aimed at the kernels themselves (at batch 1 the step is bound by GEMV-shaped matmuls, which cuBLAS runs
+at well under the HBM roofline on small matrices — benchmarks/results/gpu_diag_*.json):
+``tuning="coordinate-descent"`` lets inductor tune its Triton kernels' block sizes by coordinate descent, and
+``gemv=True`` rewrites every plain ``nn.Linear`` that sees a single row (the decode step at batch 1) as a
+broadcast-multiply + sum, which inductor turns into one fused Triton reduction kernel reading the weight once
+(accumulating in fp32); prefill and batches keep ``F.linear``. Both only change how the step is compiled.
 """
 
 from __future__ import annotations
@@ -21,11 +28,36 @@ from __future__ import annotations
 from typing import Callable
 
 MODES = ("graph", "reduce-overhead", "eager")
+TUNINGS = ("none", "coordinate-descent")
+
+
+def _gemv_forward(self, x):
+    """nn.Linear.forward, with a single input row computed as a reduction (see the module docstring)."""
+    import torch
+
+    if x.numel() == x.shape[-1]:
+        out = (x.unsqueeze(-2) * self.weight).sum(-1)
+        return out + self.bias if self.bias is not None else out
+    return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def use_gemv(model) -> int:
+    """Give every plain nn.Linear with an ordinary weight tensor the GEMV forward; returns how many."""
+    import types
+
+    import torch
+
+    n = 0
+    for mod in model.modules():
+        if type(mod) is torch.nn.Linear and type(mod.weight) is torch.nn.Parameter:
+            mod.forward = types.MethodType(_gemv_forward, mod)
+            n += 1
+    return n
 
 
 class GraphedGreedy:
     def __init__(self, model, batch: int, max_len: int, mode: str = "graph", compile_mode: str = "default",
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, tuning: str = "none", gemv: bool = False) -> None:
         import torch
         from transformers import StaticCache
 
@@ -40,8 +72,18 @@ class GraphedGreedy:
         self.mode = mode
         self.graph = None
         self._tok = self._pos = None
+        if tuning not in TUNINGS:
+            raise ValueError(f"tuning must be one of {TUNINGS}")
+        if gemv and mode != "eager":
+            self.log(f"graph-decode: GEMV forward on {use_gemv(model)} Linear layers")
         if mode == "graph":
-            self._step = torch.compile(self._decode_step, mode=compile_mode, fullgraph=True, dynamic=False)
+            if tuning == "coordinate-descent":  # torch.compile takes a mode or options, not both
+                options = {"coordinate_descent_tuning": True}
+                if compile_mode.startswith("max-autotune"):
+                    options.update({"max_autotune": True, "triton.cudagraphs": False})
+                self._step = torch.compile(self._decode_step, options=options, fullgraph=True, dynamic=False)
+            else:
+                self._step = torch.compile(self._decode_step, mode=compile_mode, fullgraph=True, dynamic=False)
         elif mode == "reduce-overhead":
             self._step = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
         else:

@@ -15,6 +15,10 @@ from workbench.core.optimizations.base import Param, register
               choices=("graph", "reduce-overhead", "eager"), search=("graph",)),
         Param("compile_mode", str, "default", "torch.compile mode for the step in 'graph' mode",
               choices=("default", "max-autotune-no-cudagraphs")),
+        Param("tuning", str, "none", "coordinate-descent: inductor tunes its kernels' block sizes (longer compile)",
+              choices=("none", "coordinate-descent")),
+        Param("gemv", bool, False, "batch-1 decode: compute each Linear as a fused Triton reduction instead of "
+              "cuBLAS (see core/fastgen.py)"),
         Param("max_len", int, 0, "static cache length; 0 = prompt + new tokens of the benchmark", min=0,
               max=131072),
     ),
@@ -31,7 +35,9 @@ def apply(model, params: dict, ctx) -> dict:
 
     def factory(batch: int, max_len: int):
         return GraphedGreedy(model, batch, params["max_len"] or max_len, mode=mode,
-                             compile_mode=params["compile_mode"], log=ctx.log)
+                             compile_mode=params["compile_mode"], log=ctx.log, tuning=params["tuning"],
+                             gemv=params["gemv"])
 
     ctx.extra["generate_kwargs"]["optbench_generator"] = factory
-    return {"mode": mode, "compile_mode": params["compile_mode"], "max_len": params["max_len"]}
+    return {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
+            "max_len": params["max_len"]}
