@@ -105,15 +105,37 @@ async def main(args) -> None:
         await shoot(small, out, "tui-setup-80x24")
 
 
+async def gpu_main(args) -> None:
+    """The GPU panes during a run on a CUDA machine: tui-gpu-live.svg and tui-gpu-results.svg."""
+    from workbench.core.recipe import BenchSettings, EvalSettings
+    from workbench.tui.app import OptbenchApp
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    w, h = (int(v) for v in args.size.split("x"))
+    bench = BenchSettings(min_seconds=6.0, new_tokens=128, warmup=2, min_iters=10, batch=8)
+    ev = EvalSettings(token_budget=1024)
+    app = OptbenchApp(bench=bench, eval=ev, device="cuda")
+    async with app.run_test(size=(w, h)) as pilot:
+        await wait_for(pilot, lambda: app.ready, 60, "the app")
+        assert app.load_model(args.model), app.notices
+        await wait_for(pilot, lambda: app.inspect_handle is None, 300, "the inspect job")
+        opts = [o for o in args.opts.split(",") if o]
+        await run_recipe(app, pilot, opts, (out, "tui-gpu-live"))
+        await shoot(app, out, "tui-gpu-results")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo:smollm2")
     ap.add_argument("--out", default=str(ROOT / "assets"))
     ap.add_argument("--size", default="120x40", help="terminal size of the main screenshots, WxH")
+    ap.add_argument("--gpu", action="store_true", help="on a CUDA machine: only the GPU panes during a run")
+    ap.add_argument("--opts", default="bf16,graph-decode", help="with --gpu: the optimizations switched on")
     cli = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="optbench-shots-")
     os.environ.setdefault("OPTBENCH_SESSIONS", f"{tmp}/sessions")
     os.environ["OPTBENCH_CONFIG_DIR"] = f"{tmp}/config"
     os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
     os.chdir(tmp)  # exports (none here) and relative paths stay out of the repository
-    asyncio.run(main(cli))
+    asyncio.run(gpu_main(cli) if cli.gpu else main(cli))
