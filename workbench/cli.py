@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--sessions-dir", default=argparse.SUPPRESS, help="where sessions live")
     from workbench.commands_catalogue import add_parsers
 
-    p.set_defaults(catalogue_handlers=add_parsers(sub))  # recommend, sweep
+    from workbench.commands_tune import add_parsers as add_tune_parsers
+
+    p.set_defaults(catalogue_handlers={**add_parsers(sub), **add_tune_parsers(sub)})  # recommend, sweep, tune
     return p
 
 

@@ -66,6 +66,10 @@ def run_job(spec: dict) -> dict | None:
         info = loaded.info()
         emit("model", **info)
         return info
+    if job == "tune-worker":  # long-lived: loads once, runs tune trials sent to it (workbench/core/tune.py)
+        from workbench.core import tune
+
+        return tune.worker(spec, emit)
     if job == "verify":
         from workbench.core.export import copy_and_verify
 
