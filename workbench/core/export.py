@@ -271,6 +271,9 @@ def _load_resized(path: Path, task: str):
     return model
 
 
+DYNAMIC_ACTIVATION_OPTS = ("int8-dynamic", "int8-dynamic-act", "fp8-dynamic", "int8-selective", "qat")
+
+
 def verify(path: Path | str, device: str = "cpu") -> dict:
     """Reload the export and compare its outputs with those recorded from the in-memory model at export time."""
     from safetensors.torch import load_file
@@ -286,7 +289,10 @@ def verify(path: Path | str, device: str = "cpu") -> dict:
     scale = float(expected.abs().max().clamp_min(1e-6))
     err = float((got - expected).abs().max()) / scale
     half = manifest.get("dtype") in ("float16", "bfloat16")
-    tol = 1e-2 if half else 1e-4
+    # Activations quantized at run time round to a grid: a last-bit difference between the saving and the reloading
+    # kernels (another device, another GEMM) can move a value across a step, so those formats get a looser bound.
+    dynamic = any(o.get("name") in DYNAMIC_ACTIVATION_OPTS for o in manifest.get("optimizations") or [])
+    tol = 5e-2 if dynamic else 1e-2 if half else 1e-4
     ok = bool(torch.isfinite(got).all()) and got.shape == expected.shape and err <= tol
     record = {"verified": ok, "max_rel_error": err, "tolerance": tol}
     if not ok:

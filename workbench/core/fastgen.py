@@ -49,7 +49,7 @@ def use_gemv(model) -> int:
 
     n = 0
     for mod in model.modules():
-        if type(mod) is torch.nn.Linear and type(mod.weight) is torch.nn.Parameter:
+        if type(mod) is torch.nn.Linear and type(mod.weight.data) is torch.Tensor:  # not quantized subclasses
             mod.forward = types.MethodType(_gemv_forward, mod)
             n += 1
     return n

@@ -121,9 +121,9 @@ class Recipe:
             if self.model.device_map not in DEVICE_MAPS:
                 raise InputError(f"--device-map {self.model.device_map}: unknown placement; expected one of: "
                                  f"{', '.join(DEVICE_MAPS)}")
-            if dev == "cpu" or dev.startswith("cuda:"):
+            if self.device == "cpu" or self.device.startswith("cuda:"):
                 raise InputError(f"--device-map {self.model.device_map}: spreads the model over every visible GPU; "
-                                 f"expected --device cuda or auto, not {dev}")
+                                 f"expected --device cuda or auto, not {self.device}")
         _check_limits(self.bench, "bench")
         _check_limits(self.eval, "eval")
         resolved: list[OptStep] = []
