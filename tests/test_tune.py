@@ -1,0 +1,303 @@
+"""optbench tune: search space, budgets, frontier (pure), and real tunes on tiny models through tune-worker jobs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import FAST, ROOT, fast_recipe
+from workbench.core import tune
+from workbench.core.errors import InputError
+from workbench.core.recipe import ModelSpec, OptStep, Recipe
+
+
+# ------------------------------------------------------------------ search space (pure, torch-free)
+
+def test_space_singles_pairs_and_recorded_skips():
+    sp = tune.build_space("encoder", "cpu", opts=["bf16", "int8-dynamic", "prune-l1", "kv-cache", "sparse-2of4"])
+    labels = [c.label for c in sp.candidates]
+    singles = sorted(c.label for c in sp.candidates if c.phase < 2)
+    assert singles == sorted(["bf16:mode=cast", "bf16:mode=autocast", "int8-dynamic:backend=torch.ao",
+                              "int8-dynamic:backend=torchao", "prune-l1:sparsity=0.1", "prune-l1:sparsity=0.3",
+                              "prune-l1:sparsity=0.5"])
+    reasons = {s["label"]: s["reason"] for s in sp.skipped}
+    assert "causal-lm" in reasons["kv-cache"]  # task filter
+    assert "cuda" in reasons["sparse-2of4"]  # device filter
+    # bf16 then int8-dynamic is rejected by Recipe.validate: recorded with the validator's reason, not a candidate
+    rejected = [s for s in sp.skipped if s["label"].startswith("bf16") and "int8-dynamic" in s["label"]]
+    assert len(rejected) == 4 and all("cannot be combined" in s["reason"] for s in rejected)
+    assert not any("bf16" in lab and "int8-dynamic" in lab for lab in labels)
+    # combinations across stages, in stage order (prune before precision/quantize)
+    assert "prune-l1:sparsity=0.5 + bf16:mode=cast" in labels
+    assert "prune-l1:sparsity=0.1 + int8-dynamic:backend=torchao" in labels
+    assert sp.counts == {**sp.counts, "singles": 7, "pairs": 12, "triples": 0, "size": 19, "capped": 0}
+    for c in sp.candidates:  # every candidate is valid and fully resolved
+        r = Recipe(ModelSpec("x"), [OptStep(s["name"], s["params"]) for s in c.steps]).validate("encoder", "cpu")
+        assert [s.params for s in r.optimizations] == [s["params"] for s in c.steps]
+    again = tune.build_space("encoder", "cpu", opts=["bf16", "int8-dynamic", "prune-l1", "kv-cache", "sparse-2of4"])
+    assert [c.label for c in again.candidates] == labels  # deterministic
+    with pytest.raises(InputError, match="--opts nope"):
+        tune.build_space("encoder", "cpu", opts=["nope"])
+
+
+def test_space_order_cheap_first_and_cap_keeps_singles():
+    sp = tune.build_space("causal-lm", "cpu", max_space=5000)
+    first = {}
+    for i, c in enumerate(sp.candidates):
+        if c.phase < 2:
+            first.setdefault(c.steps[0]["name"], i)
+    assert first["bf16"] < first["int8-dynamic"] < first["kv-cache"] < first["prune-l1"] < first["compile"] \
+        < first["int8-selective"] < first["qat"] < first["distill"]
+    costs = [c.cost for c in sp.candidates]
+    assert costs == sorted(costs)
+    # among one optimization's singles, its default values come first
+    prune = [c for c in sp.candidates if c.phase < 2 and c.steps[0]["name"] == "prune-l1"]
+    assert prune[0].phase == 0 and prune[0].steps[0]["params"]["sparsity"] == 0.5
+    triple = next(c for c in sp.candidates if c.phase == 3)
+    assert len(triple.steps) == 3
+    capped = tune.build_space("causal-lm", "cpu", max_space=80)
+    assert capped.counts["size"] == 80 and capped.counts["capped"] == len(sp.candidates) - 80
+    singles = {c.ident for c in sp.candidates if c.phase < 2}
+    assert singles <= {c.ident for c in capped.candidates}  # the cap drops combinations before singles
+
+
+def test_space_skips_optimizations_whose_module_is_not_importable(monkeypatch):
+    real = tune.importlib.util.find_spec
+    monkeypatch.setattr(tune.importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "torchao" else real(name, *a, **k))
+    sp = tune.build_space("encoder", "cpu", opts=["int8-weight-only", "bf16"])
+    reasons = {s["label"]: s["reason"] for s in sp.skipped}
+    assert "torchao" in reasons["int8-weight-only"] and "not importable" in reasons["int8-weight-only"]
+    assert all(s["name"] != "int8-weight-only" for c in sp.candidates for s in c.steps)
+    assert [c.label for c in sp.candidates] == ["bf16:mode=cast", "bf16:mode=autocast"]
+
+
+# ------------------------------------------------------------------ budgets, objectives, frontier (pure)
+
+def test_parse_accuracy_budget_and_duration():
+    b = tune.parse_accuracy_budget("1%")
+    assert (b.default.kind, b.default.value, b.per_metric) == ("relative", 0.01, {})
+    b = tune.parse_accuracy_budget("0.01")
+    assert (b.default.kind, b.default.value) == ("absolute", 0.01)
+    b = tune.parse_accuracy_budget("perplexity=2%,cosine=0.01")
+    assert b.default is None
+    assert (b.per_metric["perplexity"].kind, b.per_metric["perplexity"].value) == ("relative", 0.02)
+    assert (b.per_metric["cosine_to_baseline"].kind, b.per_metric["cosine_to_baseline"].value) == ("absolute", 0.01)
+    for bad, named in (("bogus=1%", "bogus"), ("5x", "5x"), ("kl=1%", "kl=1%"), ("-1%", "-1%"), ("", "''"),
+                       ("1%,2%", "1%,2%")):
+        with pytest.raises(InputError, match="--max-accuracy-drop") as exc:
+            tune.parse_accuracy_budget(bad)
+        assert named in exc.value.message
+    assert tune.parse_duration("20m") == 1200 and tune.parse_duration("1h30m") == 5400
+    assert tune.parse_duration("90s") == 90 and tune.parse_duration("45") == 45
+    for bad in ("10q", "0", "m", "-5m", ""):
+        with pytest.raises(InputError, match="--budget"):
+            tune.parse_duration(bad)
+
+
+def test_check_accuracy_relative_absolute_direction_and_zero_baseline():
+    table = {"perplexity": {"value": 15.0, "baseline": 14.7, "higher_is_better": False},
+             "next_token_agreement": {"value": 0.97, "baseline": 1.0, "higher_is_better": True},
+             "kl_divergence": {"value": 0.002, "baseline": 0.0, "higher_is_better": False}}
+    r = tune.check_accuracy(table, tune.parse_accuracy_budget("1%"))
+    assert not r["ok"]
+    assert r["rows"]["perplexity"]["ok"] is False and r["rows"]["perplexity"]["drop"] == pytest.approx(0.3)
+    assert r["rows"]["next_token_agreement"]["ok"] is False
+    assert "kl_divergence" in r["unconstrained"] and r["rows"]["kl_divergence"]["limit"] is None
+    assert r["budget_used"] == pytest.approx(max(0.3 / 0.147, 0.03 / 0.01))  # the worst metric
+    r = tune.check_accuracy(table, tune.parse_accuracy_budget("perplexity=3%,kl=0.01"))
+    assert r["ok"] and "next_token_agreement" in r["unconstrained"]
+    assert r["budget_used"] == pytest.approx(max(0.3 / (0.03 * 14.7), 0.002 / 0.01))
+    better = {"cosine_to_baseline": {"value": 1.0, "baseline": 1.0, "higher_is_better": True},
+              "recall_at_1": {"value": 0.85, "baseline": 0.8, "higher_is_better": True}}
+    r = tune.check_accuracy(better, tune.parse_accuracy_budget("0.01"))
+    assert r["ok"] and r["budget_used"] == pytest.approx(0.0)
+    assert r["rows"]["recall_at_1"]["drop"] == pytest.approx(-0.05)
+
+
+def test_objective_metric_per_task_and_device():
+    assert tune.objective_info("latency", "causal-lm", "cpu")["metric"] == "decode_ms_per_token.p50"
+    assert tune.objective_info("latency", "encoder", "cpu")["metric"] == "latency_ms.p50"
+    assert tune.objective_info("throughput", "causal-lm", "cpu")["direction"] == "max"
+    assert tune.objective_info("memory", "encoder", "cuda:0")["metric"] == "memory_mb.cuda_peak_reserved"
+    assert tune.objective_info("memory", "encoder", "cpu")["metric"] == "memory_mb.rss_peak"
+    with pytest.raises(InputError, match="--objective speed"):
+        tune.objective_info("speed", "encoder", "cpu")
+    phase = {"decode_ms_per_token": {"p50": 20.0}, "latency_ms": {"p50": 700.0}, "throughput": {"value": 50.0}}
+    assert tune.dotted(phase, "decode_ms_per_token.p50") == 20.0 and tune.dotted(phase, "ttft_ms.p50") is None
+    assert tune.gain(20.0, 40.0, "min") == 2.0 and tune.gain(100.0, 50.0, "max") == 2.0
+
+
+def test_pareto_frontier_and_choice_on_synthetic_results():
+    pts = [{"id": 0, "objective": 100.0, "budget_used": 0.0},  # the baseline
+           {"id": 1, "objective": 40.0, "budget_used": 0.5},
+           {"id": 2, "objective": 50.0, "budget_used": 0.6},  # dominated by 1
+           {"id": 3, "objective": 30.0, "budget_used": 3.0},  # fastest, over the budget: still on the frontier
+           {"id": 4, "objective": 40.0, "budget_used": 0.5},  # identical to 1: the first is kept
+           {"id": 5, "objective": 60.0, "budget_used": -0.1},  # more accurate than the baseline: dominates it
+           {"id": 6, "objective": None, "budget_used": 0.0}]  # not measured: ignored
+    assert [p["id"] for p in tune.pareto_frontier(pts, "min")] == [3, 1, 5]
+    thr = [{"id": i, "objective": o, "budget_used": u} for i, o, u in ((0, 10.0, 0.0), (1, 30.0, 0.2),
+                                                                         (2, 20.0, 0.3), (3, 25.0, 0.1))]
+    assert [p["id"] for p in tune.pareto_frontier(thr, "max")] == [1, 3, 0]
+    trials = [{"id": 1, "objective": 30.0, "feasible": False, "gain": 3.3, "recipe": [1], "budget_used": 3.0},
+              {"id": 2, "objective": 40.0, "feasible": True, "gain": 2.5, "recipe": [1, 2], "budget_used": 0.5},
+              {"id": 3, "objective": 40.0, "feasible": True, "gain": 2.5, "recipe": [1], "budget_used": 0.5},
+              {"id": 4, "objective": 45.0, "feasible": True, "gain": 2.2, "recipe": [1], "budget_used": 0.1}]
+    assert tune.choose(trials, "min", 0.02)["id"] == 3  # best feasible objective; tie: fewer steps
+    assert tune.choose([{**trials[3], "gain": 1.01}], "min", 0.02) is None  # within noise of the baseline
+    assert tune.choose(trials[:1], "min", 0.02) is None
+
+
+# ------------------------------------------------------------------ real tunes (tune-worker jobs, tiny models)
+
+def _size_cfg(model, **kw):
+    return tune.TuneConfig(recipe=fast_recipe(str(model)), objective="size",
+                           accuracy=tune.parse_accuracy_budget("50%"), budget_s=120, opts=["bf16", "prune-l1"], **kw)
+
+
+def test_early_stopping_skips_evaluation_of_a_trial_that_cannot_win(tiny_llama):
+    events = []
+    # a negative margin makes every trial "worse than the best": each is benchmarked, then stopped before eval
+    cfg = tune.TuneConfig(recipe=fast_recipe(str(tiny_llama)), objective="latency",
+                          accuracy=tune.parse_accuracy_budget("perplexity=5%"), budget_s=120, opts=["kv-cache"],
+                          prune_margin=-0.99)
+    rep = tune.Tuner(cfg, lambda t, **k: events.append((t, k))).run()
+    assert rep["objective"]["metric"] == "decode_ms_per_token.p50"
+    assert [t["label"] for t in rep["trials"]] == ["kv-cache:cache=static", "kv-cache:cache=dynamic"]
+    for t in rep["trials"]:
+        assert t["status"] == "pruned" and t["ran"] and not t["cached"]
+        assert "accuracy not evaluated" in t["reason"] and t["accuracy"] == {} and not t["feasible"]
+        assert t["objective"] == t["decode_ms_per_token_p50"] and t["objective"] > 0
+    assert rep["chosen"] is None and not rep["ok"]
+    assert [f["label"] for f in rep["frontier"]] == ["baseline"]
+    assert rep["baseline"]["objective"] > 0 and rep["baseline"]["metrics"]["perplexity"] > 0
+    types = [t for t, _ in events]
+    assert types.index("tune-start") < types.index("trial-start") < types.index("trial") < types.index("frontier")
+    assert types[-1] == "result" and events[-1][1]["phase"] == "tune"
+    assert types.count("trial-start") == rep["counts"]["run"] == 2
+    for t, payload in events:  # every event goes through the job protocol's JSON encoding unchanged
+        assert json.loads(tune.encode_event(t, **payload))["type"] == t
+
+
+def test_cli_tune_end_to_end_session_and_second_run_from_cache(tiny_bert, workdir, capsys):
+    from workbench import cli
+
+    argv = ["tune", "--model", str(tiny_bert), "--objective", "size", "--opts", "bf16,prune-l1",
+            "--max-accuracy-drop", "cosine=0.05,recall=50%", "--budget", "2m", "--session", "tuned", "--json", *FAST]
+    assert cli.main(argv) == 0
+    rep = json.loads(capsys.readouterr().out)
+    by = {t["label"]: t for t in rep["trials"]}
+    assert rep["ok"] and rep["chosen"]["label"] == "bf16:mode=cast"
+    assert rep["chosen"]["gain"] > 1.9 and rep["chosen"]["accuracy"]["cosine_to_baseline"]["ok"]
+    # early stopping on size: decided right after applying, neither benchmarked nor evaluated
+    assert by["bf16:mode=autocast"]["status"] == "pruned" and "not benchmarked" in by["bf16:mode=autocast"]["reason"]
+    assert by["prune-l1:sparsity=0.5"]["latency_p50_ms"] is None and by["prune-l1:sparsity=0.5"]["ran"]
+    # combinations whose parts did not help are not run
+    pairs = [t for t in rep["trials"] if t["phase"] == "pair"]
+    assert len(pairs) == 6 and all(not t["ran"] and "alone does not improve size" in t["reason"] for t in pairs)
+    assert [f["label"] for f in rep["frontier"]] == ["bf16:mode=cast", "baseline"]
+    assert rep["counts"]["run"] == 5 and rep["counts"]["cached"] == 0 and rep["stopped"] == "space exhausted"
+    assert rep["chosen_recipe"]["optimizations"] == rep["chosen"]["recipe"]
+    # the chosen recipe and the report are in the session
+    from workbench.core.session import SessionStore
+
+    s = SessionStore().open("tuned")
+    assert [o.name for o in s.recipe.optimizations] == ["bf16"] and s.recipe.bench.seq_len == 16
+    assert s.results["tunes"][0]["chosen"]["label"] == "bf16:mode=cast"
+    # a second identical tune performs zero trials and gives the same answer
+    assert cli.main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["counts"]["run"] == 0 and again["counts"]["cached"] == 5
+    assert again["chosen"]["label"] == "bf16:mode=cast" and again["chosen"]["objective"] == rep["chosen"]["objective"]
+    assert again["baseline"]["cached"] and len(SessionStore().open("tuned").results["tunes"]) == 2
+
+
+def test_a_killed_worker_costs_one_trial_and_failures_are_cached(tiny_bert, monkeypatch):
+    monkeypatch.setenv("OPTBENCH_SELFTEST", "1")
+    cfg = _size_cfg(tiny_bert, selftest={"bf16:mode=autocast": "kill", "prune-l1:sparsity=0.1": "raise"})
+    rep = tune.Tuner(cfg).run()
+    by = {t["label"]: t for t in rep["trials"]}
+    assert by["bf16:mode=autocast"]["status"] == "failed" and by["bf16:mode=autocast"]["error"]["kind"] == "killed"
+    assert by["prune-l1:sparsity=0.1"]["status"] == "failed"
+    assert by["prune-l1:sparsity=0.1"]["error"]["kind"] == "exception"
+    assert "selftest" in by["prune-l1:sparsity=0.1"]["error"]["message"]
+    assert rep["workers"]["started"] == 2  # one restart for the kill; an exception does not cost the worker
+    assert by["prune-l1:sparsity=0.3"]["status"] == "pruned" and by["prune-l1:sparsity=0.3"]["ran"]
+    assert rep["chosen"]["label"] == "bf16:mode=cast"
+    again = tune.Tuner(cfg).run()
+    assert again["counts"]["run"] == 0 and again["counts"]["failed"] == 2 and again["workers"]["started"] == 1
+
+
+def test_resume_after_the_tune_process_is_killed(tiny_bert):
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(ROOT)!r})
+from tests.conftest import fast_recipe
+from workbench.core import tune
+cfg = tune.TuneConfig(recipe=fast_recipe({str(tiny_bert)!r}), objective="size",
+                      accuracy=tune.parse_accuracy_budget("50%"), budget_s=120, opts=["bf16", "prune-l1"])
+tune.Tuner(cfg, lambda t, **k: print(tune.encode_event(t, **k), flush=True)).run()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, cwd=ROOT)
+    worker_pid, done = None, []
+    try:
+        for line in proc.stdout:
+            ev = json.loads(line)
+            if ev["type"] == "trial-start":
+                worker_pid = ev["worker_pid"]
+            if ev["type"] == "trial" and ev["ran"]:
+                done.append(ev["label"])
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert done == ["bf16:mode=cast"]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # the orphaned worker notices and exits
+        try:
+            if psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"worker {worker_pid} outlived its tune")
+    rep = tune.Tuner(_size_cfg(tiny_bert)).run()
+    by = {t["label"]: t for t in rep["trials"]}
+    assert by["bf16:mode=cast"]["cached"] and not by["bf16:mode=cast"]["ran"]
+    assert rep["counts"]["cached"] == 1 and rep["counts"]["run"] == 4
+    assert rep["chosen"]["label"] == "bf16:mode=cast"
+
+
+def test_cli_exit_3_when_no_recipe_meets_the_budget_and_2_on_bad_input(tiny_llama, workdir, capsys):
+    from workbench import cli
+
+    base = ["tune", "--model", str(tiny_llama), "--objective", "size", "--budget", "2m", "--json", *FAST]
+    # attention kernels do not change the size: nothing improves on the baseline, so no recipe is chosen
+    assert cli.main([*base, "--opts", "attention", "--max-accuracy-drop", "perplexity=1%,kl=0.01"]) == 3
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["ok"] is False and rep["chosen"] is None and rep["chosen_recipe"] is None
+    assert rep["counts"]["run"] == 2 and all(t["status"] == "finished" for t in rep["trials"])
+    assert all(t["feasible"] and t["gain"] == pytest.approx(1.0) for t in rep["trials"])
+    assert set(rep["trials"][0]["accuracy"]) == {"perplexity", "next_token_agreement", "kl_divergence"}
+    assert rep["baseline"]["metrics"]["perplexity"] > 0
+    for flag, value in (("--max-accuracy-drop", "5x"), ("--budget", "10q"), ("--opts", "nope"),
+                        ("--memory-mb", "-1")):
+        assert cli.main([*base, flag, value]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {value}" in err and len(err.strip().splitlines()) <= 2
+
+
+def test_tune_modules_are_torch_free():
+    out = subprocess.run([sys.executable, "-c", "import sys, workbench.core.tune, workbench.commands_tune\n"
+                          "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                          "('torch', 'transformers', 'textual')))"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[]"
