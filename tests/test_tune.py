@@ -1,7 +1,6 @@
 """optbench tune: search space, budgets, frontier (pure), and real tunes on tiny models through tune-worker jobs."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -154,6 +153,44 @@ def test_pareto_frontier_and_choice_on_synthetic_results():
     assert tune.choose(trials[:1], "min", 0.02) is None
 
 
+def test_combinations_are_gated_and_ranked_by_their_parts_results():
+    t = tune.Tuner(tune.TuneConfig(recipe=fast_recipe("unused"), objective="latency"))
+    t.objective = tune.objective_info("latency", "encoder", "cpu")
+    sp = tune.build_space("encoder", "cpu", opts=["bf16", "prune-l1", "int8-dynamic", "attention"])
+    t.singles = {c.ident: c for c in sp.candidates if c.phase < 2}
+    cand = {c.label: c for c in sp.candidates}
+
+    def put(label, **kw):
+        summary = {"label": label, "id": len(t.trials) + 1, "recipe": cand[label].steps, "status": "finished",
+                   "accuracy_ok": True, "feasible": True, "reason": None, "error": None, **kw}
+        t.trials.append(summary)
+        t.by_ident[cand[label].ident] = summary
+
+    put("bf16:mode=cast", gain=3.0, objective=40.0)
+    put("prune-l1:sparsity=0.5", gain=1.2, objective=100.0, accuracy_ok=False, feasible=False,
+        reason="accuracy: cosine_to_baseline drop 0.3 > 0.01")
+    put("prune-l1:sparsity=0.3", gain=1.01, objective=118.0)
+    put("prune-l1:sparsity=0.1", status="failed", gain=None, objective=None, feasible=False,
+        error={"kind": "oom"})
+    put("attention:impl=eager", status="pruned", gain=1.1, objective=109.0, accuracy_ok=None, feasible=False)
+    put("int8-dynamic:backend=torchao", status="pruned", gain=1.5, objective=80.0, accuracy_ok=None,
+        feasible=False)
+
+    def gate(label):
+        return t._gate(cand[label])
+
+    assert "alone already exceeds the accuracy budget" in gate("prune-l1:sparsity=0.5 + bf16:mode=cast")
+    assert "alone does not improve latency" in gate("prune-l1:sparsity=0.3 + bf16:mode=cast")
+    assert "failed on its own (oom)" in gate("prune-l1:sparsity=0.1 + bf16:mode=cast")
+    assert gate("bf16:mode=cast + attention:impl=eager") is None  # predicted x3.3 beats the best x3.0
+    assert "predicted x1.65" in gate("int8-dynamic:backend=torchao + attention:impl=eager")  # 1.5 x 1.1 << 3.0
+    assert gate("bf16:mode=autocast") is None  # singles always run
+    # within one cost class, the combination with the better predicted gain goes first
+    pending = [cand["int8-dynamic:backend=torchao + attention:impl=eager"],
+               cand["bf16:mode=cast + attention:impl=eager"]]
+    assert t._next(pending).label == "bf16:mode=cast + attention:impl=eager"
+
+
 # ------------------------------------------------------------------ real tunes (tune-worker jobs, tiny models)
 
 def _size_cfg(model, **kw):
@@ -166,7 +203,7 @@ def test_early_stopping_skips_evaluation_of_a_trial_that_cannot_win(tiny_llama):
     # a negative margin makes every trial "worse than the best": each is benchmarked, then stopped before eval
     cfg = tune.TuneConfig(recipe=fast_recipe(str(tiny_llama)), objective="latency",
                           accuracy=tune.parse_accuracy_budget("perplexity=5%"), budget_s=120, opts=["kv-cache"],
-                          prune_margin=-0.99)
+                          prune_margin=-0.99, rebaseline_s=1e-3)  # and re-bench the baseline before each trial
     rep = tune.Tuner(cfg, lambda t, **k: events.append((t, k))).run()
     assert rep["objective"]["metric"] == "decode_ms_per_token.p50"
     assert [t["label"] for t in rep["trials"]] == ["kv-cache:cache=static", "kv-cache:cache=dynamic"]
@@ -177,6 +214,8 @@ def test_early_stopping_skips_evaluation_of_a_trial_that_cannot_win(tiny_llama):
     assert rep["chosen"] is None and not rep["ok"]
     assert [f["label"] for f in rep["frontier"]] == ["baseline"]
     assert rep["baseline"]["objective"] > 0 and rep["baseline"]["metrics"]["perplexity"] > 0
+    first, second = (t["baseline_objective"] for t in rep["trials"])
+    assert first != second and rep["baseline"]["objective"] == second  # each trial against a fresh baseline
     types = [t for t, _ in events]
     assert types.index("tune-start") < types.index("trial-start") < types.index("trial") < types.index("frontier")
     assert types[-1] == "result" and events[-1][1]["phase"] == "tune"

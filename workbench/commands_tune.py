@@ -35,6 +35,9 @@ def add_parsers(sub) -> dict:
     t.add_argument("--max-space", type=int, default=400, help="cap on the number of candidate recipes (default 400)")
     t.add_argument("--trial-timeout", metavar="DURATION", help="fail a trial that takes longer (e.g. 5m)")
     t.add_argument("--retry-failed", action="store_true", help="re-run trials whose failure is cached")
+    t.add_argument("--min-gain", type=float, default=5.0, metavar="PERCENT",
+                   help="the chosen recipe must beat the baseline by this much; parts that gain less alone are not "
+                        "combined (default 5)")
     t.add_argument("--task", choices=("causal-lm", "encoder", "seq-cls"), help="override the detected task")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     t.add_argument("--trust-remote-code", action="store_true",
@@ -77,6 +80,8 @@ def config_from_args(args):
         raise InputError(f"--memory-mb {args.memory_mb}: expected a number of MB > 0")
     if args.max_trials is not None and args.max_trials < 1:
         raise InputError(f"--max-trials {args.max_trials}: expected an integer >= 1")
+    if not 0 <= args.min_gain <= 1000:
+        raise InputError(f"--min-gain {args.min_gain}: expected a percentage in [0, 1000]")
     if args.max_space < 1:
         raise InputError(f"--max-space {args.max_space}: expected an integer >= 1")
     opts = None
@@ -95,7 +100,8 @@ def config_from_args(args):
     recipe.optimizations = []
     return tune.TuneConfig(recipe=recipe, objective=args.objective, accuracy=accuracy, memory_mb=args.memory_mb,
                            budget_s=budget_s, max_trials=args.max_trials, opts=opts, max_space=args.max_space,
-                           trial_timeout_s=trial_timeout, retry_failed=args.retry_failed)
+                           trial_timeout_s=trial_timeout, retry_failed=args.retry_failed,
+                           min_gain=args.min_gain / 100)
 
 
 def cmd_tune(args) -> int:

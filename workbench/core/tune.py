@@ -17,7 +17,9 @@ Running order and early stopping
     At each step the cheapest pending candidate runs; within one cost class, combinations are ranked by their
     predicted gain (the product of their parts' measured gains). A combination is not run (status ``pruned``,
     ``ran`` false, with the reason) when a part (or a measured sub-combination) failed, exceeded the accuracy budget
-    on its own, or did not improve the objective by ``min_gain`` on its own. Inside a trial the benchmark runs before
+    on its own, or did not improve the objective by ``min_gain`` on its own, or when its predicted gain is more than
+    ``predict_margin`` short of the best feasible trial's (a heuristic: gains rarely compose better than they
+    multiply, and a budgeted search spends its time where it can win). Inside a trial the benchmark runs before
     the accuracy evaluation; when the objective is worse than the best feasible trial's (or the baseline's, before
     any) by more than ``prune_margin``, or the memory cap is exceeded, the evaluation is skipped and the trial is
     ``pruned`` with the reason (for ``size`` the check happens right after applying, before benchmarking).
@@ -32,7 +34,9 @@ Where trials run: a long-lived worker job
     ``phase="trial"``. A Python exception or out-of-memory error fails that trial only; a dead worker (killed,
     segfault, the OOM killer) fails the trial it was running with the error kind, and the next trial starts a new
     worker. Trials are sent through files in a folder the orchestrator owns (the job protocol's stdin carries one
-    spec); the worker exits when its parent dies. Measured on this 2-core CPU with demo:minilm: one trial through
+    spec); the worker exits when its parent dies. Latency drifts on a shared machine, so the worker re-benches the
+    baseline (not its accuracy) when its last measurement is ``rebaseline_s`` old, and every trial's ``gain`` is
+    against the baseline its own worker measured last. Measured on this 2-core CPU with demo:minilm: one trial through
     ``optbench run`` took 24 s of which 12 s were overhead (process start, torch import, load, baseline bench);
     through the worker a trial's overhead is the 10 ms rebuild plus the apply, so the worker is used.
 
@@ -746,6 +750,7 @@ def worker(spec: dict, emit: Emit) -> dict:
             base, reference = pipeline._measure(loaded, recipe, data, monitor, emit, "baseline", None)
             cache.save_baseline(key, {"metrics": base["metrics"], "model": loaded.fingerprint}, reference)
         base["accuracy_cached"] = hit is not None
+        base["measured_at"] = time.time()
         baseline_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         pristine = _Pristine(loaded.model, loaded.device, Path(spec["scratch"]))
@@ -756,11 +761,25 @@ def worker(spec: dict, emit: Emit) -> dict:
                      "snapshot_seconds": time.perf_counter() - t0, "pristine": pristine.mode, "pid": os.getpid(),
                      "eval_source": data.source})
         seq = 0
+        base_at = time.monotonic()
         while True:
             seq += 1
             msg = _wait_message(inbox, seq, parent)
             if msg is None or msg.get("type") == "stop":
                 return {"trials": seq - 1}
+            rebaseline = spec.get("rebaseline_s")
+            if rebaseline and time.monotonic() - base_at > rebaseline:
+                # latency drifts on a shared machine: gains are against a baseline measured minutes ago at most
+                loaded.model = pristine.fresh()
+                try:
+                    fresh, _ = pipeline._measure(loaded, recipe, data, monitor, emit, "baseline", None,
+                                                 do_eval=False)
+                    base = {**fresh, "metrics": base["metrics"], "accuracy_cached": base.get("accuracy_cached"),
+                            "measured_at": time.time()}
+                finally:
+                    loaded.model = None
+                    _release(loaded.device)
+                base_at = time.monotonic()
             t0 = time.perf_counter()
             try:
                 rep = _run_trial(msg, loaded, pristine, recipe, data, reference, base, monitor, emit)
@@ -894,7 +913,9 @@ class TuneConfig:
     opts: list[str] | None = None
     max_space: int = 400
     prune_margin: float = 0.05
-    min_gain: float = 0.02
+    min_gain: float = 0.05  # below this a part is not combined, and a best recipe is not chosen (noise here: ~5 %)
+    predict_margin: float = 0.25  # a combination predicted worse than the best by more than this is not run
+    rebaseline_s: float = 120.0  # the worker re-benches the baseline when its last measurement is this old
     trial_timeout_s: float | None = None
     retry_failed: bool = False
     max_worker_starts: int = 6
@@ -986,7 +1007,7 @@ class Tuner:
             raise JobFailed(f"tune: the worker died {self.workers_started} times; stopping",
                             "see the failed trials' errors; the finished trials are cached")
         self.workers_started += 1
-        spec = {"recipe": self.cfg.recipe.to_dict()}
+        spec = {"recipe": self.cfg.recipe.to_dict(), "rebaseline_s": self.cfg.rebaseline_s}
         self.worker = _Worker(spec, self.root, self.workers_started)
         self._log(f"worker {self.workers_started} started (pid {self.worker.pid})")
         return self.worker
@@ -1225,6 +1246,15 @@ class Tuner:
                 t = self.by_ident.get(canon(list(sub)))
                 if t is not None and t["status"] == "finished" and t["accuracy_ok"] is False:
                     return f"{t['label']} already exceeds the accuracy budget"
+        # predicted from its parts (gains multiply): too far from the best to be worth a trial
+        parts = [self.by_ident.get(canon([s])) for s in cand.steps]
+        best = self._best_feasible()
+        if best is not None and best.get("gain") and all(t is not None and t.get("gain") for t in parts):
+            predicted = math.prod(t["gain"] for t in parts)
+            if predicted * (1 + self.cfg.predict_margin) < best["gain"]:
+                detail = ", ".join(f"{t['label']} x{t['gain']:.2f}" for t in parts)
+                return f"predicted x{predicted:.2f} from its parts ({detail}) is more than " \
+                       f"{100 * self.cfg.predict_margin:.0f} % short of the best (x{best['gain']:.2f})"
         return None
 
     def _cached_usable(self, doc: dict) -> bool:
@@ -1366,6 +1396,11 @@ class Tuner:
             raw["seconds"] = seconds
             if raw.get("status") != "cancelled":
                 cache_save(key, {k: v for k, v in raw.items() if k != "_key"})
+            newer = raw.get("baseline") or {}
+            if (newer.get("measured_at") or 0) > ((self.baseline or {}).get("measured_at") or 0):
+                self.baseline = newer
+                cache_save(baseline_key(self.ctx, self.cfg.recipe),
+                           {"baseline": self.baseline, "model": self.model_info, "measured_at": time.time()})
             raw["_key"] = key
             return raw
         if state == "dead":
