@@ -118,9 +118,8 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.eval()
-    if device_map:
-        first = next(iter(getattr(model, "hf_device_map", {}).values()), 0)
-        dev = f"cuda:{first}" if isinstance(first, int) else str(first)
+    if device_map:  # inputs go where the embeddings are
+        dev = str(model.get_input_embeddings().weight.device)
     else:
         model.to(dev)
     return LoadedModel(model, tokenizer, task, ref, dev, fingerprint(ref, config))
