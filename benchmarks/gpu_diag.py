@@ -49,7 +49,7 @@ def profile_steps(torch, gen, ids, steps: int = 64) -> dict:
 def main() -> int:
     import torch
 
-    from gpu_ladder import CONFIGS, build, quantize
+    from gpu_ladder import CONFIGS, VARIANTS, build, quantize
     from workbench.core.fastgen import GraphedGreedy
 
     ap = argparse.ArgumentParser()
@@ -62,11 +62,12 @@ def main() -> int:
     ids = torch.randint(100, 30000, (1, 128), device="cuda")
     for variant in args.variants.split(","):
         for mode in args.modes.split(","):
+            base, _, suffix = variant.partition("+")  # e.g. bf16+cdt, int4-wo+cdt (see gpu_ladder.VARIANTS)
             model = build(torch, args.model, "sdpa")
-            if variant != "bf16":
-                quantize(model, variant)
+            if base != "bf16":
+                quantize(model, base)
             t0 = time.time()
-            gen = GraphedGreedy(model, 1, 256, mode=mode, log=print)
+            gen = GraphedGreedy(model, 1, 256, mode=mode, log=print, **(VARIANTS[suffix] if mode == "graph" else {}))
             gen.generate(ids, 4)
             compile_s = time.time() - t0
             try:
