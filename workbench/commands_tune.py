@@ -68,7 +68,7 @@ def add_parsers(sub) -> dict:
     return {"tune": cmd_tune}
 
 
-def config_from_args(args):
+def config_from_args(args, base=None):
     """A TuneConfig from the flags; every check that needs no torch. Raises InputError naming the input."""
     from workbench.cli import precheck, recipe_from_args
     from workbench.core import optimizations, tune
@@ -94,7 +94,7 @@ def config_from_args(args):
                                  f"{', '.join(sorted(known))}")
         if not opts:
             raise InputError(f"--opts {args.opts!r}: empty; expected NAME[,NAME...]")
-    recipe = precheck(recipe_from_args(args))
+    recipe = precheck(recipe_from_args(args, base))
     if recipe.eval.source == "none":
         raise InputError("--eval none: a tune needs accuracy to hold a budget; expected builtin, a file or hf:NAME")
     recipe.optimizations = []
@@ -120,7 +120,7 @@ def cmd_tune(args) -> int:
                                  f"--model {session.recipe.model.ref} or a new session name")
             if not args.model:
                 args.model = session.recipe.model.ref
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, base=session.recipe if session is not None else None)
     view = _View(enabled=not args.json)
     try:
         report = Tuner(cfg, view.on_event).run()
@@ -180,6 +180,7 @@ class _View:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.unit = ""
+        self.gated = 0
 
     def on_event(self, type_: str, **ev) -> None:
         if not self.enabled:
@@ -193,6 +194,9 @@ class _View:
                   f"({sp['singles']} single, {sp['pairs']} pairs, {sp['triples']} triples), "
                   f"{sp['skipped']} skipped, {sp['capped']} over the cap", file=out)
         elif type_ == "trial":
+            if ev["status"] == "pruned" and not ev["ran"] and not ev["cached"]:
+                self.gated += 1  # a combination not run because of its parts: counted in the summary
+                return
             tag = "cached" if ev["cached"] else ev["status"]
             obj = f"{_fmt(ev['objective'])} {self.unit}" if ev["objective"] is not None else "-"
             g = f"x{ev['gain']:.2f}" if ev.get("gain") else ""
@@ -202,7 +206,9 @@ class _View:
             print(ev["text"].splitlines()[-1] if ev["text"] else "", file=out)
 
     def stop(self) -> None:
-        pass
+        if self.enabled and self.gated:
+            print(f"{self.gated} combinations not run because of their parts' results (reasons in --json)",
+                  file=sys.stderr)
 
 
 def print_tune(report: dict, session: str | None = None) -> None:

@@ -73,10 +73,11 @@ Events (``emit(type, **payload)``; every payload is JSON-serialisable, see ``enc
                     null, objective, baseline_objective, gain (>1 is better), accuracy: {metric: {value, baseline,
                     delta, drop, drop_relative, limit, allowed, ok}}, accuracy_ok, budget_used, memory_mb,
                     model_size_mb, latency_p50_ms, ttft_p50_ms, decode_ms_per_token_p50, throughput, feasible,
-                    seconds, key}
+                    seconds (wall, as measured when it ran), apply_seconds, bench_seconds, eval_seconds, key}
     ``frontier``    {frontier: [trial summary + {baseline: bool}], best: trial summary | null, baseline_objective,
                     objective}
-    ``progress``    {stage, fraction, trials_run, trials_decided, elapsed_s, budget_s}
+    ``progress``    {stage, fraction (of the tune), stage_fraction (of the worker's current step) | null,
+                    trials_run, trials_decided, elapsed_s, budget_s}
     ``log``         {level, text}
     ``sample``      monitor readings of the worker, passed through
     ``result``      {phase: "tune", report: the tune report (README, "JSON report (optbench tune --json)")}
@@ -133,6 +134,9 @@ METRIC_ALIASES = {
     "accuracy": "accuracy", "acc": "accuracy",
 }
 ZERO_BASELINE = ("kl_divergence",)  # 0 for the baseline by definition: a relative limit is undefined
+TASK_METRICS = {"causal-lm": ("perplexity", "next_token_agreement", "kl_divergence"),
+                "encoder": ("cosine_to_baseline", "recall_at_1"),
+                "seq-cls": ("accuracy", "agreement", "kl_divergence")}  # what evaluate.py can report per task
 
 
 # ------------------------------------------------------------------ parsing
@@ -999,8 +1003,12 @@ class Tuner:
     def _elapsed(self) -> float:
         return time.monotonic() - self.t_start
 
+    def _deadline(self) -> float:
+        """When work must stop: the budget less a reserve for stopping the worker and writing the report."""
+        return self.t_start + self.cfg.budget_s - min(5.0, 0.02 * self.cfg.budget_s)
+
     def _remaining(self) -> float:
-        return self.cfg.budget_s - self._elapsed()
+        return self._deadline() - time.monotonic()
 
     def _start_worker(self) -> _Worker:
         if self.workers_started >= self.cfg.max_worker_starts:
@@ -1039,7 +1047,7 @@ class Tuner:
     def _on_worker_event(self, w: _Worker, event: dict) -> None:
         kind = event.get("type")
         if kind == "progress":
-            self._progress(str(event.get("stage", "")))
+            self._progress(str(event.get("stage", "")), event.get("fraction"))
         elif kind == "log":
             if event.get("level") in ("warning", "error"):
                 self._log(str(event.get("text", "")), event.get("level"))
@@ -1061,12 +1069,15 @@ class Tuner:
         elif kind == "done":
             w.dead = True
 
-    def _progress(self, stage: str) -> None:
+    def _progress(self, stage: str, stage_fraction: float | None = None) -> None:
+        """``fraction``: of the whole tune (time or candidates, whichever is further); ``stage_fraction``: of the
+        current step inside the worker (loading, applying, benchmarking, evaluating)."""
         decided = len(self.trials)
         total = max(1, len(self.space.candidates)) if getattr(self, "space", None) else 1
         frac = min(1.0, max(self._elapsed() / self.cfg.budget_s, decided / total))
-        self.emit("progress", stage=stage, fraction=round(frac, 4), trials_run=self.run_count,
-                  trials_decided=decided, elapsed_s=round(self._elapsed(), 2), budget_s=self.cfg.budget_s)
+        self.emit("progress", stage=stage, fraction=round(frac, 4), stage_fraction=stage_fraction,
+                  trials_run=self.run_count, trials_decided=decided, elapsed_s=round(self._elapsed(), 2),
+                  budget_s=self.cfg.budget_s)
 
     def _worker_failure(self, w: _Worker, where: str) -> OptbenchError:
         err = w.error or {"kind": "crashed", "message": "the worker ended without a result", "hint": ""}
@@ -1082,7 +1093,7 @@ class Tuner:
             w = self.worker
             if w.ready and w.accounted:
                 return "ok"
-            state = self._pump(lambda: w.ready, self.t_start + self.cfg.budget_s)
+            state = self._pump(lambda: w.ready, self._deadline())
             if state == "ok":
                 w.accounted = True
                 self.baseline = w.baseline["baseline"]
@@ -1105,8 +1116,9 @@ class Tuner:
                 return state
             raise self._worker_failure(w, "loading the model and measuring the baseline")
 
-    def _check_budget_metrics(self) -> None:
-        metrics = set((self.baseline or {}).get("metrics") or {}) & set(HIGHER_IS_BETTER)
+    def _check_budget_metrics(self, metrics: set | None = None) -> None:
+        if metrics is None:
+            metrics = set((self.baseline or {}).get("metrics") or {}) & set(HIGHER_IS_BETTER)
         acc = self.cfg.accuracy
         if self.cfg.recipe.eval.source == "none":
             if acc.default is not None or acc.per_metric:
@@ -1151,7 +1163,9 @@ class Tuner:
             "latency_p50_ms": dotted(measured, "latency_ms.p50"), "ttft_p50_ms": dotted(measured, "ttft_ms.p50"),
             "decode_ms_per_token_p50": dotted(measured, "decode_ms_per_token.p50"),
             "throughput": dotted(measured, "throughput.value"), "feasible": feasible,
-            "seconds": raw.get("seconds", 0.0), "key": raw.get("_key"),
+            "seconds": raw.get("seconds", 0.0), "apply_seconds": raw.get("apply_seconds"),
+            "bench_seconds": raw.get("bench_seconds"), "eval_seconds": measured.get("eval_seconds"),
+            "key": raw.get("_key"),
         }
 
     def _record(self, cand: Candidate, raw: dict, cached: bool, ran: bool) -> dict:
@@ -1296,7 +1310,7 @@ class Tuner:
     def _run(self, started: float) -> dict:
         cfg = self.cfg
         w = self._start_worker()
-        state = self._pump(lambda: w.context is not None, self.t_start + cfg.budget_s)
+        state = self._pump(lambda: w.context is not None, self._deadline())
         if state == "cancelled":
             raise KeyboardInterrupt
         if state != "ok":
@@ -1309,6 +1323,7 @@ class Tuner:
         self.objective = objective_info(cfg.objective, task, device)
         self.space = build_space(task, device, cfg.opts, cfg.max_space)
         self.singles = {c.ident: c for c in self.space.candidates if c.phase < 2}
+        self._check_budget_metrics(set(TASK_METRICS.get(task, HIGHER_IS_BETTER)))  # before loading anything
         hit = cache_load(baseline_key(self.ctx, cfg.recipe))
         if hit is not None:
             self.baseline, self.baseline_cached = hit.get("baseline"), True
@@ -1385,7 +1400,7 @@ class Tuner:
         w.trial_result = None
         t0 = time.monotonic()
         w.send(msg)
-        deadline = self.t_start + self.cfg.budget_s
+        deadline = self._deadline()
         timeout_at = t0 + self.cfg.trial_timeout_s if self.cfg.trial_timeout_s else None
         if timeout_at is not None and timeout_at < deadline:
             deadline = timeout_at
