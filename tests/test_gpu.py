@@ -80,8 +80,11 @@ def test_export_reload_on_cuda(tiny_bert, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-def test_device_map_spreads_a_model_over_two_gpus(tiny_llama):
-    r = cuda_recipe(str(tiny_llama), [("bf16", {}), ("attention", {"impl": "sdpa"})])
+def test_device_map_spreads_a_model_over_two_gpus(tmp_path):
+    from tests.fixtures.tiny import build_llama
+
+    model_dir = build_llama(tmp_path / "m", layers=8, hidden=512, heads=8, inter=1376)  # ~160 MB: worth splitting
+    r = cuda_recipe(str(model_dir), [("bf16", {}), ("attention", {"impl": "sdpa"})])
     r.model.device_map = "balanced"
     report, events = run(r)
     placement = report["model"]["placement"]
