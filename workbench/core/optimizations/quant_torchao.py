@@ -106,8 +106,17 @@ def apply_int4_wo(model, params: dict, ctx) -> dict:
 
         return Int4WeightOnlyConfig(group_size=params["group_size"], int4_packing_format="tile_packed_to_4d")
 
+    # torchao's tile-packed int4 layout pads every layer's input size up to a multiple of 1024 (and the
+    # activations with it at run time): a 256-wide layer stores as many bytes as in bf16. Say so.
+    import torch
+
+    padded = [n for n, m in linear_modules(model, skip_head=params["skip_head"]) if m.in_features % 1024]
     rep = _run(model, params, ctx, "int4-weight-only", make, need_bf16=True)
     rep["group_size"] = params["group_size"]
+    if padded:
+        rep["padded_to_1024"] = len(padded)
+        ctx.log(f"int4-weight-only: {len(padded)} layer(s) have an input size that is not a multiple of 1024; "
+                f"torchao pads them to one, so small layers save little or nothing")
     return rep
 
 
