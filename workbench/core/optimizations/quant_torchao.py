@@ -108,7 +108,7 @@ def apply_int4_wo(model, params: dict, ctx) -> dict:
 
     # torchao's tile-packed int4 layout pads every layer's input size up to a multiple of 1024 (and the
     # activations with it at run time): a 256-wide layer stores as many bytes as in bf16. Say so.
-    import torch
+    from workbench.core.optimizations.context import linear_modules
 
     padded = [n for n, m in linear_modules(model, skip_head=params["skip_head"]) if m.in_features % 1024]
     rep = _run(model, params, ctx, "int4-weight-only", make, need_bf16=True)
