@@ -148,9 +148,9 @@ def test_pareto_frontier_and_choice_on_synthetic_results():
               {"id": 2, "objective": 40.0, "feasible": True, "gain": 2.5, "recipe": [1, 2], "budget_used": 0.5},
               {"id": 3, "objective": 40.0, "feasible": True, "gain": 2.5, "recipe": [1], "budget_used": 0.5},
               {"id": 4, "objective": 45.0, "feasible": True, "gain": 2.2, "recipe": [1], "budget_used": 0.1}]
-    assert tune.choose(trials, "min", 0.02)["id"] == 3  # best feasible objective; tie: fewer steps
-    assert tune.choose([{**trials[3], "gain": 1.01}], "min", 0.02) is None  # within noise of the baseline
-    assert tune.choose(trials[:1], "min", 0.02) is None
+    assert tune.choose(trials, 0.02)["id"] == 3  # best feasible gain; tie: fewer steps
+    assert tune.choose([{**trials[3], "gain": 1.01}], 0.02) is None  # within noise of the baseline
+    assert tune.choose(trials[:1], 0.02) is None
 
 
 def test_combinations_are_gated_and_ranked_by_their_parts_results():
@@ -200,7 +200,7 @@ def _size_cfg(model, **kw):
 
 def test_early_stopping_skips_evaluation_of_a_trial_that_cannot_win(tiny_llama):
     events = []
-    # a negative margin makes every trial "worse than the best": each is benchmarked, then stopped before eval
+    # a margin of -99 % makes every trial "short of the best": each is benchmarked, then stopped before eval
     cfg = tune.TuneConfig(recipe=fast_recipe(str(tiny_llama)), objective="latency",
                           accuracy=tune.parse_accuracy_budget("perplexity=5%"), budget_s=120, opts=["kv-cache"],
                           prune_margin=-0.99, rebaseline_s=1e-3)  # and re-bench the baseline before each trial
@@ -209,7 +209,8 @@ def test_early_stopping_skips_evaluation_of_a_trial_that_cannot_win(tiny_llama):
     assert [t["label"] for t in rep["trials"]] == ["kv-cache:cache=static", "kv-cache:cache=dynamic"]
     for t in rep["trials"]:
         assert t["status"] == "pruned" and t["ran"] and not t["cached"]
-        assert "accuracy not evaluated" in t["reason"] and t["accuracy"] == {} and not t["feasible"]
+        assert "accuracy not evaluated" in t["reason"] and "short of x" in t["reason"]
+        assert t["accuracy"] == {} and not t["feasible"]
         assert t["objective"] == t["decode_ms_per_token_p50"] and t["objective"] > 0
     assert rep["chosen"] is None and not rep["ok"]
     assert [f["label"] for f in rep["frontier"]] == ["baseline"]

@@ -20,8 +20,8 @@ Running order and early stopping
     on its own, or did not improve the objective by ``min_gain`` on its own, or when its predicted gain is more than
     ``predict_margin`` short of the best feasible trial's (a heuristic: gains rarely compose better than they
     multiply, and a budgeted search spends its time where it can win). Inside a trial the benchmark runs before
-    the accuracy evaluation; when the objective is worse than the best feasible trial's (or the baseline's, before
-    any) by more than ``prune_margin``, or the memory cap is exceeded, the evaluation is skipped and the trial is
+    the accuracy evaluation; when its gain is smaller than the best feasible trial's (x1, the baseline, before any)
+    by more than ``prune_margin``, or the memory cap is exceeded, the evaluation is skipped and the trial is
     ``pruned`` with the reason (for ``size`` the check happens right after applying, before benchmarking).
 
 Where trials run: a long-lived worker job
@@ -59,9 +59,11 @@ A drop is ``baseline - value`` for higher-is-better metrics and ``value - baseli
 on a metric whose baseline is 0 (KL) is undefined: such a metric is left unconstrained by a blanket ``N%`` and
 named in the constraint report; name it with an absolute limit (``kl=0.02``) to constrain it. ``budget_used`` =
 the largest drop / allowed drop over the constrained metrics (<= 1 meets the budget; negative: better than the
-baseline). Frontier (``pareto_frontier``): the non-dominated points over (objective, budget_used), the baseline
-included as a point. Chosen: the feasible trial (finished, accuracy and memory within budget) with the best
-objective, provided it improves on its baseline by at least ``min_gain``; otherwise none (the CLI exits 3).
+baseline). Trials are compared by ``gain`` (baseline objective / trial objective, inverted for throughput), each
+against the baseline its worker measured at most ``rebaseline_s`` before, so a machine's drift cancels out; the
+objective values are reported as measured. Frontier (``pareto_frontier``): the non-dominated points over (gain,
+budget_used), the baseline (x1, 0) included. Chosen: the feasible trial (finished, accuracy and memory within
+budget) with the best gain, provided it is at least ``1 + min_gain``; otherwise none (the CLI exits 3).
 
 Events (``emit(type, **payload)``; every payload is JSON-serialisable, see ``encode_event``)
     ``tune-start``  {model, task, device, objective: {name, metric, unit, direction}, constraints, budget_s,
@@ -275,10 +277,6 @@ def dotted(doc: dict | None, path: str):
     return cur if isinstance(cur, (int, float)) and not isinstance(cur, bool) and math.isfinite(cur) else None
 
 
-def better(a: float, b: float, direction: str) -> bool:
-    return a < b if direction == "min" else a > b
-
-
 def gain(value: float | None, baseline: float | None, direction: str) -> float | None:
     """> 1 when ``value`` is better than ``baseline`` (speedup for latency, reduction factor for size/memory)."""
     if value is None or baseline is None or value <= 0 or baseline <= 0:
@@ -286,9 +284,9 @@ def gain(value: float | None, baseline: float | None, direction: str) -> float |
     return baseline / value if direction == "min" else value / baseline
 
 
-def threshold(reference: float, direction: str, margin: float) -> float:
-    """The value beyond which a trial cannot compete with ``reference`` (worse by more than ``margin``)."""
-    return reference * (1 + margin) if direction == "min" else reference / (1 + margin)
+def gain_threshold(best_gain: float, margin: float) -> float:
+    """The gain below which a trial cannot compete with ``best_gain`` (worse by more than ``margin``)."""
+    return best_gain / (1 + margin)
 
 
 def check_accuracy(table: dict, budget: AccuracyBudget) -> dict:
@@ -338,17 +336,16 @@ def pareto_frontier(points: list[dict], direction: str, objective_key: str = "ob
     return out
 
 
-def choose(trials: list[dict], direction: str, min_gain: float) -> dict | None:
-    """The feasible trial with the best objective, provided it improves on its baseline by ``min_gain``."""
-    feasible = [t for t in trials if t.get("feasible") and t.get("objective") is not None]
+def choose(trials: list[dict], min_gain: float) -> dict | None:
+    """The feasible trial with the best gain over its baseline, provided that gain is at least ``1 + min_gain``.
+
+    Gains, not raw objective values, are compared: each is against a baseline measured minutes before by the same
+    worker, so drift of a shared machine cancels out. Ties: lower budget_used, fewer steps, earlier."""
+    feasible = [t for t in trials if t.get("feasible") and t.get("gain") is not None]
     if not feasible:
         return None
-    sign = 1.0 if direction == "min" else -1.0
-    best = min(feasible, key=lambda t: (sign * t["objective"], t.get("budget_used") or 0.0, len(t["recipe"]),
-                                        t["id"]))
-    if best.get("gain") is None or best["gain"] < 1 + min_gain:
-        return None
-    return best
+    best = min(feasible, key=lambda t: (-t["gain"], t.get("budget_used") or 0.0, len(t["recipe"]), t["id"]))
+    return best if best["gain"] >= 1 + min_gain else None
 
 
 # ------------------------------------------------------------------ search space
@@ -863,18 +860,21 @@ def _run_trial(msg: dict, loaded, pristine: _Pristine, recipe: Recipe, data, ref
                         "exportable": spec.exportable, **rep})
     apply_s = time.perf_counter() - t_apply
     stop = msg.get("stop") or {}
-    metric, direction, limit = stop.get("metric"), stop.get("direction", "min"), stop.get("threshold")
+    metric, direction, limit = stop.get("metric"), stop.get("direction", "min"), stop.get("gain_threshold")
     size_mb = memory.model_size_bytes(loaded.model) / 1e6
     out = {"status": "finished", "reason": None, "error": None, "optimization_reports": reports,
            "apply_seconds": apply_s, "measured": {"model_size_mb": size_mb}, "baseline": _strip(base)}
 
-    def worse(value) -> bool:
-        return value is not None and limit is not None and better(limit, value, direction)
+    def short(value) -> str | None:
+        """Why the trial cannot win, or None."""
+        g = gain(value, dotted(base, metric), direction) if metric else None
+        if g is None or limit is None or g >= limit:
+            return None
+        return f"{stop.get('name', metric)} {value:.4g} {stop.get('unit', '')} is x{g:.3f} vs the baseline, " \
+               f"short of x{limit:.3f} (the best so far less the pruning margin)"
 
-    unit = stop.get("unit", "")
-    if metric == "model_size_mb" and worse(size_mb):
-        out.update(status="pruned", reason=f"size {size_mb:.4g} MB is worse than {limit:.4g} MB (the best so far "
-                                            f"plus the pruning margin): not benchmarked or evaluated")
+    if metric == "model_size_mb" and short(size_mb):
+        out.update(status="pruned", reason=f"{short(size_mb)}: not benchmarked or evaluated")
         return out
     t0 = time.perf_counter()
     measured, _ = pipeline._measure(loaded, trial_recipe, data, monitor, emit, stage, None, do_eval=False)
@@ -883,10 +883,8 @@ def _run_trial(msg: dict, loaded, pristine: _Pristine, recipe: Recipe, data, ref
     measured.pop("metrics", None)
     out["measured"] = measured
     value = dotted(measured, metric) if metric else None
-    if worse(value):
-        out.update(status="pruned", reason=f"{stop.get('name', metric)} {value:.4g} {unit} is worse than "
-                                            f"{limit:.4g} {unit} (the best so far plus the pruning margin): "
-                                            f"accuracy not evaluated")
+    if short(value):
+        out.update(status="pruned", reason=f"{short(value)}: accuracy not evaluated")
         return out
     cap, mem_metric = stop.get("memory_cap"), stop.get("memory_metric")
     mem = dotted(measured, mem_metric) if mem_metric else None
@@ -1178,27 +1176,16 @@ class Tuner:
         return summary
 
     def _best_feasible(self) -> dict | None:
-        feas = [t for t in self.trials if t["feasible"] and t["objective"] is not None]
-        if not feas:
-            return None
-        sign = 1.0 if self.objective["direction"] == "min" else -1.0
-        return min(feas, key=lambda t: (sign * t["objective"], t["id"]))
-
-    def _reference(self) -> float | None:
-        """What a trial must come close to: the best feasible objective, or the baseline's before any."""
-        best = self._best_feasible()
-        base = dotted(self.baseline, self.objective["metric"]) if self.baseline else None
-        if best is None:
-            return base
-        if base is None:
-            return best["objective"]
-        return best["objective"] if better(best["objective"], base, self.objective["direction"]) else base
+        feas = [t for t in self.trials if t["feasible"] and t.get("gain") is not None]
+        return min(feas, key=lambda t: (-t["gain"], t["id"])) if feas else None
 
     def _stop_rule(self) -> dict:
-        ref = self._reference()
+        """What a trial must come close to: the best feasible gain, or the baseline's (x1) before any."""
+        best = self._best_feasible()
+        best_gain = max(1.0, best["gain"]) if best else 1.0
         info = self.objective
         return {"metric": info["metric"], "direction": info["direction"], "name": info["name"], "unit": info["unit"],
-                "threshold": threshold(ref, info["direction"], self.cfg.prune_margin) if ref is not None else None,
+                "gain_threshold": gain_threshold(best_gain, self.cfg.prune_margin),
                 "memory_cap": self.cfg.memory_mb, "memory_metric": memory_metric(self.ctx["device"])}
 
     def _frontier_points(self) -> list[dict]:
@@ -1208,13 +1195,13 @@ class Tuner:
             pts.append({"id": 0, "label": "baseline", "recipe": [], "objective": base_value, "gain": 1.0,
                         "budget_used": 0.0, "accuracy": {}, "feasible": True, "baseline": True})
         for t in self.trials:
-            if t["status"] == "finished" and t["objective"] is not None and t["budget_used"] is not None:
+            if t["status"] == "finished" and t["gain"] is not None and t["budget_used"] is not None:
                 pts.append({**t, "baseline": False})
         return pts
 
     def _frontier_payload(self) -> dict:
-        front = pareto_frontier(self._frontier_points(), self.objective["direction"])
-        return {"frontier": front, "best": choose(self.trials, self.objective["direction"], self.cfg.min_gain),
+        front = pareto_frontier(self._frontier_points(), "max", objective_key="gain")
+        return {"frontier": front, "best": choose(self.trials, self.cfg.min_gain),
                 "baseline_objective": dotted(self.baseline, self.objective["metric"]) if self.baseline else None,
                 "objective": self.objective}
 
@@ -1280,9 +1267,8 @@ class Tuner:
         if status == "pruned":  # reuse only when today's rules would prune it again from what it measured
             rule = self._stop_rule()
             measured = doc.get("measured") or {}
-            value = dotted(measured, rule["metric"])
-            if value is not None and rule["threshold"] is not None and better(rule["threshold"], value,
-                                                                               rule["direction"]):
+            g = gain(dotted(measured, rule["metric"]), dotted(doc.get("baseline"), rule["metric"]), rule["direction"])
+            if g is not None and g < rule["gain_threshold"]:
                 return True
             mem = dotted(measured, rule["memory_metric"])
             return rule["memory_cap"] is not None and mem is not None and mem > rule["memory_cap"]
