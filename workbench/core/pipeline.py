@@ -66,8 +66,9 @@ def _baseline_key(loaded, recipe: Recipe, data, env) -> str:
     """Every setting that changes the baseline's accuracy numbers, and nothing else."""
     return cache.key({
         "model": loaded.fingerprint, "task": loaded.task, "eval": asdict(recipe.eval), "source": data.source,
+        "data": data.digest,
         "device": env.get("device_name") or loaded.device, "dtype": str(next(loaded.model.parameters()).dtype),
-        "torch": env.get("torch"), "transformers": env.get("transformers"), "schema": 1,
+        "torch": env.get("torch"), "transformers": env.get("transformers"), "schema": 2,
     })
 
 
@@ -150,7 +151,7 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
             "optimizations": [{"name": s.name, "params": s.params} for s in recipe.optimizations],
             "optimization_reports": opt_reports,
             "bench": asdict(recipe.bench),
-            "eval": {**asdict(recipe.eval), "source": data.source},
+            "eval": {**asdict(recipe.eval), "source": data.source, "data_sha256": data.digest},
             "baseline": base,
             "optimized": optimized,
             "accuracy": accuracy_table(base["metrics"], optimized["metrics"]),
