@@ -38,6 +38,8 @@ def add_parsers(sub) -> dict:
     t.add_argument("--min-gain", type=float, default=5.0, metavar="PERCENT",
                    help="the chosen recipe must beat the baseline by this much; parts that gain less alone are not "
                         "combined (default 5)")
+    t.add_argument("--max-contention", type=float, default=25.0, metavar="PERCENT",
+                   help="re-benchmark once when other processes used more of the CPU than this (default 25)")
     t.add_argument("--task", choices=("causal-lm", "encoder", "seq-cls"), help="override the detected task")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     t.add_argument("--trust-remote-code", action="store_true",
@@ -82,6 +84,8 @@ def config_from_args(args, base=None):
         raise InputError(f"--max-trials {args.max_trials}: expected an integer >= 1")
     if not 0 <= args.min_gain <= 1000:
         raise InputError(f"--min-gain {args.min_gain}: expected a percentage in [0, 1000]")
+    if not 0 <= args.max_contention <= 100:
+        raise InputError(f"--max-contention {args.max_contention}: expected a percentage in [0, 100]")
     if args.max_space < 1:
         raise InputError(f"--max-space {args.max_space}: expected an integer >= 1")
     opts = None
@@ -101,7 +105,7 @@ def config_from_args(args, base=None):
     return tune.TuneConfig(recipe=recipe, objective=args.objective, accuracy=accuracy, memory_mb=args.memory_mb,
                            budget_s=budget_s, max_trials=args.max_trials, opts=opts, max_space=args.max_space,
                            trial_timeout_s=trial_timeout, retry_failed=args.retry_failed,
-                           min_gain=args.min_gain / 100)
+                           min_gain=args.min_gain / 100, contention_limit=args.max_contention / 100)
 
 
 def cmd_tune(args) -> int:
@@ -201,6 +205,8 @@ class _View:
             obj = f"{_fmt(ev['objective'])} {self.unit}" if ev["objective"] is not None else "-"
             g = f"x{ev['gain']:.2f}" if ev.get("gain") else ""
             ok = "meets budget" if ev["feasible"] else (ev.get("reason") or "")[:90]
+            if ev.get("contended"):
+                ok = f"[other processes used {100 * ev['others_cpu']:.0f} % of the CPU] " + ok
             print(f"[{ev['id']:>3}] {tag:<9} {ev['label'][:60]:<60} {obj:>16} {g:>7}  {ok}", file=out)
         elif type_ == "log" and ev.get("level") in ("warning", "error"):
             print(ev["text"].splitlines()[-1] if ev["text"] else "", file=out)
@@ -237,6 +243,10 @@ def print_tune(report: dict, session: str | None = None) -> None:
     con.print(f"{c['decided']} trials decided: {c['run']} run, {c['cached']} from the cache, {c['finished']} "
               f"finished, {c['pruned']} pruned, {c['failed']} failed, {c['cancelled']} cancelled; "
               f"{c['not_run']} not reached ({report['stopped']}); {report['seconds']:.0f} s")
+    if c.get("contended"):
+        con.print(f"[yellow]{c['contended']} trials were benchmarked while other processes used more than "
+                  f"{100 * report['constraints'].get('contention_limit', 0.25):.0f} % of the CPU: their latency is "
+                  f"not trustworthy[/]")
     if chosen:
         opts = " ".join(f"--opt {s['name']}" + (":" + ",".join(f"{k}={v}" for k, v in s["params"].items())
                                                 if s["params"] else "") for s in chosen["recipe"])
