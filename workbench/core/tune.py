@@ -47,7 +47,7 @@ Where trials run: a long-lived worker job
 Trial cache: ``cache_dir()/"trials"/<key>.json``
     Keyed on the model's content hash, the task and device, the device name, CPU count and torch threads, torch /
     transformers / torchao / optbench / Python versions, the resolved recipe, every bench and eval setting and the
-    eval file's content hash when it is a file. Finished, pruned and failed trials are cached (not cancelled or
+    sha256 of the evaluated data (``EvalData.digest``: the same source name can hold different text). Finished, pruned and failed trials are cached (not cancelled or
     timed-out ones; ``retry_failed`` re-runs failures). A cached pruned trial is reused only when the current rules
     would prune it again from its stored measurements. A second identical tune performs zero trials; a tune killed
     half-way resumes without recomputing finished trials. The baseline of the last worker is cached beside them.
@@ -93,7 +93,6 @@ Events (``emit(type, **payload)``; every payload is JSON-serialisable, see ``enc
 from __future__ import annotations
 
 import gc
-import hashlib
 import importlib.util
 import itertools
 import json
@@ -535,17 +534,6 @@ def trials_dir() -> Path:
     return cache.cache_dir() / "trials"
 
 
-def file_hash(path: str) -> str | None:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:32]
-
-
 def context_key_parts(ctx: dict, recipe: Recipe) -> dict:
     """Everything besides the recipe that changes a trial's numbers."""
     env = ctx.get("environment") or {}
@@ -557,7 +545,7 @@ def context_key_parts(ctx: dict, recipe: Recipe) -> dict:
         "transformers": env.get("transformers"), "torchao": env.get("torchao"), "optbench": env.get("optbench"),
         "python": env.get("python"), "trust_remote_code": recipe.model.trust_remote_code,
         "revision": recipe.model.revision, "bench": asdict(recipe.bench), "eval": ev,
-        "eval_file": ctx.get("eval_file_hash"),
+        "eval_data": ctx.get("eval_digest"),  # sha256 of the evaluated text: a source name can change content
     }
 
 
@@ -761,10 +749,10 @@ def _context(recipe: Recipe) -> dict:
                              f"expected a transformers model") from None
         task = task or detect_task(config)
     device = pick_device(recipe.device)
-    src = recipe.eval.source
-    eval_hash = None if src in ("builtin", "none") or src.startswith("hf:") else file_hash(src)
+    from workbench.core.data import load_eval
+
     return {"fingerprint": fingerprint(ref, config), "task": task, "device": device,
-            "environment": environment(device), "eval_file_hash": eval_hash}
+            "environment": environment(device), "eval_digest": load_eval(recipe.eval, task).digest}
 
 
 def worker(spec: dict, emit: Emit) -> dict:
