@@ -282,7 +282,11 @@ def test_a_killed_worker_costs_one_trial_and_failures_are_cached(tiny_bert, monk
     assert again["counts"]["run"] == 0 and again["counts"]["failed"] == 2 and again["workers"]["started"] == 1
 
 
-def test_resume_after_the_tune_process_is_killed(tiny_bert):
+def test_resume_after_the_tune_process_is_killed(tiny_bert, tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tune.tempfile, "tempdir", str(scratch))
     code = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
@@ -318,7 +322,10 @@ tune.Tuner(cfg, lambda t, **k: print(tune.encode_event(t, **k), flush=True)).run
         time.sleep(0.1)
     else:
         pytest.fail(f"worker {worker_pid} outlived its tune")
+    orphans = list(scratch.glob("optbench-tune-*"))
+    assert len(orphans) == 1 and (orphans[0] / "owner.pid").read_text() == str(proc.pid)
     rep = tune.Tuner(_size_cfg(tiny_bert)).run()
+    assert list(scratch.glob("optbench-tune-*")) == []  # the killed tune's scratch (weight snapshot) swept
     by = {t["label"]: t for t in rep["trials"]}
     assert by["bf16:mode=cast"]["cached"] and not by["bf16:mode=cast"]["ran"]
     assert rep["counts"]["cached"] == 1 and rep["counts"]["run"] == 4

@@ -1015,6 +1015,21 @@ class _Worker:
         self.dead = True
 
 
+def _sweep_orphans() -> list[str]:
+    """Remove the scratch folders (inboxes, weight snapshots) of tunes whose process is gone (killed tunes)."""
+    removed = []
+    for d in Path(tempfile.gettempdir()).glob("optbench-tune-*"):
+        try:
+            pid = int((d / "owner.pid").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+        except (OSError, ValueError):
+            continue  # no owner file yet, or not ours to judge
+    return removed
+
+
 class Tuner:
     def __init__(self, config: TuneConfig, emit: Emit | None = None) -> None:
         self.cfg = config
@@ -1327,7 +1342,9 @@ class Tuner:
     def run(self) -> dict:
         self.t_start = time.monotonic()
         started = time.time()
+        _sweep_orphans()
         self.root = Path(tempfile.mkdtemp(prefix="optbench-tune-"))
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         try:
             return self._run(started)
         except BaseException:
