@@ -99,6 +99,9 @@ def config_from_args(args, base=None):
         if not opts:
             raise InputError(f"--opts {args.opts!r}: empty; expected NAME[,NAME...]")
     recipe = precheck(recipe_from_args(args, base))
+    if getattr(recipe.model, "device_map", None):
+        raise InputError(f"device_map {recipe.model.device_map}: tune rebuilds each trial's model on one device; "
+                         f"expected a recipe without device_map")
     if recipe.eval.source == "none":
         raise InputError("--eval none: a tune needs accuracy to hold a budget; expected builtin, a file or hf:NAME")
     recipe.optimizations = []
