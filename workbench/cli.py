@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from workbench import __version__
+from workbench.cliargs import add_bench_eval_args
 from workbench.core.errors import InputError, OptbenchError
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -32,25 +33,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
                    help="spread the model over every visible GPU (accelerate); with precision/runtime optimizations")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model's own Python code to run (off unless you ask)")
-    b = p.add_argument_group("benchmark")
-    b.add_argument("--batch", type=int)
-    b.add_argument("--seq-len", type=int, help="prompt tokens (causal LM) or input tokens (encoder)")
-    b.add_argument("--new-tokens", type=int, help="generated tokens per timed call (causal LM)")
-    b.add_argument("--warmup", type=int)
-    b.add_argument("--min-iters", type=int)
-    b.add_argument("--min-seconds", type=float)
-    b.add_argument("--monitor-hz", type=float, help="background monitor sampling rate")
-    e = p.add_argument_group("evaluation")
-    e.add_argument("--eval", dest="eval_source", metavar="SRC",
-                   help="builtin (default), none, a .txt/.jsonl/.csv file, or hf:NAME[:CONFIG]")
-    e.add_argument("--text-column")
-    e.add_argument("--label-column")
-    e.add_argument("--query-column")
-    e.add_argument("--document-column")
-    e.add_argument("--split")
-    e.add_argument("--token-budget", type=int, help="causal LM: tokens scored")
-    e.add_argument("--window", type=int, help="causal LM: tokens per scored window")
-    e.add_argument("--max-samples", type=int, help="encoder/classifier: texts evaluated")
+    add_bench_eval_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from workbench.cliargs import add_bench_eval_args
 from workbench.core.errors import InputError
 
 EXIT_NO_RECIPE = 3
@@ -44,25 +45,7 @@ def add_parsers(sub) -> dict:
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     t.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model's own Python code to run (off unless you ask)")
-    b = t.add_argument_group("benchmark (each trial)")
-    b.add_argument("--batch", type=int)
-    b.add_argument("--seq-len", type=int, help="prompt tokens (causal LM) or input tokens (encoder)")
-    b.add_argument("--new-tokens", type=int, help="generated tokens per timed call (causal LM)")
-    b.add_argument("--warmup", type=int)
-    b.add_argument("--min-iters", type=int)
-    b.add_argument("--min-seconds", type=float)
-    b.add_argument("--monitor-hz", type=float, help="background monitor sampling rate")
-    e = t.add_argument_group("evaluation (each trial)")
-    e.add_argument("--eval", dest="eval_source", metavar="SRC",
-                   help="builtin (default), a .txt/.jsonl/.csv file, or hf:NAME[:CONFIG]")
-    e.add_argument("--text-column")
-    e.add_argument("--label-column")
-    e.add_argument("--query-column")
-    e.add_argument("--document-column")
-    e.add_argument("--split")
-    e.add_argument("--token-budget", type=int, help="causal LM: tokens scored")
-    e.add_argument("--window", type=int, help="causal LM: tokens per scored window")
-    e.add_argument("--max-samples", type=int, help="encoder/classifier: texts evaluated")
+    add_bench_eval_args(t, " (each trial)", eval_none=False)
     t.add_argument("--session", help="save the chosen recipe and the tune report into sessions/NAME")
     t.add_argument("--json", action="store_true", help="print exactly one JSON document on stdout")
     t.add_argument("--sessions-dir", default=argparse.SUPPRESS, help="where sessions live")
