@@ -7,6 +7,7 @@ the heavy work and a crash there cannot take the app down.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from pathlib import Path
@@ -17,8 +18,9 @@ from textual.app import App
 from textual.binding import Binding
 from textual.widgets import TabbedContent
 
-from workbench.core import userconfig
-from workbench.core.errors import InputError
+from workbench.core import atomic, userconfig
+from workbench.core.errors import InputError, OptbenchError
+from workbench.core.recipe import Recipe
 from workbench.core.session import Session, SessionStore, check_name
 from workbench.tui import fmt, keys
 from workbench.tui.commands import WorkbenchCommands
@@ -38,7 +40,9 @@ from workbench.tui.screens.dialogs import ConfirmDialog, InfoDialog, PromptDialo
 from workbench.tui.screens.help import HelpScreen
 from workbench.tui.screens.main import APP_LEVEL, MainScreen
 from workbench.tui.screens.sessions import SessionDeleted, SessionRenamed, SessionsScreen
+from workbench.tui.screens.tune import TuneScreen
 from workbench.tui.state import Workbench
+from workbench.tui.tuning import TuneForm, TuneHandle, TuneState, build_config, check_field
 
 POLL_S = 0.1  # job event polling; panes with plots redraw on their own, slower, schedule
 
@@ -73,6 +77,10 @@ class OptbenchApp(App):
         self.export_handle: JobHandle | None = None
         self.last_report: dict | None = None
         self.last_export: dict | None = None
+        self.tune_state = TuneState()  # what the tune screen shows: the running tune, or the last one
+        self.tune_form = TuneForm()
+        self.tune_handle: TuneHandle | None = None
+        self._export_after_run = False  # "export best": the run that keeps the model, then the export prompt
         self.notices: list[tuple[str, str]] = []  # (severity, message): what the user was told (tests read it)
         self.ready = False  # the main screen's panes exist
 
@@ -107,7 +115,12 @@ class OptbenchApp(App):
 
     @property
     def busy(self) -> bool:
-        return any(h is not None and h.active for h in (self.run_handle, self.inspect_handle, self.export_handle))
+        return any(h is not None and h.active for h in (self.run_handle, self.inspect_handle, self.export_handle,
+                                                         self.tune_handle))
+
+    @property
+    def tuning(self) -> bool:
+        return self.tune_handle is not None and self.tune_handle.active
 
     # ------------------------------------------------------------------ model
     def load_model(self, ref: str, inspect: bool | None = None) -> bool:
@@ -191,6 +204,11 @@ class OptbenchApp(App):
         if self.run_handle is not None and self.run_handle.active:
             self.tell("a run is already in progress (x cancels it)", "warning")
             return
+        if self.tuning:
+            self.tell("a tune is running: a run now would disturb its timings (cancel it on the tune screen, t)",
+                      "warning")
+            self._export_after_run = False
+            return
         recipe, problem = self.wb.check()
         if problem:
             self.tell(problem, "error", title="Cannot run")
@@ -244,6 +262,9 @@ class OptbenchApp(App):
                 self.run_worker(self.export_handle.cancel, thread=True, group="cancel")
                 self.tell("cancelling the export…", "warning")
                 return
+            if self.tuning:
+                self.action_tune_cancel()
+                return
             self.tell("nothing is running", "information")
             return
         if not h.cancelling:
@@ -268,6 +289,7 @@ class OptbenchApp(App):
                                                      "error")
             if h.finished and getattr(self, attr) is h and attr != "run_handle":
                 setattr(self, attr, None)
+        self._pump_tune()
 
     def _on_run_event(self, h: JobHandle, e: dict) -> None:
         kind = e["type"]
@@ -294,6 +316,7 @@ class OptbenchApp(App):
             self._on_final(h, e.get("report") or {})
         elif kind == "error":
             h.error = e
+            self._export_after_run = False
             cancelled = e.get("kind") == "cancelled" or h.cancelling
             self.pane(ProgressPane).finish("cancelled" if cancelled else "failed")
             self.pane(LogPane).write(f"{e.get('kind')}: {e.get('message')}" +
@@ -335,6 +358,10 @@ class OptbenchApp(App):
             msg += f"; saved in session {session.name}"
         self.tell(msg, "warning" if over else "information", title="Run finished")
         self.action_show_tab("results")
+        if self._export_after_run:
+            self._export_after_run = False
+            if saved:
+                self.action_export()
 
     def _on_inspect_event(self, h: JobHandle, e: dict) -> None:
         if h is not self.inspect_handle or h.extra.get("ref") != self.wb.model_ref:
@@ -446,8 +473,14 @@ class OptbenchApp(App):
                 for cls in (LatencyPane, ThroughputPane, AccuracyPane, SummaryPane):
                     self.pane(cls).clear()
             self.recheck()
+        tunes = session.results.get("tunes") or []
+        if tunes and not self.tuning:
+            self.tune_state.reset(session.recipe.model.ref)
+            self.tune_state.load_report(tunes[-1])
+            self.tune_state.saved_in = name
+            self._show_tune({"start", "trials", "frontier", "progress", "log"})
         self.sub_title = f"{session.recipe.model.ref} · session {name}"
-        self.tell(f"opened session {name}: {len(runs)} run(s)")
+        self.tell(f"opened session {name}: {len(runs)} run(s)" + (f", {len(tunes)} tune(s)" if tunes else ""))
         return True
 
     def _show_report(self, report: dict, run_id) -> None:
@@ -507,6 +540,195 @@ class OptbenchApp(App):
         self.export_handle = JobHandle("verify", spec, session=self.session).start()
         self.tell(f"exporting to {out} and verifying it reloads…")
 
+    # ------------------------------------------------------------------ tune
+    def tune_screen(self) -> TuneScreen:
+        """The tune screen: installed once, so leaving it keeps its state and a running tune's view."""
+        if not self.is_screen_installed("tune"):
+            self.install_screen(TuneScreen(self.tune_state, self.tune_form), "tune")
+        return self.get_screen("tune")
+
+    def action_tune(self) -> None:
+        screen = self.tune_screen()
+        if self.screen is not screen:
+            self.push_screen(screen)
+
+    def _show_tune(self, changes: set[str]) -> None:
+        if self.is_screen_installed("tune"):
+            screen = self.get_screen("tune")
+            if screen.is_mounted:
+                screen.show(changes)
+
+    def _tune_device(self) -> str:
+        return self.wb.device if self.wb.device not in ("auto", None) else "cpu"
+
+    def tune_problem(self) -> str | None:
+        """Why a tune cannot start now (the first problem), or None."""
+        if self.tuning:
+            return "a tune is already running (x cancels it)"
+        if self.run_handle is not None and self.run_handle.active:
+            return "a run is in progress: its timings and the tune's would disturb each other; wait or cancel it"
+        if not self.wb.model_ref:
+            return "no model: load one in Setup first (esc, then l)"
+        for name in ("max_accuracy_drop", "memory_mb", "budget", "opts", "max_trials", "min_gain",
+                     "max_contention"):
+            problem = check_field(name, getattr(self.tune_form, name), self.wb.task, self._tune_device())
+            if problem:
+                return problem
+        return None
+
+    def action_tune_start(self) -> None:
+        screen = self.tune_screen()
+        if self.screen is not screen:
+            self.push_screen(screen)
+        from workbench.tui.panes.tune_form import TuneFormPane
+
+        problem = self.tune_problem()
+        cfg = None
+        if problem is None:
+            try:
+                cfg = build_config(self.tune_form, self.wb.recipe())
+            except OptbenchError as exc:
+                problem = exc.message
+        if screen.is_mounted:
+            screen.query_one(TuneFormPane).show_error(problem)
+        if problem or cfg is None:
+            self.tell(problem or "the tune could not be set up", "error", title="Cannot tune")
+            return
+        self._cancel_inspect()
+        self.tune_state.reset(self.wb.model_ref)
+        self.tune_handle = TuneHandle(cfg, cfg.recipe).start()
+        opts = ", ".join(cfg.opts) if cfg.opts else "every optimization that applies"
+        self.tune_state.log.append(("info", f"tune: {cfg.recipe.model.ref} · objective {cfg.objective} · accuracy "
+                                            f"{cfg.accuracy.text} · budget {cfg.budget_s:.0f} s · {opts}"))
+        self._show_tune({"start", "trials", "frontier", "progress", "log"})
+        self.sub_title = f"{cfg.recipe.model.ref} · tuning"
+
+    def action_tune_cancel(self) -> None:
+        h = self.tune_handle
+        if h is None or not h.active:
+            self.tell("no tune is running", "information")
+            return
+        if not h.cancelling:
+            h.cancelling = True
+            self.tune_state.log.append(("warning", "cancel requested"))
+            self._show_tune({"log"})
+            self.run_worker(h.cancel, thread=True, group="cancel")
+
+    def _pump_tune(self) -> None:
+        h = self.tune_handle
+        if h is None or h.finished:
+            return
+        events = h.poll()
+        if not events:
+            return
+        changes: set[str] = set()
+        for kind, payload in events:
+            try:
+                changes |= self.tune_state.apply(kind, payload)
+            except Exception as exc:  # a malformed event must not take the UI down
+                self.tune_state.log.append(("error", f"could not show a {kind} event: {exc!r}"))
+                changes.add("log")
+        with self.batch_update():
+            if "end" in changes:
+                self._on_tune_end(h)
+            self._show_tune(changes)
+
+    def _on_tune_end(self, h: TuneHandle) -> None:
+        st = self.tune_state
+        self.sub_title = self.wb.model_ref or ""
+        if st.status == "done" and h.report is not None:
+            name = self._save_tune(h.report, h.recipe)
+            st.saved_in = name
+            best = h.report.get("chosen")
+            where = f"; saved in session {name}" if name else ""
+            if best:
+                obj = h.report.get("objective") or {}
+                self.tell(f"tune finished: best {best['label']} ({fmt.ratio(best.get('gain'))} {obj.get('name', '')})"
+                          f"{where} · a applies it to Setup, e exports it", title="Tune finished")
+            else:
+                self.tell(f"tune finished: no recipe meets the accuracy budget and improves on the baseline{where}",
+                          "warning", title="Tune finished")
+        elif st.status == "cancelled":
+            self.tell("the tune was cancelled; its finished trials are cached (a new tune reuses them), nothing was "
+                      "saved in the session", "warning", title="Cancelled")
+        else:
+            self.tell(st.error or "the tune failed", "error", title="Tune failed")
+
+    def _save_tune(self, report: dict, base: Recipe) -> str | None:
+        """The tune's report into the session's results (``tunes``) and its chosen recipe as the session's recipe,
+        as ``optbench tune --session`` does. The open session when it holds this model, else a new one."""
+        ref = base.model.ref
+        try:
+            s = self.session
+            if s is None or s.recipe.model.ref != ref or not self.store.exists(s.name):
+                s = self.store.create(self._auto_name(ref), Recipe(base.model, [], base.bench, base.eval,
+                                                                   base.device), report.get("environment"))
+                if self.wb.model_ref == ref:
+                    self.session = s
+            if report.get("chosen_recipe"):
+                s.recipe = Recipe.from_dict(report["chosen_recipe"], where="the tune's chosen recipe")
+            s.environment = report.get("environment") or s.environment
+            s.save()
+            s._refuse_if_corrupt(s.results_path, json.loads)
+            s.results.setdefault("tunes", []).append(report)
+            atomic.write_json(s.results_path, s.results)
+        except OptbenchError as exc:
+            self.tell(exc.message, "error", title="Saving the tune failed")
+            return None
+        return s.name
+
+    def tuned_steps(self) -> list[dict] | None:
+        best = self.tune_state.best
+        return list(best["recipe"]) if best and best.get("recipe") is not None else None
+
+    def action_tune_apply(self) -> bool:
+        """Put the best recipe's optimizations (with their parameters) into Setup."""
+        steps = self.tuned_steps()
+        if steps is None:
+            self.tell("no best recipe yet: a tune must finish a trial within the budget first", "warning")
+            return False
+        model = self.tune_state.model
+        if model and model != self.wb.model_ref:
+            self.tell(f"the tune's best recipe is for {model}; load that model first (l)", "warning")
+            return False
+        self.wb.enabled, self.wb.params = [], {}
+        for step in steps:
+            self.wb.set_enabled(step["name"], True)
+            for key, value in (step.get("params") or {}).items():
+                self.wb.set_param(step["name"], key, value)
+        with self.batch_update():
+            self.pane(OptimizationsPane).sync(self.wb)
+            problem = self.recheck()
+            while self.screen is not self.main_screen and len(self.screen_stack) > 1:
+                self.pop_screen()
+            self.action_show_tab("setup")
+        label = (self.tune_state.best or {}).get("label", "")
+        if problem:
+            self.tell(f"Setup holds the tune's best recipe ({label}) but it does not validate: {problem}", "error")
+            return False
+        self.tell(f"Setup now holds the tune's best recipe: {label} (r runs it; export after a run)")
+        return True
+
+    def action_tune_export(self) -> None:
+        """Apply the best recipe, run it keeping the optimized model, then open the export prompt."""
+        if self.tuning:
+            self.tell("the tune is still running: export its best recipe when it ends", "warning")
+            return
+        if self.run_handle is not None and self.run_handle.active:
+            self.tell("a run is in progress: export when it ends", "warning")
+            return
+        if not self.action_tune_apply():
+            return
+        if not self.wb.save_artifact:
+            self.wb.save_artifact = True
+            self.pane(SettingsPane).sync()
+        self._export_after_run = True
+        self.action_run()
+        if self.run_handle is None or not self.run_handle.active:
+            self._export_after_run = False
+            return
+        self.tell("running the best recipe to keep its model; the export prompt opens when the run ends")
+
     # ------------------------------------------------------------------ navigation, help, quit
     def action_focus_model(self) -> None:
         self.action_show_tab("setup")
@@ -538,13 +760,14 @@ class OptbenchApp(App):
 
     async def action_quit(self) -> None:
         if self.run_handle is not None and self.run_handle.active or \
-                self.export_handle is not None and self.export_handle.active:
+                self.export_handle is not None and self.export_handle.active or self.tuning:
             def done(yes: bool | None) -> None:
                 if yes:
                     self.stop_jobs()
                     self.exit()
 
-            what = "A run" if self.run_handle is not None and self.run_handle.active else "An export"
+            what = "A run" if self.run_handle is not None and self.run_handle.active else \
+                "A tune" if self.tuning else "An export"
             self.push_screen(ConfirmDialog(f"{what} is in progress. Cancel it and quit?", yes="Quit",
                                            no="Keep running", danger=True), done)
             return
@@ -553,6 +776,8 @@ class OptbenchApp(App):
 
     def stop_jobs(self) -> None:
         """Cancel every job (blocking, at most ~2 s each); used when the app goes away."""
+        if self.tune_handle is not None and self.tune_handle.active:
+            self.tune_handle.cancel()
         for h in (self.run_handle, self.inspect_handle, self.export_handle):
             if h is not None and h.active:
                 h.cancel()
@@ -577,6 +802,8 @@ def run_app(model: str | None = None, mouse: bool = True) -> int:
                     os.killpg(h.job.pid, signal.SIGTERM)
                 except (ProcessLookupError, PermissionError):
                     pass
+        if app.tune_handle is not None and app.tune_handle.active:
+            app.tune_handle.kill_now()
         app.exit(return_code=128 + signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGHUP, signal.SIGTERM)}

@@ -1,5 +1,5 @@
-"""Command palette (ctrl+p): every workbench action from the key table, plus toggling any registered optimization,
-loading a demo or recent model, and opening a saved session."""
+"""Command palette (ctrl+p): every workbench and tune action from the key table, plus toggling any registered
+optimization, loading a demo or recent model, and opening a saved session."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from workbench.tui import keys
 
 def palette_commands(app) -> Iterator[tuple[str, str, Callable]]:
     """(text, help, callback) for everything the palette offers; the app decides what each does."""
-    for k in keys.MAIN:
+    for k in (*keys.MAIN, *keys.TUNE):
         if k.palette:
             yield f"{k.description}  [{keys.display_key(app.keymap_overrides.get(k.id, k.key))}]", k.help, \
                 partial(app.run_action, k.action)

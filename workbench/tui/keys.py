@@ -38,6 +38,8 @@ MAIN = (
     Key("optbench.sessions", "o,f3", "sessions", "Open", "Open, rename or delete a saved session"),
     Key("optbench.compare", "c,f4", "compare", "Compare", "Compare every run of this session; pick two side by side"),
     Key("optbench.export", "e,f7", "export", "Export", "Export this session's optimized model to a folder and verify it"),
+    Key("optbench.tune", "t,f9", "tune", "Tune",
+        "Open the tune screen: search for the best recipe within an accuracy budget, live Pareto frontier"),
     Key("optbench.tab_setup", "1", "show_tab('setup')", "Setup", "Show the setup tab (model, optimizations)",
         show=False),
     Key("optbench.tab_run", "2", "show_tab('run')", "Live", "Show the live tab (progress, monitor, log)", show=False),
@@ -66,11 +68,25 @@ COMPARE = (
     Key("compare.close", "escape", "close", "Back", "Back to the workbench", palette=False),
 )
 
+TUNE = (  # the tune screen; the actions are the app's, so the command palette offers them from anywhere
+    Key("tune.start", "r,f5", "tune_start", "Start tune",
+        "Tune: start a search for the loaded model with the tune form's objective and budgets"),
+    Key("tune.cancel", "x,f6", "tune_cancel", "Cancel tune", "Tune: cancel the running tune (its worker stops within 2 s)"),
+    Key("tune.apply", "a,f8", "tune_apply", "Apply best",
+        "Tune: put the best recipe's optimizations into Setup (then run, save and export as usual)"),
+    Key("tune.export", "e,f7", "tune_export", "Export best",
+        "Tune: apply the best recipe, run it keeping the model, then export and verify it"),
+    Key("tune.view", "f", "cycle_view", "View", "Tune: cycle the table: trials run · frontier · everything",
+        palette=False),
+    Key("tune.close", "escape", "close", "Back", "Back to the workbench (a running tune keeps going)", palette=False),
+)
+
 DIALOG = (
     Key("dialog.cancel", "escape", "cancel", "Cancel", "Close the dialog without doing anything", palette=False),
 )
 
-GROUPS = (("Workbench", MAIN), ("Sessions screen", SESSIONS), ("Compare screen", COMPARE), ("Dialogs", DIALOG))
+GROUPS = (("Workbench", MAIN), ("Tune screen", TUNE), ("Sessions screen", SESSIONS), ("Compare screen", COMPARE),
+          ("Dialogs", DIALOG))
 
 
 def bindings(keys: tuple[Key, ...]) -> list[Binding]:
