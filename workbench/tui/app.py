@@ -81,6 +81,7 @@ class OptbenchApp(App):
         self.tune_form = TuneForm()
         self.tune_handle: TuneHandle | None = None
         self._export_after_run = False  # "export best": the run that keeps the model, then the export prompt
+        self._export_when_done = False
         self.notices: list[tuple[str, str]] = []  # (severity, message): what the user was told (tests read it)
         self.ready = False  # the main screen's panes exist
 
@@ -289,6 +290,10 @@ class OptbenchApp(App):
                                                      "error")
             if h.finished and getattr(self, attr) is h and attr != "run_handle":
                 setattr(self, attr, None)
+            if attr == "run_handle" and h.finished and self._export_when_done:
+                self._export_when_done = False
+                if h.final is not None and h.error is None:
+                    self.action_export()
         self._pump_tune()
 
     def _on_run_event(self, h: JobHandle, e: dict) -> None:
@@ -360,8 +365,7 @@ class OptbenchApp(App):
         self.action_show_tab("results")
         if self._export_after_run:
             self._export_after_run = False
-            if saved:
-                self.action_export()
+            self._export_when_done = saved  # the job still runs until its ``done``: export then (_pump)
 
     def _on_inspect_event(self, h: JobHandle, e: dict) -> None:
         if h is not self.inspect_handle or h.extra.get("ref") != self.wb.model_ref:

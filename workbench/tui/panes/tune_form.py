@@ -24,7 +24,7 @@ FIELDS = (  # (form field, label, placeholder)
     ("min_gain", "min gain %", "5"),
     ("max_contention", "max contention %", "25"),
 )
-HINT = "drop: 1% relative · 0.01 absolute · ppl=2%,cosine=0.01 per metric; time: 20m · 90s · 1h30m"
+HINT = "drop: 1% (relative) · 0.01 (absolute) · ppl=2%,cosine=0.01 · time: 20m · 90s · 1h30m"
 
 
 class FieldValidator(Validator):

@@ -68,7 +68,7 @@ class TuneTablePane(Vertical):
         table.clear(columns=True)
         unit = (self.state.objective or {}).get("unit", "objective")
         for label, key in (("", "mark"), ("#", "id"), ("status", "status"), ("recipe", "recipe"), (unit, "value"),
-                           ("gain", "gain"), ("worst Δ", "acc"), ("budget", "used")):
+                           ("gain", "gain"), ("worst Δ", "acc"), ("used", "used")):
             table.add_column(label, key=key)
         self._unit = unit
 
@@ -93,7 +93,7 @@ class TuneTablePane(Vertical):
         keep = table.cursor_row if table.row_count else 0
         table.clear()
         front, best_id = st.frontier_ids(), (st.best or {}).get("id")
-        width = max(14, self.size.width - 53) if self.size.width else 24
+        width = max(14, self.size.width - 52) if self.size.width else 24
         self.shown = self.rows()
         for t in self.shown:
             baseline = bool(t.get("baseline"))
@@ -119,7 +119,8 @@ class TuneTablePane(Vertical):
         self.border_title = f"Trials · {VIEW_TITLES[self.view]} ({len(self.shown)}) · f cycles the view"
         sub = []
         if c.get("not-run") and self.view == "tried":
-            sub.append(f"{c['not-run']} combinations not run (their parts' results)")
+            n = c["not-run"]
+            sub.append(f"{n} combination{'s' if n != 1 else ''} not run (their parts' results)")
         if c.get("cached"):
             sub.append(f"{c['cached']} from the cache")
         self.border_subtitle = " · ".join(sub)

@@ -77,8 +77,8 @@ class TuneScreen(Screen):
         if wb is None:
             return
         b, e = wb.bench, wb.eval
-        setup = f"per trial (Setup's settings): seq {b.seq_len}, batch {b.batch or 'auto'}, ≥{b.min_iters} calls " \
-                f"/ {b.min_seconds:g} s, eval {e.source}"
+        setup = f"per trial, from Setup: seq {b.seq_len} · batch {b.batch or 'auto'} · ≥{b.min_iters} calls, " \
+                f"≥{b.min_seconds:g} s · eval {e.source}"
         device = wb.device if wb.device not in ("auto", None) else "cpu"
         self.query_one(TuneFormPane).set_context(wb.model_ref, wb.task, device, setup)
 
