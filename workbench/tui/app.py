@@ -695,11 +695,17 @@ class OptbenchApp(App):
         if model and model != self.wb.model_ref:
             self.tell(f"the tune's best recipe is for {model}; load that model first (l)", "warning")
             return False
+        before = (list(self.wb.enabled), {k: dict(v) for k, v in self.wb.params.items()})
         self.wb.enabled, self.wb.params = [], {}
-        for step in steps:
-            self.wb.set_enabled(step["name"], True)
-            for key, value in (step.get("params") or {}).items():
-                self.wb.set_param(step["name"], key, value)
+        try:
+            for step in steps:
+                self.wb.set_enabled(step["name"], True)
+                for key, value in (step.get("params") or {}).items():
+                    self.wb.set_param(step["name"], key, value)
+        except InputError as exc:  # e.g. a saved tune of an optimization this registry no longer has
+            self.wb.enabled, self.wb.params = before
+            self.tell(exc.message, "error", title="Cannot apply the tune's recipe")
+            return False
         with self.batch_update():
             self.pane(OptimizationsPane).sync(self.wb)
             problem = self.recheck()

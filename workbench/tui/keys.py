@@ -46,7 +46,7 @@ MAIN = (
     Key("optbench.tab_results", "3", "show_tab('results')", "Results",
         "Show the results tab (latency, throughput, accuracy)", show=False),
     Key("optbench.help", "question_mark,f1", "help", "Help", "Keys, panes and remote use"),
-    Key("optbench.quit", "q,f10", "quit", "Quit", "Quit (asks first while a job runs)"),
+    Key("optbench.quit", "q,f10", "quit", "Quit", "Quit (asks first while a job or a tune runs)"),
 )
 
 SESSIONS = (

@@ -108,10 +108,15 @@ def check_field(name: str, raw: str, task: str | None = None, device: str = "cpu
             if not 0 <= v <= 100:
                 raise InputError(f"--max-contention {v}: expected a percentage in [0, 100]")
         elif name == "opts" and raw:
-            names = parse_opts(raw)
-            if not names:
+            from workbench.core import optimizations
+
+            known = {s.name for s in optimizations.all_specs()}
+            for opt in parse_opts(raw):  # as commands_tune.config_from_args words it
+                if opt not in known:
+                    raise InputError(f"--opts {opt}: unknown optimization; expected one of: "
+                                     f"{', '.join(sorted(known))}")
+            if not parse_opts(raw):
                 raise InputError(f"--opts {raw!r}: empty; expected NAME[,NAME...]")
-            tune.build_space(task or "causal-lm", device, names, max_space=1)  # unknown names: the CLI's message
     except InputError as exc:
         return exc.message
     return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Select, Static
 
@@ -39,9 +38,6 @@ class FieldValidator(Validator):
 
 class TuneFormPane(Vertical):
     BORDER_TITLE = "Tune"
-
-    class Changed(Message):
-        """The form's values changed (valid or not)."""
 
     def __init__(self, form: TuneForm, **kw) -> None:
         super().__init__(**kw)
@@ -91,7 +87,6 @@ class TuneFormPane(Vertical):
         valid = event.validation_result is None or event.validation_result.is_valid
         self._take(name, event.value, valid, event.validation_result)
         self.redraw()
-        self.post_message(self.Changed())
 
     def _take(self, name: str, value: str, valid: bool, result=None) -> None:
         setattr(self.form, name, value)
@@ -107,7 +102,6 @@ class TuneFormPane(Vertical):
         if event.value is not Select.BLANK and event.select.id == "tune-objective":
             self.form.objective = str(event.value)
             self.redraw()
-            self.post_message(self.Changed())
 
     def show_error(self, message: str | None) -> None:
         """A problem found when starting (the whole config, e.g. no model or ``--eval none``)."""

@@ -25,7 +25,7 @@ from workbench.tui.tuning import TuneState, trial_kind
 
 COLORS = {"feasible": "green", "over": "red", "pruned": "gray", "frontier": "cyan", "best": "yellow",
           "budget": "red", "baseline": "blue"}
-LEGEND = "● within budget  × over  ○ pruned  ◆ frontier  ★ chosen  ─ budget (100 %)"
+LEGEND = "● within budget  × over  ○ pruned (not evaluated: at the top)  ◆ frontier  ★ chosen  ─ budget"
 Y_CAP = 300.0  # % of the budget: higher values are drawn at the top edge
 
 
@@ -50,8 +50,11 @@ def points(state: TuneState) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
+TITLE = "Trials: accuracy budget used vs gain"
+
+
 class TuneScatterPane(Vertical):
-    BORDER_TITLE = "Trials: accuracy budget used vs gain"
+    BORDER_TITLE = TITLE
 
     def __init__(self, state: TuneState, **kw) -> None:
         super().__init__(**kw)
@@ -77,6 +80,7 @@ class TuneScatterPane(Vertical):
         if not measured and not pts["pruned"]:
             plt.title("no trial measured yet" if st.status != "idle" else
                       "start a tune (F5): each trial appears here")
+            self.border_title = TITLE
             plt.xlim(0.5, 2.0)
             plt.ylim(-10, 120)
             plt.hline(100.0, COLORS["budget"])
@@ -116,5 +120,6 @@ class TuneScatterPane(Vertical):
             notes.append(f"{c['not-run']} not run")
         if clipped:
             notes.append(f"capped at {top:.0f}%")
-        plt.title(f"% of budget {st.accuracy_text()} used vs {name} gain ×" + (f" · {', '.join(notes)}" if notes else ""))
+        plt.title(f"↑ % of the accuracy budget ({st.accuracy_text()}) used · → {name} gain ×"[:max(20, self.size.width - 14)])
+        self.border_title = TITLE + (f" · {', '.join(notes)}" if notes else "")
         widget.refresh()

@@ -60,7 +60,6 @@ class TuneTablePane(Vertical):
         yield Static(id="tune-detail")
 
     def on_mount(self) -> None:
-        self._columns()
         self.redraw()
 
     def _columns(self) -> None:
@@ -70,7 +69,6 @@ class TuneTablePane(Vertical):
         for label, key in (("", "mark"), ("#", "id"), ("status", "status"), ("recipe", "recipe"), (unit, "value"),
                            ("gain", "gain"), ("worst Δ", "acc"), ("used", "used")):
             table.add_column(label, key=key)
-        self._unit = unit
 
     def cycle_view(self) -> str:
         self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
@@ -87,32 +85,33 @@ class TuneTablePane(Vertical):
 
     def redraw(self) -> None:
         st = self.state
-        if (st.objective or {}).get("unit", "objective") != getattr(self, "_unit", None):
-            self._columns()
         table = self.query_one(DataTable)
         keep = table.cursor_row if table.row_count else 0
-        table.clear()
+        self._columns()  # afresh: a DataTable's columns keep the widest cell they ever held
         front, best_id = st.frontier_ids(), (st.best or {}).get("id")
-        width = max(14, self.size.width - 52) if self.size.width else 24
         self.shown = self.rows()
+        rows = []
         for t in self.shown:
             baseline = bool(t.get("baseline"))
             kind = "feasible" if baseline else trial_kind(t)
             mark = "★" if t.get("id") == best_id and not baseline else ("◆" if t.get("id") in front else "")
             used = t.get("budget_used")
             status = "baseline" if baseline else KIND_WORD.get(kind, kind) + (" (cache)" if t.get("cached") else "")
-            table.add_row(
+            rows.append([
                 Text(mark, style="bold yellow" if mark == "★" else "cyan"),
-                "-" if baseline else str(t.get("id")),
+                Text("-" if baseline else str(t.get("id"))),
                 Text(status, style=KIND_STYLE.get(kind, "") if not baseline else "bold"),
-                clip(compact_label(t.get("label") or ""), width),
-                fmt.sig(t.get("objective"), 4),
+                compact_label(t.get("label") or ""),
+                Text(fmt.sig(t.get("objective"), 4)),
                 Text(fmt.ratio(t.get("gain")), style="bold green" if (t.get("gain") or 0) > 1.0 and not baseline
                      else ""),
                 accuracy_cell(t) if not baseline else Text("0", style="dim"),
-                fmt.NA if used is None else f"{used * 100:.0f}%",
-                key=f"{'b' if baseline else 't'}{t.get('id')}",
-            )
+                Text(fmt.NA if used is None else f"{used * 100:.0f}%"),
+            ])
+        width = self._recipe_width(rows)
+        for t, cells in zip(self.shown, rows):
+            cells[3] = clip(cells[3], width)
+            table.add_row(*cells, key=f"{'b' if t.get('baseline') else 't'}{t.get('id')}")
         if table.row_count:
             table.move_cursor(row=min(keep, table.row_count - 1))
         c = st.counts()
@@ -125,6 +124,19 @@ class TuneTablePane(Vertical):
             sub.append(f"{c['cached']} from the cache")
         self.border_subtitle = " · ".join(sub)
         self.show_detail()
+
+    def _recipe_width(self, rows: list[list]) -> int:
+        """What is left for the recipe column once the others have their widest cell (each column pads 1 + 1)."""
+        table = self.query_one(DataTable)
+        inner = (table.size.width or max(0, self.size.width - 4)) - 2  # a vertical scrollbar may take two
+        others = 0
+        for i, col in enumerate(table.ordered_columns):
+            if i == 3:
+                continue
+            cells = [r[i].cell_len for r in rows] + [Text.from_markup(str(col.label)).cell_len
+                                                     if not isinstance(col.label, Text) else col.label.cell_len]
+            others += max(cells) + 2
+        return max(14, inner - others - 1)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()

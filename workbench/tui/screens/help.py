@@ -25,6 +25,9 @@ PANES = (
                 "decode per token for causal LMs"),
     ("Throughput", "throughput of each timed call over the run, with each phase's aggregate"),
     ("Accuracy", "metric, baseline, delta; green no loss, yellow within budget, red over budget"),
+    ("Tune (t)", "objective, accuracy budget (1% · 0.01 · ppl=2%,cosine=0.01), memory cap, time budget, "
+                 "optimizations; every trial plotted as accuracy budget used vs gain with the Pareto frontier and "
+                 "the budget line; the table of trials or frontier recipes; the best is saved into the session"),
 )
 
 REMOTE = """\
