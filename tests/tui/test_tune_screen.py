@@ -254,7 +254,7 @@ async def main():
         await pilot.press("f5")
         await wait_for(pilot, lambda: app.tune_handle is not None and not app.tuning, 90, what="the tune")
         await pilot.pause(0.2)
-        await pilot.press("f8")  # apply best
+        await pilot.press("f9")  # apply best
         await pilot.pause(0.2)
     return app
 
@@ -284,7 +284,7 @@ def test_the_ui_process_never_imports_torch_while_it_tunes(tiny_bert, tmp_path):
 def test_palette_offers_every_tune_action():
     app = fast_app(auto_inspect=False)
     texts = [t for t, _, _ in palette_commands(app)]
-    for label in ("Tune  [t / f9]", "Start tune  [r / f5]", "Cancel tune  [x / f6]", "Apply best  [a / f8]",
+    for label in ("Tune  [t / f8]", "Start tune  [r / f5]", "Cancel tune  [x / f6]", "Apply best  [a / f9]",
                   "Export best  [e / f7]"):
         assert label in texts, label
 

@@ -1,4 +1,4 @@
-"""The tune screen (t or F9 on the workbench, or "Tune" in the command palette): find the best recipe for the model
+"""The tune screen (t or F8 on the workbench, or "Tune" in the command palette): find the best recipe for the model
 loaded in the workbench within an accuracy budget, and watch the Pareto frontier form.
 
 Left: the form (objective, accuracy budget, memory cap, time budget, optimizations, search knobs; checked as typed
@@ -12,7 +12,7 @@ app owns the running tune (``app.tune_handle``) and its ``TuneState``; this scre
 renders that state, so leaving it (esc) does not stop the tune and coming back shows where it is.
 
 When the tune ends, the app saves its report and best recipe into the session (``results.json["tunes"]``,
-``session.toml``'s recipe, exactly as ``optbench tune --session`` does); a (F8) puts the best recipe into Setup,
+``session.toml``'s recipe, exactly as ``optbench tune --session`` does); a (F9) puts the best recipe into Setup,
 e (F7) applies it, runs it keeping the model and opens the usual export prompt when the run ends.
 """
 
