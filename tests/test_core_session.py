@@ -82,3 +82,16 @@ def test_schema_mismatch(tmp_path):
     s.toml_path.write_text('schema = 99\n[model]\nref = "x"\n')
     with pytest.raises(SessionError, match="schema 99 is not supported"):
         store.open("s1")
+
+
+def test_cli_session_lookup_checks_the_model(tmp_path):
+    from workbench.cliargs import open_named_session
+    from workbench.core.errors import InputError
+
+    store, _ = make(tmp_path)
+    assert open_named_session(store, "new-one", "demo:smollm2") is None
+    assert open_named_session(store, "s1", None).recipe.model.ref == "demo:minilm"
+    with pytest.raises(InputError, match="--session s1: holds model demo:minilm; expected --model demo:minilm"):
+        open_named_session(store, "s1", "demo:smollm2")
+    with pytest.raises(InputError):
+        open_named_session(store, "../evil", None)

@@ -169,20 +169,12 @@ def precheck(recipe) -> "Recipe":
 
 def cmd_run(args) -> int:
     from workbench.core.jobs.client import Job
-    from workbench.core.session import SessionStore, check_name
+    from workbench.cliargs import open_named_session
+    from workbench.core.session import SessionStore
 
     store = SessionStore()
-    session = None
-    base = None
-    if args.session:
-        check_name(args.session)
-        store.path(args.session)
-        if store.exists(args.session):
-            session = store.open(args.session)
-            if args.model and args.model != session.recipe.model.ref:
-                raise InputError(f"--session {args.session}: holds model {session.recipe.model.ref}; expected "
-                                 f"--model {session.recipe.model.ref} or a new session name")
-            base = session.recipe
+    session = open_named_session(store, args.session, args.model) if args.session else None
+    base = session.recipe if session is not None else None
     recipe = precheck(recipe_from_args(args, base))
     if args.export:
         out = Path(args.export)

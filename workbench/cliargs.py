@@ -26,3 +26,19 @@ def add_bench_eval_args(p: argparse.ArgumentParser, suffix: str = "", eval_none:
     e.add_argument("--token-budget", type=int, help="causal LM: tokens scored")
     e.add_argument("--window", type=int, help="causal LM: tokens per scored window")
     e.add_argument("--max-samples", type=int, help="encoder/classifier: texts evaluated")
+
+
+def open_named_session(store, name: str, model: str | None):
+    """The session called ``name`` if it exists (None for a new one), checked against ``--model``."""
+    from workbench.core.errors import InputError
+    from workbench.core.session import check_name
+
+    check_name(name)
+    store.path(name)
+    if not store.exists(name):
+        return None
+    session = store.open(name)
+    if model and model != session.recipe.model.ref:
+        raise InputError(f"--session {name}: holds model {session.recipe.model.ref}; expected "
+                         f"--model {session.recipe.model.ref} or a new session name")
+    return session

@@ -95,21 +95,16 @@ def config_from_args(args, base=None):
 
 
 def cmd_tune(args) -> int:
-    from workbench.core.session import SessionStore, check_name
+    from workbench.cliargs import open_named_session
+    from workbench.core.session import SessionStore
     from workbench.core.tune import Tuner
 
     store, session = None, None
     if args.session:
-        check_name(args.session)
         store = SessionStore()
-        store.path(args.session)
-        if store.exists(args.session):
-            session = store.open(args.session)
-            if args.model and args.model != session.recipe.model.ref:
-                raise InputError(f"--session {args.session}: holds model {session.recipe.model.ref}; expected "
-                                 f"--model {session.recipe.model.ref} or a new session name")
-            if not args.model:
-                args.model = session.recipe.model.ref
+        session = open_named_session(store, args.session, args.model)
+        if session is not None and not args.model:
+            args.model = session.recipe.model.ref
     cfg = config_from_args(args, base=session.recipe if session is not None else None)
     view = _View(enabled=not args.json)
     try:
