@@ -40,3 +40,62 @@ def screen_text(app) -> str:
     """The current screen as plain text (what a user would read)."""
     strips = app.screen._compositor.render_strips()
     return "\n".join("".join(seg.text for seg in strip) for strip in strips)
+
+
+class PtyApp:
+    """``python -m workbench --model REF`` in a real pseudo-terminal (100×30), for signal and hang-up tests.
+
+    ``pump(s)`` reads the screen output for s seconds into ``output``; ``wait_for(text, deadline)`` pumps until the
+    text appears; ``close()`` kills whatever is left and closes the terminal."""
+
+    def __init__(self, model: str, env: dict) -> None:
+        import fcntl
+        import os
+        import struct
+        import subprocess
+        import sys
+        import termios
+
+        from tests.conftest import ROOT
+
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        self.proc = subprocess.Popen([sys.executable, "-m", "workbench", "--model", model], stdin=slave,
+                                     stdout=slave, stderr=slave, env={**env, "TERM": "xterm-256color"}, cwd=ROOT,
+                                     start_new_session=True)
+        os.close(slave)
+        self.output = b""
+
+    def pump(self, seconds: float) -> None:
+        import os
+        import select
+
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            r, _, _ = select.select([self.master], [], [], 0.05)
+            if r:
+                try:
+                    self.output += os.read(self.master, 65536)
+                except OSError:
+                    return
+
+    def wait_for(self, text: bytes, deadline: float) -> None:
+        while text not in self.output and time.monotonic() < deadline:
+            self.pump(0.2)
+
+    def write(self, data: bytes) -> None:
+        import os
+
+        os.write(self.master, data)
+
+    def close(self) -> None:
+        import os
+        import signal
+
+        import psutil
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for k in psutil.Process().children(recursive=True):
+            k.kill()
+        os.close(self.master)

@@ -112,53 +112,26 @@ async def test_a_killed_job_is_a_notice_and_the_app_stays():
 
 def test_hangup_ends_the_app_and_its_job(tiny_llama, tmp_path):
     """A dropped SSH connection (SIGHUP) must not leave a job running with nobody to save its results."""
-    import fcntl
-    import struct
-    import termios
+    from tests.tui.helpers import PtyApp
 
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    env = {**os.environ, "TERM": "xterm-256color", "OPTBENCH_SESSIONS": str(tmp_path / "s"),
-           "OPTBENCH_CONFIG_DIR": str(tmp_path / "c")}
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", "--model", str(tiny_llama)], stdin=slave,
-                            stdout=slave, stderr=slave, env=env, cwd=ROOT, start_new_session=True)
-    os.close(slave)
-    output = b""
-
-    def pump(seconds: float) -> None:
-        nonlocal output
-        import select
-
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            r, _, _ = select.select([master], [], [], 0.05)
-            if r:
-                try:
-                    output += os.read(master, 65536)
-                except OSError:
-                    return
-
+    app = PtyApp(str(tiny_llama), {**os.environ, "OPTBENCH_SESSIONS": str(tmp_path / "s"),
+                                   "OPTBENCH_CONFIG_DIR": str(tmp_path / "c")})
     try:
-        ui = psutil.Process(proc.pid)
+        ui = psutil.Process(app.proc.pid)
         deadline = time.monotonic() + 30
-        while b"Optimizations" not in output and time.monotonic() < deadline:
-            pump(0.2)
-        os.write(master, b"\x1b[15~")  # F5: run (cancels the inspect job it started with)
+        app.wait_for(b"Optimizations", deadline)
+        app.write(b"\x1b[15~")  # F5: run (cancels the inspect job it started with)
         job = None
         while job is None and time.monotonic() < deadline:
-            pump(0.2)
+            app.pump(0.2)
             kids = [k for k in ui.children(recursive=True) if "workbench.core.jobs.child" in " ".join(k.cmdline())]
             job = kids[-1] if kids else None
         assert job is not None, "no job started"
-        pump(0.5)
-        os.kill(proc.pid, signal.SIGHUP)
-        proc.wait(60)  # generous: CI shares two cores with the job it must stop
+        app.pump(0.5)
+        os.kill(app.proc.pid, signal.SIGHUP)
+        app.proc.wait(60)  # generous: CI shares two cores with the job it must stop
         gone, alive = psutil.wait_procs([job], timeout=5)
         assert not alive, "the job outlived the app"
-        assert proc.returncode == 128 + signal.SIGHUP
+        assert app.proc.returncode == 128 + signal.SIGHUP
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for k in psutil.Process().children(recursive=True):
-            k.kill()
-        os.close(master)
+        app.close()

@@ -182,58 +182,32 @@ async def test_cancel_stops_the_worker_within_two_seconds_and_quit_leaves_no_pro
 
 def test_hangup_mid_tune_ends_the_app_and_the_worker(tiny_bert, tmp_path):
     """SIGHUP (a dropped SSH connection) while a tune runs: the app exits and no process of it is left."""
-    import fcntl
-    import select
-    import struct
-    import termios
+    from tests.tui.helpers import PtyApp
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    env = {**os.environ, "TERM": "xterm-256color", "OPTBENCH_SESSIONS": str(tmp_path / "s"),
-           "OPTBENCH_CONFIG_DIR": str(tmp_path / "c"), "TMPDIR": str(scratch)}
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", "--model", str(tiny_bert)], stdin=slave,
-                            stdout=slave, stderr=slave, env=env, cwd=ROOT, start_new_session=True)
-    os.close(slave)
-    output = b""
-
-    def pump(seconds: float) -> None:
-        nonlocal output
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            r, _, _ = select.select([master], [], [], 0.05)
-            if r:
-                try:
-                    output += os.read(master, 65536)
-                except OSError:
-                    return
-
+    app = PtyApp(str(tiny_bert), {**os.environ, "OPTBENCH_SESSIONS": str(tmp_path / "s"),
+                                  "OPTBENCH_CONFIG_DIR": str(tmp_path / "c"), "TMPDIR": str(scratch)})
     try:
-        ui = psutil.Process(proc.pid)
+        ui = psutil.Process(app.proc.pid)
         deadline = time.monotonic() + 40
-        while b"Optimizations" not in output and time.monotonic() < deadline:
-            pump(0.2)
-        os.write(master, b"t")  # the focus is on an optimization toggle: t opens the tune screen
-        pump(1.0)
-        os.write(master, b"\x1b[15~")  # F5: start the tune (every optimization, default budget)
+        app.wait_for(b"Optimizations", deadline)
+        app.write(b"t")  # the focus is on an optimization toggle: t opens the tune screen
+        app.pump(1.0)
+        app.write(b"\x1b[15~")  # F5: start the tune (every optimization, default budget)
         while not list(scratch.glob("optbench-tune-*/worker-1")) and time.monotonic() < deadline:
-            pump(0.2)  # the tune's scratch folder holds one folder per worker it started
+            app.pump(0.2)  # the tune's scratch folder holds one folder per worker it started
         assert list(scratch.glob("optbench-tune-*/worker-1")), "the tune did not start its worker"
-        pump(0.5)
+        app.pump(0.5)
         kids = ui.children(recursive=True)
         assert kids, "no worker process"
-        os.kill(proc.pid, signal.SIGHUP)
-        proc.wait(60)
+        os.kill(app.proc.pid, signal.SIGHUP)
+        app.proc.wait(60)
         gone, alive = psutil.wait_procs(kids, timeout=5)
         assert not alive, f"outlived the app: {[k.cmdline() for k in alive]}"
-        assert proc.returncode == 128 + signal.SIGHUP
+        assert app.proc.returncode == 128 + signal.SIGHUP
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for k in psutil.Process().children(recursive=True):
-            k.kill()
-        os.close(master)
+        app.close()
 
 
 DRIVE_TUNE = r"""
