@@ -50,8 +50,12 @@ QUANT_RUNGS = ("int8-wo", "int4-wo", "float8-wo", "float8-dyn")
 # Compile variants of graph-decode; any rung may take one as a suffix, e.g. "int8-wo+cdt".
 VARIANTS = {"": {}, "cdt": {"tuning": "coordinate-descent"},
             "gemv": {"tuning": "coordinate-descent", "gemv": True},
-            "autotune": {"compile_mode": "max-autotune-no-cudagraphs"}}
-ALIASES = {"graph-cdt": "graph-decode+cdt", "graph-gemv": "graph-decode+gemv", "graph-autotune": "graph-decode+autotune"}
+            "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
+            "fuse": {"fuse": True},
+            "fused": {"tuning": "coordinate-descent", "fuse": True},
+            "fgemv": {"tuning": "coordinate-descent", "fuse": True, "gemv": True}}
+ALIASES = {"graph-cdt": "graph-decode+cdt", "graph-gemv": "graph-decode+gemv", "graph-autotune": "graph-decode+autotune",
+           "graph-fused": "graph-decode+fused"}
 DEVICE = "cuda"  # the CPU dry run switches it
 
 
@@ -205,7 +209,8 @@ def accuracy_rungs(torch, smol_ref: str, rungs: list[str]) -> dict:
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     config = model.config
     del model, loaded.model
-    for rung in rungs:
+    formats = dict.fromkeys(ALIASES.get(r, r).partition("+")[0] for r in rungs)  # int8-wo+fused -> int8-wo
+    for rung in formats:
         if rung not in QUANT_RUNGS:
             continue
         try:
@@ -238,6 +243,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--accuracy-model", default="demo:smollm2", help="'' to skip")
     ap.add_argument("--skip-extras", action="store_true", help="no truth check / monitor cost")
+    ap.add_argument("--truth-rung", default="graph-decode+fused",
+                    help="the batch-1 rung that gets the truth check and the monitor cost (besides hf-sdpa's truth)")
     ap.add_argument("--cpu-dry-run", action="store_true", help="check the script's logic on CPU with a tiny config")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
@@ -270,7 +277,8 @@ def main() -> int:
                         quantize(model, base)
                     if base not in ("hf-eager", "hf-sdpa", "static-cache"):
                         gen = GraphedGreedy(model, batch, args.prompt + args.new, mode=mode,
-                                            **(VARIANTS[variant] if mode == "graph" else {}))
+                                            **(VARIANTS[variant] if mode == "graph"
+                                               else {"fuse": VARIANTS[variant].get("fuse", False)}))
                     r = time_rung(torch, model, base, batch, args.prompt, args.new, args.rounds, gen=gen)
                     t_tok = r["decode_ms_per_token"]["p50"] / 1000
                     need = bytes_per_token(model, CONFIGS[name], batch, args.prompt, args.new)
@@ -281,9 +289,9 @@ def main() -> int:
                         "cold_start_ms": r["cold_start_ms"], "timed_runs": r["latency_ms"]["count"],
                         "decode_ms_samples": r["decode_ms_per_token"]["samples"],
                     })
-                    if not args.skip_extras and batch == 1 and rung in ("hf-sdpa", "graph-decode"):
+                    if not args.skip_extras and batch == 1 and rung in ("hf-sdpa", args.truth_rung):
                         row["truth_check"] = truth_check(torch, model, batch, args.prompt, args.new, gen=gen)
-                    if not args.skip_extras and batch == 1 and rung == "graph-decode":
+                    if not args.skip_extras and batch == 1 and rung == args.truth_rung:
                         row["monitor_cost"] = monitor_cost(torch, model, batch, args.prompt, args.new, gen)
                 except Exception as exc:
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
@@ -345,7 +353,7 @@ def markdown(doc: dict) -> str:
                          f"{t['independent_decode_ms']:.3f} ms/token ({t['difference_percent']:+.2f} %)")
         if r.get("monitor_cost"):
             m = r["monitor_cost"]
-            lines.append(f"\nMonitor cost ({r['model']}, batch {r['batch']}, graph-decode): "
+            lines.append(f"\nMonitor cost ({r['model']}, batch {r['batch']}, {r['rung']}): "
                          f"{m['off_tokens_per_s']:.0f} tok/s off vs {m['on_tokens_per_s']:.0f} on at 4 Hz "
                          f"({m['overhead_percent']:+.2f} %)")
     return "\n".join(lines) + "\n"

@@ -67,3 +67,61 @@ def test_gemv_forward_matches_linear_for_one_row_and_leaves_batches_alone(tiny_l
         assert torch.allclose(lin(x), torch.nn.functional.linear(x, lin.weight), atol=1e-5)
         assert torch.equal(loaded.model(input_ids=ids).logits, ref_prefill)  # many rows: F.linear, unchanged
         assert torch.allclose(loaded.model(input_ids=ids[:, :1]).logits, ref_one, atol=1e-4)
+
+
+def test_fuse_keeps_tokens_weights_size_and_export(tmp_path):
+    """fuse=True: q/k/v and gate/up become one projection each over one weight whose row blocks are the parameters;
+    the decode attention is grouped-query against the cache. Tokens, the state dict, the counted size and a
+    save/reload are unchanged; the decode attention really runs (one query row, a mask) and agrees with sdpa."""
+    from transformers import AttentionInterface, AutoModelForCausalLM
+
+    import workbench.core.fastgen as fastgen
+    from workbench.core.measure.memory import model_size_bytes
+
+    model = varied_llama()
+    ids = torch.randint(0, 512, (2, 12))
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20,
+                         do_sample=False, pad_token_id=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    size = model_size_bytes(model)
+    logs = []
+    gen = GraphedGreedy(model, 2, 32, mode="eager", fuse=True, log=logs.append)
+    assert "'qkv': 2, 'gate_up': 2, 'attention': 2" in logs[0]
+    calls = []
+
+    def spy(module, query, key, value, mask, **kw):
+        out = fastgen.decode_attention(module, query, key, value, mask, **kw)
+        if query.shape[2] == 1:
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+            calls.append((mask.dtype, torch.allclose(out[0], sdpa_attention_forward(module, query, key, value, mask,
+                                                                                     **kw)[0], rtol=1e-4, atol=1e-4)))
+        return out
+
+    AttentionInterface.register(fastgen.DECODE_ATTENTION, spy)
+    try:
+        assert torch.equal(gen.generate(ids, 20), ref)
+    finally:
+        AttentionInterface.register(fastgen.DECODE_ATTENTION, fastgen.decode_attention)
+    assert len(calls) == 19 * 2 and all(dtype == torch.bool and close for dtype, close in calls)
+    attn = model.model.layers[0].self_attn
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == attn.q_proj.weight.untyped_storage().data_ptr()
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+    assert model_size_bytes(model) == size
+    assert model.config._attn_implementation == "sdpa"  # only the attention modules' own config copies changed
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(again.state_dict()[k], state[k]) for k in state)
+    # a Linear called on another input than its group's first computes itself
+    x = torch.randn(1, 3, 64)
+    assert torch.allclose(attn.k_proj(x), torch.nn.functional.linear(x, state["model.layers.0.self_attn.k_proj.weight"]))
+
+
+def test_fuse_skips_quantized_and_mismatched_layers():
+    from workbench.core.fastgen import _fuse_group
+
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(6, 4)
+    assert not _fuse_group([a, b], gemv=False)  # different inputs widths
+    q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 4)), {torch.nn.Linear})
+    assert not _fuse_group([q[0], torch.nn.Linear(8, 4)], gemv=False)

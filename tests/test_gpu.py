@@ -66,6 +66,29 @@ def test_graph_decode_gemv_and_tuning_keep_the_tokens(tiny_llama):
     assert gen.graph is not None
 
 
+@pytest.mark.parametrize("batch,options", [(1, {"fuse": True, "gemv": True, "tuning": "coordinate-descent"}),
+                                           (2, {"fuse": True})])
+def test_graph_decode_fused_keeps_the_tokens_and_the_weights(tiny_llama, batch, options):
+    from transformers import AutoModelForCausalLM
+
+    from workbench.core.fastgen import GraphedGreedy
+    from workbench.core.measure.memory import model_size_bytes
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).cuda().eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    size = model_size_bytes(model)
+    ids = torch.randint(1000, 20000, (batch, 24), device="cuda")
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16,
+                         do_sample=False)
+    gen = GraphedGreedy(model, batch, 40, mode="graph", **options)
+    for _ in range(2):
+        assert torch.equal(gen.generate(ids, 16), ref)
+    assert gen.graph is not None
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+    assert model_size_bytes(model) == size  # the fused weight is the parameters' storage, not a copy
+
+
 def test_graph_decode_runs_in_pipeline_and_exports(tiny_llama, tmp_path):
     report, _ = run(cuda_recipe(str(tiny_llama), [("bf16", {}), ("graph-decode", {})]),
                     artifact=str(tmp_path / "art"))

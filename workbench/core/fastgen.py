@@ -21,6 +21,12 @@ at well under the HBM roofline on small matrices — benchmarks/results/gpu_diag
 ``gemv=True`` rewrites every plain ``nn.Linear`` that sees a single row (the decode step at batch 1) as a
 broadcast-multiply + sum, which inductor turns into one fused Triton reduction kernel reading the weight once
 (accumulating in fp32); prefill and batches keep ``F.linear``. Both only change how the step is compiled.
+
+``fuse=True`` (Llama-family layers) cuts the number of kernels per step, the other bound at batch 1:
+q/k/v become one projection and gate/up another, over one concatenated weight whose row blocks *are* the
+original parameters (views: no extra memory, the state dict keeps its names), and the decode attention becomes a
+grouped-query product against the cached keys without expanding them to every head (transformers' sdpa path
+copies K and V once per head group when a mask is present). Prefill and batches keep the library's attention.
 """
 
 from __future__ import annotations
@@ -33,12 +39,7 @@ TUNINGS = ("none", "coordinate-descent")
 
 def _gemv_forward(self, x):
     """nn.Linear.forward, with a single input row computed as a reduction (see the module docstring)."""
-    import torch
-
-    if x.numel() == x.shape[-1]:
-        out = (x.unsqueeze(-2) * self.weight).sum(-1)
-        return out + self.bias if self.bias is not None else out
-    return torch.nn.functional.linear(x, self.weight, self.bias)
+    return _linear(x, self.weight, self.bias, gemv=True)
 
 
 def use_gemv(model) -> int:
@@ -49,15 +50,128 @@ def use_gemv(model) -> int:
 
     n = 0
     for mod in model.modules():
-        if type(mod) is torch.nn.Linear and type(mod.weight.data) is torch.Tensor:  # not quantized subclasses
+        if (type(mod) is torch.nn.Linear and type(mod.weight.data) is torch.Tensor  # not quantized subclasses
+                and not hasattr(mod, "_optbench_shared")):  # fused groups already take the gemv flag
             mod.forward = types.MethodType(_gemv_forward, mod)
             n += 1
     return n
 
 
+def _linear(x, weight, bias, gemv: bool):
+    import torch
+
+    if gemv and x.numel() == x.shape[-1]:
+        out = (x.unsqueeze(-2) * weight).sum(-1)
+        return out + bias if bias is not None else out
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+class _Shared:
+    """What the first projection of a fused group computed, for the others (same input, same step)."""
+
+    __slots__ = ("x", "parts")
+
+    def __init__(self) -> None:
+        self.x = self.parts = None
+
+
+def _fused_first(self, x):
+    parts = _linear(x, self._optbench_fused_weight, self._optbench_fused_bias, self._optbench_gemv).split(
+        self._optbench_sizes, dim=-1)
+    self._optbench_shared.x, self._optbench_shared.parts = x, parts
+    return parts[0]
+
+
+def _fused_rest(self, x):
+    shared = self._optbench_shared
+    if shared.x is x:
+        return shared.parts[self._optbench_index]
+    return _linear(x, self.weight, self.bias, self._optbench_gemv)  # called on another input: compute it
+
+
+def _fuse_group(linears: list, gemv: bool) -> bool:
+    """One weight for Linear layers that always see the same input; their parameters become row views of it."""
+    import types
+
+    import torch
+
+    if any(type(m) is not torch.nn.Linear or type(m.weight.data) is not torch.Tensor for m in linears):
+        return False
+    if len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in linears}) != 1:
+        return False
+    with torch.no_grad():
+        weight = torch.cat([m.weight.data for m in linears])
+        bias = torch.cat([m.bias.data for m in linears]) if linears[0].bias is not None else None
+    first, shared, start = linears[0], _Shared(), 0
+    first.register_buffer("_optbench_fused_weight", weight, persistent=False)
+    first.register_buffer("_optbench_fused_bias", bias, persistent=False)
+    first._optbench_sizes = [m.out_features for m in linears]
+    for i, m in enumerate(linears):
+        n = m.out_features
+        m.weight.data = weight[start:start + n]  # the parameter now lives inside the fused weight
+        if bias is not None:
+            m.bias.data = bias[start:start + n]
+        start += n
+        m._optbench_shared, m._optbench_index, m._optbench_gemv = shared, i, gemv
+        m.forward = types.MethodType(_fused_first if i == 0 else _fused_rest, m)
+    return True
+
+
+DECODE_ATTENTION = "optbench_decode"
+
+
+def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """One query position against the cache, grouped-query without expanding K/V: (b, kv, rep, d) · (b, kv, L, d).
+    Anything else (prefill, no mask) goes to transformers' sdpa."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    b, heads, q_len, d = query.shape
+    if q_len != 1 or attention_mask is None or attention_mask.dim() != 4 or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    kv_heads = key.shape[1]
+    q = query.reshape(b, kv_heads, heads // kv_heads, 1, d).float()
+    scores = (q * key.unsqueeze(2).float()).sum(-1) * (scaling if scaling is not None else d ** -0.5)
+    mask = attention_mask[:, :, -1:, :]  # (b or 1, 1, 1, L) -> broadcast over (b, kv, rep, L)
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask.float()
+    probs = scores.softmax(-1)
+    out = (probs.unsqueeze(-1) * value.unsqueeze(2).float()).sum(-2)  # (b, kv, rep, d)
+    return out.to(query.dtype).reshape(b, heads, d).unsqueeze(1), None  # (b, q=1, heads, d) like sdpa's
+
+
+def fuse_projections(model, gemv: bool = False) -> dict:
+    """Fuse q/k/v and gate/up and route decode attention through ``decode_attention`` (see the module docstring).
+    Returns counts of what was fused."""
+    import copy
+
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+    done = {"qkv": 0, "gate_up": 0, "attention": 0}
+    for mod in model.modules():
+        if all(hasattr(mod, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "config")):
+            if _fuse_group([mod.q_proj, mod.k_proj, mod.v_proj], gemv):
+                done["qkv"] += 1
+            if getattr(mod.config, "_attn_implementation", None) == "sdpa":
+                mod.config = copy.copy(mod.config)  # this module only: the model's mask and export stay sdpa
+                mod.config._attn_implementation = DECODE_ATTENTION
+                done["attention"] += 1
+        if all(hasattr(mod, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            if _fuse_group([mod.gate_proj, mod.up_proj], gemv):
+                done["gate_up"] += 1
+    return done
+
+
 class GraphedGreedy:
     def __init__(self, model, batch: int, max_len: int, mode: str = "graph", compile_mode: str = "default",
-                 log: Callable[[str], None] | None = None, tuning: str = "none", gemv: bool = False) -> None:
+                 log: Callable[[str], None] | None = None, tuning: str = "none", gemv: bool = False,
+                 fuse: bool = False) -> None:
         import torch
         from transformers import StaticCache
 
@@ -74,6 +188,8 @@ class GraphedGreedy:
         self._tok = self._pos = None
         if tuning not in TUNINGS:
             raise ValueError(f"tuning must be one of {TUNINGS}")
+        if fuse:
+            self.log(f"graph-decode: fused {fuse_projections(model, gemv=gemv and mode != 'eager')}")
         if gemv and mode != "eager":
             self.log(f"graph-decode: GEMV forward on {use_gemv(model)} Linear layers")
         if mode == "graph":

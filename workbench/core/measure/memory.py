@@ -42,16 +42,20 @@ def model_size_bytes(model) -> int:
     total = 0
     tensors = list(model.parameters()) + list(model.buffers()) + _packed_linear_tensors(model)
     for t in tensors:
-        key = id(t)
+        key, size = id(t), None
         try:
-            if not hasattr(t, "__tensor_flatten__") or type(t).__name__ in ("Tensor", "Parameter"):
-                key = t.untyped_storage().data_ptr() if not t.is_quantized else id(t)
+            if (not hasattr(t, "__tensor_flatten__") or type(t).__name__ in ("Tensor", "Parameter")) \
+                    and not t.is_quantized:
+                # one storage counts once and whole: tied weights, and parameters that are row blocks of one
+                # fused weight (graph-decode's fuse)
+                storage = t.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
         except (RuntimeError, NotImplementedError):
             pass
         if key in seen:
-            continue  # tied weights count once
+            continue
         seen.add(key)
-        total += tensor_bytes(t)
+        total += size if size is not None else tensor_bytes(t)
     return total
 
 

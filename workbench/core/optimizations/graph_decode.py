@@ -19,6 +19,9 @@ from workbench.core.optimizations.base import Param, register
               choices=("none", "coordinate-descent")),
         Param("gemv", bool, False, "batch-1 decode: compute each Linear as a fused Triton reduction instead of "
               "cuBLAS (see core/fastgen.py)"),
+        Param("fuse", bool, False, "Llama-family layers: one q/k/v and one gate/up projection (row views of one "
+              "weight, no extra memory) and grouped-query decode attention without expanding K/V: fewer kernels "
+              "per step"),
         Param("max_len", int, 0, "static cache length; 0 = prompt + new tokens of the benchmark", min=0,
               max=131072),
     ),
@@ -36,8 +39,8 @@ def apply(model, params: dict, ctx) -> dict:
     def factory(batch: int, max_len: int):
         return GraphedGreedy(model, batch, params["max_len"] or max_len, mode=mode,
                              compile_mode=params["compile_mode"], log=ctx.log, tuning=params["tuning"],
-                             gemv=params["gemv"])
+                             gemv=params["gemv"], fuse=params["fuse"])
 
     ctx.extra["generate_kwargs"]["optbench_generator"] = factory
     return {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
-            "max_len": params["max_len"]}
+            "fuse": params["fuse"], "max_len": params["max_len"]}
