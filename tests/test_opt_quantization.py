@@ -54,6 +54,17 @@ def test_int8_dynamic_activation_and_fp8_weight_only_types(tiny_bert):
         assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.98
 
 
+@pytest.mark.parametrize("runtime", ["compile", "graph-decode"])
+def test_int8_dynamic_act_refuses_compile_on_cuda_only(tiny_llama, runtime):
+    """torch._int_mm under compile needs > 16 rows (failed on an H200 at minilm's pooler): a clear error on CUDA
+    before anything compiles; on CPU the combination stays allowed (inductor uses a float matmul there)."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    apply(loaded, "int8-dynamic-act")
+    with pytest.raises(InputError, match=f"--opt {runtime}: int8-dynamic-act cannot be compiled on CUDA"):
+        apply(loaded, runtime, device="cuda")
+    assert apply(loaded, runtime, device="cpu")["mode" if runtime == "graph-decode" else "mode_used"]
+
+
 def test_int8_dynamic_torchao_backend_is_exportable(tiny_bert):
     loaded = load(str(tiny_bert), None, "cpu")
     rep = apply(loaded, "int8-dynamic", backend="torchao")

@@ -50,6 +50,9 @@ def apply(model, params: dict, ctx) -> dict:
 
     import torch
 
+    from workbench.core.optimizations.quant_torchao import refuse_int8_dynamic_act_compile
+
+    refuse_int8_dynamic_act_compile(model, ctx, "compile")
     mode = params["mode"]
     dynamic = {"auto": None, "true": True, "false": False}[params["dynamic"]]
     gpu = ctx.device.startswith("cuda")

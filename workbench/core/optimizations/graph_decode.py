@@ -31,7 +31,11 @@ from workbench.core.optimizations.base import Param, register
 def apply(model, params: dict, ctx) -> dict:
     from workbench.core.fastgen import GraphedGreedy
 
+    from workbench.core.optimizations.quant_torchao import refuse_int8_dynamic_act_compile
+
     mode = params["mode"]
+    if mode != "eager":
+        refuse_int8_dynamic_act_compile(model, ctx, "graph-decode")
     if mode != "eager" and not ctx.device.startswith("cuda"):
         ctx.log("graph-decode: CUDA graphs need a GPU; on CPU the loop runs eagerly")
         mode = "eager"

@@ -87,7 +87,20 @@ def apply_int8_da(model, params: dict, ctx) -> dict:
 
         return Int8DynamicActivationInt8WeightConfig()
 
-    return _run(model, params, ctx, "int8-dynamic-act", make)
+    report = _run(model, params, ctx, "int8-dynamic-act", make)
+    model._optbench_int8_dynamic_act = True  # see refuse_int8_dynamic_act_compile
+    return report
+
+
+def refuse_int8_dynamic_act_compile(model, ctx, opt: str) -> None:
+    """Measured on an H200 (torch 2.11, torchao 0.18): under torch.compile, torchao's int8 x int8 matmul is lowered
+    to ``torch._int_mm``, which needs more than 16 rows, and fails on demo:minilm's pooler (one row per sequence)
+    with "self.size(0) needs to be greater than 16" — as decode at batch <= 16 would. Eager int8-dynamic-act has a
+    fallback for small shapes; compiled it has none. Say so before compiling instead of crashing in the benchmark."""
+    if ctx.device.startswith("cuda") and getattr(model, "_optbench_int8_dynamic_act", False):
+        raise InputError(f"--opt {opt}: int8-dynamic-act cannot be compiled on CUDA (torch._int_mm needs more than "
+                         f"16 rows per matmul; pooler and decode matmuls have fewer); expected int8-dynamic-act "
+                         f"without {opt}, or int8-weight-only with {opt}")
 
 
 @register(name="int4-weight-only", summary="torchao int4 weight-only with per-group scales (tinygemm, bf16; CUDA).",
