@@ -125,3 +125,18 @@ def test_fuse_skips_quantized_and_mismatched_layers():
     assert not _fuse_group([a, b], gemv=False)  # different inputs widths
     q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 4)), {torch.nn.Linear})
     assert not _fuse_group([q[0], torch.nn.Linear(8, 4)], gemv=False)
+
+
+def test_cache_argument_follows_the_forward_signature():
+    from workbench.core.fastgen import cache_argument
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, cache_position=None):
+            pass
+
+    class New:
+        def forward(self, input_ids=None, cache=None, cache_position=None):
+            pass
+
+    assert cache_argument(Old()) == "past_key_values"
+    assert cache_argument(New()) == "cache"

@@ -168,6 +168,14 @@ def fuse_projections(model, gemv: bool = False) -> dict:
     return done
 
 
+def cache_argument(model) -> str:
+    """The forward's name for the KV cache: ``cache`` in newer transformers (``past_key_values`` is deprecated
+    there and slated for removal), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 class GraphedGreedy:
     def __init__(self, model, batch: int, max_len: int, mode: str = "graph", compile_mode: str = "default",
                  log: Callable[[str], None] | None = None, tuning: str = "none", gemv: bool = False,
@@ -183,6 +191,7 @@ class GraphedGreedy:
         self.max_len = max_len
         self.log = log or (lambda text: None)
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self._cache_kw = {cache_argument(model): self.cache}
         self.mode = mode
         self.graph = None
         self._tok = self._pos = None
@@ -206,7 +215,7 @@ class GraphedGreedy:
             self._step = self._decode_step
 
     def _decode_step(self, token, cache_position):
-        out = self.model(input_ids=token, cache_position=cache_position, past_key_values=self.cache, use_cache=True)
+        out = self.model(input_ids=token, cache_position=cache_position, use_cache=True, **self._cache_kw)
         return out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
 
     def _graph_body(self) -> None:
@@ -248,7 +257,7 @@ class GraphedGreedy:
         with torch.inference_mode():
             self.cache.reset()  # zeroes in place: captured addresses stay valid
             logits = self.model(input_ids=input_ids, cache_position=torch.arange(t, device=device),
-                                past_key_values=self.cache, use_cache=True).logits
+                                use_cache=True, **self._cache_kw).logits
             token = logits[:, -1, :].argmax(dim=-1, keepdim=True)
             pos = torch.tensor([t], device=device, dtype=torch.long)
             if self.mode == "graph" and self.graph is None and device.type == "cuda":
@@ -257,7 +266,7 @@ class GraphedGreedy:
                 # cumulative length per layer): start this call again from a clean cache.
                 self.cache.reset()
                 logits = self.model(input_ids=input_ids, cache_position=torch.arange(t, device=device),
-                                    past_key_values=self.cache, use_cache=True).logits
+                                    use_cache=True, **self._cache_kw).logits
                 token = logits[:, -1, :].argmax(dim=-1, keepdim=True)
             if on_step:
                 on_step()
