@@ -140,3 +140,16 @@ def test_cache_argument_follows_the_forward_signature():
 
     assert cache_argument(Old()) == "past_key_values"
     assert cache_argument(New()) == "cache"
+
+
+def test_fused_graph_decode_in_pipeline_exports_plain_weights(tiny_llama, tmp_path):
+    """The fusion happens inside the benchmark (the loop is built there); the export afterwards must still be a
+    plain transformers folder with the original parameter names, verified by optbench's reload check."""
+    from transformers import AutoModelForCausalLM
+
+    report = pipeline.run(fast_recipe(str(tiny_llama), [("graph-decode", {"fuse": True})]).validate(),
+                          lambda *a, **k: None, artifact_dir=str(tmp_path / "art"))
+    assert report["optimization_reports"][0]["fuse"] is True
+    assert report["export"]["verified"]
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "art")
+    assert "model.layers.0.self_attn.k_proj.weight" in again.state_dict()
