@@ -192,3 +192,30 @@ async def test_quit_without_a_job_does_not_ask():
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmDialog)
     assert app.return_code == 0
+
+
+def footer_keys(app) -> dict[str, int]:
+    """Footer label -> the column where it ends, for the keys the footer shows now."""
+    from textual.widgets._footer import FooterKey
+
+    return {k.description: k.region.right for k in app.screen.query(FooterKey) if k.region.width}
+
+
+async def test_footer_fits_80_columns_and_offers_cancel_only_while_running(tiny_llama):
+    from tests.conftest import fast_recipe
+
+    bench = fast_recipe("unused").bench
+    bench.min_seconds = 300.0
+    bench.max_iters = 1_000_000
+    app = fast_app(auto_inspect=False, bench=bench)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        idle = footer_keys(app)
+        assert "Cancel" not in idle
+        assert {"Run", "Tune", "Help", "Quit"} <= idle.keys() and max(idle.values()) <= 80, idle
+        assert app.load_model(str(tiny_llama))
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: "Cancel" in footer_keys(app), 30, what="Cancel in the footer")
+        await pilot.press("x")
+        await wait_for(pilot, lambda: not app.run_handle.active, 5, step=0.05, what="the cancel")
+        await wait_for(pilot, lambda: "Cancel" not in footer_keys(app), 5, what="Cancel gone from the footer")

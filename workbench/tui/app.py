@@ -82,6 +82,7 @@ class OptbenchApp(App):
         self.tune_handle: TuneHandle | None = None
         self._export_after_run = False  # "export best": the run that keeps the model, then the export prompt
         self._export_when_done = False
+        self._shown_cancellable = False  # whether the footer shows Cancel now
         self.notices: list[tuple[str, str]] = []  # (severity, message): what the user was told (tests read it)
         self.ready = False  # the main screen's panes exist
 
@@ -118,6 +119,18 @@ class OptbenchApp(App):
     def busy(self) -> bool:
         return any(h is not None and h.active for h in (self.run_handle, self.inspect_handle, self.export_handle,
                                                          self.tune_handle))
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Cancel is offered (footer and key) only while something runs: an 80-column footer then has room for
+        every other key, Help and Quit included."""
+        if action == "cancel":
+            return self.cancellable
+        return True
+
+    @property
+    def cancellable(self) -> bool:
+        """A run, an export or a tune is active (what Cancel stops)."""
+        return self.tuning or any(h is not None and h.active for h in (self.run_handle, self.export_handle))
 
     @property
     def tuning(self) -> bool:
@@ -295,6 +308,9 @@ class OptbenchApp(App):
                 if h.final is not None and h.error is None:
                     self.action_export()
         self._pump_tune()
+        if self.cancellable != self._shown_cancellable:  # show or hide Cancel in the footer
+            self._shown_cancellable = self.cancellable
+            self.refresh_bindings()
 
     def _on_run_event(self, h: JobHandle, e: dict) -> None:
         kind = e["type"]

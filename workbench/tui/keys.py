@@ -33,7 +33,7 @@ MAIN = (
     Key("optbench.inspect", "i", "inspect", "Inspect", "Load the model in a job to read parameters, dtype and size",
         show=False),
     Key("optbench.run", "r,f5", "run", "Run", "Start a run: baseline, apply the optimizations, measure again"),
-    Key("optbench.cancel", "x,f6", "cancel", "Cancel", "Cancel the running job (stops within 2 seconds)"),
+    Key("optbench.cancel", "x,f6", "cancel", "Cancel", "Cancel the running job, export or tune (within 2 s; shown while one runs)"),
     Key("optbench.save", "s,f2", "save", "Save", "Save the session under a name (results are autosaved as they arrive)"),
     Key("optbench.sessions", "o,f3", "sessions", "Open", "Open, rename or delete a saved session"),
     Key("optbench.compare", "c,f4", "compare", "Compare", "Compare every run of this session; pick two side by side"),
