@@ -54,8 +54,8 @@ VARIANTS = {"": {}, "cdt": {"tuning": "coordinate-descent"},
             "fuse": {"fuse": True},
             "fused": {"tuning": "coordinate-descent", "fuse": True},
             "fgemv": {"tuning": "coordinate-descent", "fuse": True, "gemv": True}}
-ALIASES = {"graph-cdt": "graph-decode+cdt", "graph-gemv": "graph-decode+gemv", "graph-autotune": "graph-decode+autotune",
-           "graph-fused": "graph-decode+fused"}
+ALIASES = {"graph-cdt": "graph-decode+cdt", "graph-gemv": "graph-decode+gemv",
+           "graph-autotune": "graph-decode+autotune", "graph-fused": "graph-decode+fused"}
 DEVICE = "cuda"  # the CPU dry run switches it
 
 

@@ -115,7 +115,8 @@ def test_fuse_keeps_tokens_weights_size_and_export(tmp_path):
     assert all(torch.equal(again.state_dict()[k], state[k]) for k in state)
     # a Linear called on another input than its group's first computes itself
     x = torch.randn(1, 3, 64)
-    assert torch.allclose(attn.k_proj(x), torch.nn.functional.linear(x, state["model.layers.0.self_attn.k_proj.weight"]))
+    k_weight = state["model.layers.0.self_attn.k_proj.weight"]
+    assert torch.allclose(attn.k_proj(x), torch.nn.functional.linear(x, k_weight))
 
 
 def test_fuse_skips_quantized_and_mismatched_layers():
