@@ -59,3 +59,23 @@ def test_mixed_model_exports_and_reloads(tiny_bert, tmp_path):
     fp, q = kinds(model)
     kept = report["optimization_reports"][0]["kept_fp32"]
     assert set(kept) <= set(fp) and len(q) == report["optimization_reports"][0]["layers_quantized"]
+
+
+def test_kl_and_cosine_errors_are_never_negative():
+    """KL >= 0 and 1 - cosine >= 0 by construction, also where two models almost agree (the case float rounding
+    took below zero on an AVX2 CPU), and the KL still equals the textbook value where they differ."""
+    from workbench.core.optimizations._common import error
+
+    g = torch.Generator().manual_seed(0)
+    for scale in (1.0, 10.0, 30.0):
+        logits = torch.randn(4, 16, 49152, generator=g) * scale
+        ref = torch.log_softmax(logits, -1)
+        for eps in (0.0, 1e-7, 1e-6, 1e-4):
+            got = torch.log_softmax(logits + eps * torch.randn(logits.shape, generator=g), -1)
+            assert error("causal-lm", ref, got) >= 0.0
+        got = torch.log_softmax(torch.randn(4, 16, 49152, generator=g) * scale, -1)
+        textbook = float((ref.double().exp() * (ref.double() - got.double())).sum(-1).mean())
+        assert error("causal-lm", ref, got) == pytest.approx(textbook, rel=1e-4)
+    emb = torch.nn.functional.normalize(torch.randn(64, 384, generator=g), dim=-1)
+    assert error("encoder", emb, emb.clone()) >= 0.0
+    assert error("encoder", emb, torch.nn.functional.normalize(emb + 1e-7, dim=-1)) >= 0.0
