@@ -167,6 +167,18 @@ def precheck(recipe) -> "Recipe":
     return validated
 
 
+def hardware_warning(recipe) -> str | None:
+    """bf16 (cast) on a CPU without native bf16 matmuls: said before the run, which still goes ahead."""
+    from workbench.core.measure import nvml
+    from workbench.core.measure.cpu import precision_warning
+
+    names = [s.name for s in recipe.optimizations if not (s.name == "bf16" and s.params.get("mode") == "autocast")]
+    device = recipe.device or "auto"
+    if device == "auto":
+        device = "cuda" if nvml.devices() else "cpu"
+    return precision_warning(names, device)
+
+
 def cmd_run(args) -> int:
     from workbench.core.jobs.client import Job
     from workbench.cliargs import open_named_session
@@ -186,6 +198,11 @@ def cmd_run(args) -> int:
     elif args.session and not args.no_artifact:
         artifact_dir = str(store.path(args.session) / "artifact")
 
+    shown = set()
+    warning = hardware_warning(recipe)
+    if warning:  # before minutes of baseline, not after
+        print(f"optbench: warning: {warning}", file=sys.stderr)
+        shown.add(warning)
     job = Job({"job": "run", "recipe": recipe.to_dict(), "artifact_dir": artifact_dir})
     view = _Progress(enabled=sys.stderr.isatty() and not args.json)
     final, error = None, None
@@ -194,7 +211,8 @@ def cmd_run(args) -> int:
             kind = event["type"]
             if kind == "progress":
                 view.update(event["stage"], event.get("fraction", 0.0))
-            elif kind == "log" and event.get("level") in ("warning", "error") and not args.json:
+            elif kind == "log" and event.get("level") in ("warning", "error") and not args.json \
+                    and event["text"] not in shown:
                 view.log(event["text"].splitlines()[-1] if event.get("level") == "error" else event["text"])
             elif kind == "result" and event.get("phase") == "final":
                 final = event["report"]

@@ -115,5 +115,8 @@ def print_optimizations(specs: list[dict]) -> None:
 def print_info(env: dict) -> None:
     t = Table("item", "value")
     for k, v in env.items():
+        if k == "cpu_isa" and isinstance(v, dict):  # one readable line; --json has every field
+            t.add_row("cpu features", v.get("summary", ""))
+            continue
         t.add_row(k, str(v))
     console.print(t)

@@ -68,6 +68,8 @@ def _baseline_key(loaded, recipe: Recipe, data, env) -> str:
         "model": loaded.fingerprint, "task": loaded.task, "eval": asdict(recipe.eval), "source": data.source,
         "data": data.digest,
         "device": env.get("device_name") or loaded.device, "dtype": str(next(loaded.model.parameters()).dtype),
+        # CPU kernels differ by instruction set and its caps (AVX2 vs AVX-512 paths round differently)
+        "cpu_kernels": (env.get("cpu_isa") or {}).get("summary") if loaded.device == "cpu" else None,
         "torch": env.get("torch"), "transformers": env.get("transformers"), "schema": 2,
     })
 
@@ -125,6 +127,7 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
             _stage(emit, f"applying {spec.name}", i / max(1, len(recipe.optimizations)))
             ctx = ApplyContext(device=loaded.device, task=loaded.task, tokenizer=loaded.tokenizer,
                                log=lambda text: emit("log", level="info", text=text),
+                               warn=lambda text: emit("log", level="warning", text=text),
                                progress=lambda f, n=spec.name, **kw: _stage(emit, f"applying {n}", f, **kw),
                                eval_settings=recipe.eval)
             ctx.extra["generate_kwargs"] = loaded.generate_kwargs

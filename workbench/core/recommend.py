@@ -36,17 +36,6 @@ class Constraints:
 
 # ------------------------------------------------------------------ hardware
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def measure_cpu(seconds: float = 1.0) -> dict:
     """This machine's best observed fp32 matmul rate (all torch threads) and memory-copy bandwidth: the peak of
     several short runs, since a roofline wants what the hardware can do, not what a busy moment allowed."""
@@ -105,14 +94,18 @@ def hardware(device: str = "auto", measure: bool = True) -> dict:
     import psutil
     import torch
 
-    flags = _cpu_flags()
+    from workbench.core.measure import cpu as cpu_isa
+
+    isa = cpu_isa.describe()
     hw = {
         "cpu_cores": os.cpu_count(),
         "cpu_physical_cores": psutil.cpu_count(logical=False),
         "ram_mb": psutil.virtual_memory().total / 2 ** 20,
         "ram_available_mb": psutil.virtual_memory().available / 2 ** 20,
-        "avx2": "avx2" in flags, "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
-        "amx": "amx_tile" in flags,
+        "avx2": isa["avx2"], "avx512": isa["avx512"], "avx512_bf16": isa["avx512_bf16"],
+        "amx": isa["amx_bf16"] or isa["amx_int8"],
+        # usable under this process's kernel caps (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA), not only present
+        "bf16_native": isa["bf16_native"], "int8_vnni": isa["int8_vnni"], "cpu_isa": isa["summary"],
         "torch_threads": torch.get_num_threads(),
         "gpu": None,
     }
@@ -320,7 +313,7 @@ def propose(facts: dict, hw: dict, c: Constraints) -> list[dict]:
     # (cosine 1.0000) and 1.9x decode on SmolLM2 (perplexity -0.1 %); torch.ao int8-dynamic 2.7x on MiniLM at cosine
     # 0.927 and destructive on SmolLM2 (next-token agreement 0.52); torchao int8 weight-only 1.3x decode on SmolLM2
     # at KL 0.003.
-    bf16_hw = hw.get("avx512_bf16") or hw.get("amx")
+    bf16_hw = hw.get("bf16_native")  # without native bf16 matmuls a cast is emulated: 2.9x slower on an AVX2 EPYC
     if bf16_hw:
         steps.append(_step("bf16", {}, "this CPU has native bfloat16 matmuls (AVX512-BF16/AMX): a bf16 cast halves "
                                        "the weights and was the fastest CPU option measured here at no measurable "

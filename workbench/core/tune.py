@@ -892,6 +892,7 @@ def _run_trial(msg: dict, loaded, pristine: _Pristine, recipe: Recipe, data, ref
         emit("progress", stage=f"{stage}: applying {spec.name}", fraction=i / max(1, len(steps)))
         ctx = ApplyContext(device=loaded.device, task=loaded.task, tokenizer=loaded.tokenizer,
                            log=lambda text: emit("log", level="info", text=text),
+                           warn=lambda text: emit("log", level="warning", text=text),
                            progress=lambda f, n=spec.name, **kw: emit("progress", stage=f"{stage}: applying {n}",
                                                                       fraction=round(f, 4), **kw),
                            eval_settings=trial_recipe.eval)

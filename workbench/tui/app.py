@@ -228,6 +228,9 @@ class OptbenchApp(App):
             self.tell(problem, "error", title="Cannot run")
             self.action_show_tab("setup")
             return
+        warning = self.wb.hardware_warning()
+        if warning:
+            self.tell(warning, "warning", title="This CPU")
         try:
             session = self._session_for(recipe)
         except InputError as exc:

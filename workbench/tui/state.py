@@ -10,12 +10,23 @@ from typing import Any
 
 from workbench.core import optimizations
 from workbench.core.errors import InputError
+from workbench.core.measure.cpu import describe, precision_warning
 from workbench.core.optimizations.base import STAGES
 from workbench.core.recipe import BenchSettings, EvalSettings, ModelSpec, OptStep, Recipe
 
 # Bench/eval fields offered in the settings panel (the rest keep the core's defaults).
 BENCH_FIELDS = ("batch", "seq_len", "new_tokens", "warmup", "min_iters", "min_seconds", "monitor_hz")
 EVAL_FIELDS = ("source", "token_budget", "window", "max_samples")
+
+
+_ISA: dict = {}
+
+
+def _cpu_isa() -> dict:
+    """This CPU's instruction sets, read once (a key press must not reread /proc/cpuinfo)."""
+    if not _ISA:
+        _ISA.update(describe())
+    return _ISA
 
 
 @dataclass
@@ -78,6 +89,17 @@ class Workbench:
             return self.recipe().validate(task=self.task), None
         except InputError as exc:
             return None, exc.message
+
+    def hardware_warning(self) -> str | None:
+        """A one-line warning about this machine for a valid recipe (bf16 where the CPU has no native bf16)."""
+        if "bf16" not in self.enabled or self.params.get("bf16", {}).get("mode") == "autocast":
+            return None
+        device = self.device
+        if device == "auto":
+            from workbench.core.measure import nvml
+
+            device = "cuda" if nvml.devices() else "cpu"
+        return precision_warning(["bf16"], device, _cpu_isa())
 
     def _problem(self, enabled: list[str]) -> str | None:
         recipe = Recipe(ModelSpec(self.model_ref or "unset"), self.steps(enabled), self.bench, self.eval, self.device)

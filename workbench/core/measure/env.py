@@ -9,6 +9,7 @@ import sys
 import psutil
 
 from workbench import __version__
+from workbench.core.measure import cpu as cpu_isa
 from workbench.core.measure import nvml
 
 
@@ -23,11 +24,13 @@ def _version(module: str) -> str | None:
 
 def environment(device: str | None = None) -> dict:
     """Host, library versions and (when torch is already imported) device details."""
+    isa = cpu_isa.describe()
     env = {
         "optbench": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": isa["model"],
+        "cpu_isa": isa,
         "cpu_count": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "torch": _version("torch"),

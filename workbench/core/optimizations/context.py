@@ -15,6 +15,10 @@ class ApplyContext:
     progress: Callable[..., None] = lambda frac, **extra: None  # extra: step, loss, ... (training curves)
     eval_settings: object = None
     extra: dict = field(default_factory=dict)
+    warn: Callable[[str], None] | None = None  # a warning the user sees (CLI stderr, TUI log); else logged
+
+    def warning(self, text: str) -> None:
+        (self.warn or self.log)(text)
 
 
 def linear_modules(model, skip_head: bool = True):

@@ -22,10 +22,18 @@ def _cast(model, ctx, dtype_name: str) -> dict:
 
     dtype = getattr(torch, dtype_name)
     before = model_size_bytes(model)
+    warning = None
     if ctx.device == "cpu" and dtype_name == "float16":
         ctx.log("fp16 on CPU: many CPU kernels have no fast fp16 path; expect it to be slower than fp32")
+    elif ctx.device == "cpu":
+        from workbench.core.measure.cpu import precision_warning
+
+        warning = precision_warning(["bf16"], "cpu")
+        if warning:
+            ctx.warning(warning)
     model.to(dtype)
-    return {"dtype": dtype_name, "mode": "cast", "bytes_before": before, "bytes_after": model_size_bytes(model)}
+    report = {"dtype": dtype_name, "mode": "cast", "bytes_before": before, "bytes_after": model_size_bytes(model)}
+    return {**report, "warning": warning} if warning else report
 
 
 def _autocast(model, ctx, dtype_name: str, name: str) -> dict:

@@ -257,8 +257,12 @@ class OptimizationsPane(Vertical):
             own = workbench._problem(workbench.enabled)
             check.update(Text("✗ " + own, style="bold red") if own else Text("✓ combination is valid", "green"))
         elif workbench.model_ref:
-            check.update(Text("✓ recipe is valid" + (f" for {workbench.task}" if workbench.task else ""),
-                              style="green"))
+            verdict = Text("✓ recipe is valid" + (f" for {workbench.task}" if workbench.task else ""),
+                           style="green")
+            warning = workbench.hardware_warning()
+            if warning:
+                verdict.append("\n⚠ " + warning, style="yellow")
+            check.update(verdict)
         else:
             check.update(Text("Pick a model to check task and device support.", style="dim"))
         for row in self.query(OptRow):
