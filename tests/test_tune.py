@@ -65,6 +65,25 @@ def test_space_order_cheap_first_and_cap_keeps_singles():
     assert singles <= {c.ident for c in capped.candidates}  # the cap drops combinations before singles
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_space_orders_an_emulated_bf16_cast_last(monkeypatch, native):
+    """Where the CPU has no native bf16 matmuls (an AVX2-only EPYC: 2.9x slower decode), the cast runs after
+    everything else; where it has them, it is the cheapest trial. Faked, so both hold on any CPU."""
+    from workbench.core.measure import cpu
+
+    real = cpu.describe
+    monkeypatch.setattr(cpu, "describe", lambda *a, **k: {**real(*a, **k), "bf16_native": native})
+    sp = tune.build_space("causal-lm", "cpu", max_space=5000)
+    index = {c.label: i for i, c in enumerate(sp.candidates)}
+    cast, distill = index["bf16:mode=cast"], min(i for lab, i in index.items() if lab.startswith("distill"))
+    if native:
+        assert cast < index["int8-weight-only"] and "ordered_last" not in sp.counts
+    else:
+        assert cast > distill and sp.counts["ordered_last"]["names"] == ["bf16"]
+        assert index["bf16:mode=autocast"] < distill  # autocast keeps fp32 weights: not penalised
+    assert tune.build_space("causal-lm", "cuda", max_space=5000).counts.get("ordered_last") is None
+
+
 def test_space_skips_optimizations_whose_module_is_not_importable(monkeypatch):
     real = tune.importlib.util.find_spec
     monkeypatch.setattr(tune.importlib.util, "find_spec",

@@ -126,6 +126,7 @@ EVENT_TYPES = ("tune-start", "trial-start", "trial", "frontier", "progress", "lo
 
 # Cost classes: cheap and usually promising first; training last.
 STAGE_COST = {"precision": 0.0, "quantize": 0.1, "runtime": 0.2, "prune": 1.0, "compile": 2.0, "train": 3.5}
+EMULATED_COST = 4.0  # added to a step this CPU can only emulate: ordered after training-class trials
 NAME_COST = {"early-exit": 1.0, "graph-decode": 1.0, "int8-selective": 2.0, "qat": 3.0, "distill": 3.5}
 _PHASES = ("single", "single", "pair", "triple")
 
@@ -469,6 +470,19 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
     def searched_names(spec) -> tuple[str, ...]:  # the parameters a label shows: those the search varies
         return tuple(p.name for p in spec.params if p.search and len(p.search) > 1)
 
+    # A bf16 cast on a CPU without native bf16 matmuls is emulated (2.9x slower decode on an AVX2-only EPYC): its
+    # trials go last, after everything that can win there, instead of first among the cheap precision casts.
+    emulated: set[str] = set()
+    if dev_kind == "cpu":
+        from workbench.core.measure.cpu import describe
+
+        if not describe()["bf16_native"]:
+            emulated.add("bf16")
+
+    def step_cost(spec, params: dict) -> float:
+        slow = spec.name in emulated and params.get("mode", "cast") == "cast"
+        return _step_cost(spec, params) + (EMULATED_COST if slow else 0.0)
+
     def make(parts: list[tuple[Any, dict]], phase: int) -> Candidate | dict:
         label = " + ".join(_label(spec.name, params, searched_names(spec)) for spec, params in parts)
         raw = [OptStep(spec.name, dict(params)) for spec, params in parts]
@@ -478,7 +492,7 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
             return {"label": label, "recipe": [{"name": s.name, "params": s.params} for s in raw],
                     "reason": exc.message}
         steps = [{"name": s.name, "params": s.params} for s in resolved.optimizations]
-        cost = max(_step_cost(spec, s["params"]) for (spec, _), s in zip(parts, steps))
+        cost = max(step_cost(spec, s["params"]) for (spec, _), s in zip(parts, steps))
         return Candidate(steps, label, phase, round(cost + 0.05 * (len(parts) - 1), 3))
 
     made: list[Candidate] = []
@@ -525,6 +539,9 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
         c.index = i
     counts.update({"size": len(made), "capped": len(capped), "capped_labels": [c.label for c in capped[:20]],
                    "skipped": len(skipped)})
+    if emulated:
+        counts["ordered_last"] = {"names": sorted(emulated), "reason": "no native bfloat16 matmuls on this CPU "
+                                  "(AVX512-BF16/AMX absent or capped): the cast runs emulated"}
     return Space(made, skipped, counts, task, str(device))
 
 
