@@ -15,6 +15,7 @@ from pathlib import Path
 
 from workbench import __version__
 from workbench.core.errors import InputError, OptbenchError
+from workbench.core.optimizations.cpu_runtimes import INT8_RUNTIME_OPTS, RUNTIME_FORMATS
 
 MANIFEST = "optbench.json"
 VERIFY = "optbench_verify.safetensors"
@@ -37,6 +38,9 @@ def export_format(opt_reports: list[dict]) -> str:
                               f"the session keeps its results but no artifact")
         if how == "custom":
             custom.add(rep.get("export_format", FORMAT_INT8))
+    runtime = [f for f in custom if f in RUNTIME_FORMATS]  # ONNX Runtime / OpenVINO: their files hold the graph
+    if runtime:
+        return runtime[0]
     if FORMAT_INT8 in custom:  # its loader also restores resized Linear shapes
         return FORMAT_INT8
     return FORMAT_RESIZED if custom else FORMAT_HF
@@ -73,6 +77,10 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
     try:
         if fmt in (FORMAT_HF, FORMAT_RESIZED):
             model.save_pretrained(tmp, safe_serialization=True)
+        elif fmt in RUNTIME_FORMATS:
+            from workbench.core.optimizations import _cpu_runtimes
+
+            _cpu_runtimes.save(model, tmp)
         else:
             _save_int8_dynamic(model, tmp)
         tokenizer.save_pretrained(tmp)
@@ -176,6 +184,10 @@ def load_artifact(path: Path | str, device: str = "cpu"):
         model = _load_int8_dynamic(path, task, manifest)
     elif manifest["format"] == FORMAT_RESIZED:
         model = _load_resized(path, task)
+    elif manifest["format"] in RUNTIME_FORMATS:
+        from workbench.core.optimizations import _cpu_runtimes
+
+        model = _cpu_runtimes.load(path, task, manifest)
     else:
         raise InputError(f"{manifest_path}: unknown format {manifest['format']!r}")
     model.eval().to(device)
@@ -271,7 +283,8 @@ def _load_resized(path: Path, task: str):
     return model
 
 
-DYNAMIC_ACTIVATION_OPTS = ("int8-dynamic", "int8-dynamic-act", "fp8-dynamic", "int8-selective", "qat")
+DYNAMIC_ACTIVATION_OPTS = ("int8-dynamic", "int8-dynamic-act", "fp8-dynamic", "int8-selective", "qat",
+                           *INT8_RUNTIME_OPTS)  # runtime int8: a reduction-order difference can cross a step too
 
 
 def verify(path: Path | str, device: str = "cpu") -> dict:
