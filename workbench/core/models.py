@@ -64,6 +64,70 @@ def auto_class(task: str):
     }[task]
 
 
+_PIECE = 64 << 20  # fingerprint pieces: hashed in parallel (hashlib releases the GIL), combined in order
+
+
+def _piece_digest(path: Path, start: int) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = _PIECE
+        while left > 0:
+            chunk = fh.read(min(1 << 22, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.digest()
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 over the sha256 of each 64 MiB piece of the file: every byte counts, read by several threads (an 8B
+    model's 16 GB took minutes of one core before). Remembered per (path, size, mtime) in the cache folder, so a
+    second load of the same folder does not read it again."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    st = path.stat()
+    memo_key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo = _fingerprint_memo()
+    if memo_key in memo:
+        return memo[memo_key]
+    starts = list(range(0, max(1, st.st_size), _PIECE))
+    with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1, 16)) as pool:
+        pieces = list(pool.map(lambda s: _piece_digest(path, s), starts))
+    digest = hashlib.sha256(b"".join(pieces)).hexdigest()
+    if st.st_size >= _PIECE:  # small files are cheaper to hash than to look up
+        _remember_fingerprint(memo_key, digest)
+    return digest
+
+
+def _memo_path() -> Path:
+    from workbench.core.cache import cache_dir
+
+    return cache_dir() / "fingerprints.json"
+
+
+def _fingerprint_memo() -> dict:
+    try:
+        return json.loads(_memo_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_fingerprint(memo_key: str, digest: str) -> None:
+    from workbench.core import atomic
+
+    try:
+        memo = _fingerprint_memo()
+        memo[memo_key] = digest
+        if len(memo) > 4096:  # keep the newest entries
+            memo = dict(list(memo.items())[-2048:])
+        atomic.write_json(_memo_path(), memo)
+    except OSError:  # a read-only cache folder only costs the next load a re-hash
+        pass
+
+
 def fingerprint(ref: ResolvedRef, config=None) -> str:
     """Content hash of the weight files (local), or hub id + commit. Keys the baseline cache."""
     files = ref.weight_files()
@@ -71,9 +135,7 @@ def fingerprint(ref: ResolvedRef, config=None) -> str:
         h = hashlib.sha256()
         for path in files:
             h.update(path.name.encode())
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
+            h.update(_file_digest(path).encode())
         return "sha256:" + h.hexdigest()[:32]
     commit = getattr(config, "_commit_hash", None) if config is not None else None
     return f"hub:{ref.hub_id}@{commit or 'unknown'}"
@@ -105,7 +167,10 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
     # CPU runs in float32 (half precision on CPU is an optimization the user picks); CUDA keeps the stored dtype.
     dtype = torch.float32 if dev == "cpu" else "auto"
     try:
-        placement = {"device_map": device_map} if device_map else {}
+        # A single GPU: straight from the safetensors mmap onto the device in the stored dtype (a load to CPU then
+        # .to(cuda) stages the whole model in host memory first: an 8B model's 16 GB twice).
+        placement = {"device_map": device_map} if device_map else \
+            {"device_map": dev} if dev.startswith("cuda") else {}
         model = auto_class(task).from_pretrained(source, config=config, dtype=dtype, **placement, **common)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
     except Exception as exc:  # safetensors, GGUF and pickle readers raise many types; all mean "bad weights"
