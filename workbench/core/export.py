@@ -94,7 +94,7 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
         if fmt == FORMAT_INT8:
             manifest["quantized_modules"] = _int8_module_names(model)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-        check = verify(tmp, device="cpu")
+        check = verify(tmp, device=_verify_device(model, device))
         _swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -103,6 +103,16 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
     check["format"] = manifest["format"]
     check["bytes_on_disk"] = folder_bytes(out_dir)
     return check
+
+
+def _verify_device(model, device: str) -> str:
+    """Where the export is reloaded and checked: the GPU the model ran on (an 8B model reloaded on the CPU costs its
+    weights again in host memory and minutes of CPU forward, and CUDA-only formats such as torchao's tile-packed int4
+    do not reload on a CPU at all); the CPU for CPU models and for models spread over several devices."""
+    devices = {p.device for p in model.parameters()}
+    if str(device).startswith("cuda") and len(devices) == 1:
+        return str(next(iter(devices)))
+    return "cpu"
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
@@ -178,8 +188,9 @@ def load_artifact(path: Path | str, device: str = "cpu"):
         raise InputError(f"{manifest_path}: cannot be parsed ({exc})") from None
     task = manifest["task"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    if manifest["format"] == FORMAT_HF:
-        model = auto_class(task).from_pretrained(path, dtype="auto")
+    if manifest["format"] == FORMAT_HF:  # onto a GPU straight from the files, not staged in host memory first
+        placement = {"device_map": device} if str(device).startswith("cuda") else {}
+        model = auto_class(task).from_pretrained(path, dtype="auto", **placement)
     elif manifest["format"] == FORMAT_INT8:
         model = _load_int8_dynamic(path, task, manifest)
     elif manifest["format"] == FORMAT_RESIZED:
