@@ -51,3 +51,18 @@ def test_autocast_run_reports_no_export_with_reason(tiny_bert, tmp_path):
     assert not (tmp_path / "art").exists()
     assert report["optimized"]["dtype"] == "float32"
     assert report["accuracy"]["cosine_to_baseline"]["value"] > 0.99
+
+
+def test_bf16_cast_keeps_rotary_frequencies_fp32_so_the_export_reloads_identically(tiny_llama, tmp_path):
+    """A plain .to(bfloat16) rounded RoPE's inv_freq while a reload (from_pretrained, dtype=bf16) keeps it fp32: the
+    exported model computed other logits than the in-memory one (3 % on demo:smollm2 on an AVX2 CPU). Cast like a
+    reload, and the export is the same model: its reloaded outputs match the in-memory ones exactly."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    spec = optimizations.get("bf16")
+    spec.apply(loaded.model, spec.resolve({}), ApplyContext("cpu", loaded.task, loaded.tokenizer))
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    freqs = {n: b.dtype for n, b in loaded.model.named_buffers() if n.endswith("inv_freq")}
+    assert freqs and set(freqs.values()) == {torch.float32}
+    r = fast_recipe(str(tiny_llama), [("bf16", {}), ("int8-weight-only", {})])
+    report = pipeline.run(r.validate(), lambda *a, **k: None, artifact_dir=str(tmp_path / "art"))
+    assert report["export"]["verified"] and report["export"]["max_rel_error"] <= 1e-6

@@ -125,6 +125,21 @@ def error_name(task: str) -> str:
     return "1 - cosine" if task == "encoder" else "KL(baseline || optimized)"
 
 
+def cast(model, dtype) -> None:
+    """``model.to(dtype)`` leaving the model as ``from_pretrained(..., dtype=dtype)`` would build it: rotary
+    frequency buffers (``inv_freq``, ``original_inv_freq``: computed in float32 at init, never saved) stay float32.
+    A plain ``.to(bfloat16)`` rounds them, every position's rotation angle drifts (0.4 % of the frequency), and the
+    in-memory model then computes something its own export does not (seen: a bf16 + int8-weight-only export of
+    demo:smollm2 reloaded with 3 % different logits, weights bit-identical)."""
+    import torch
+
+    kept = [(m, name, buf) for m in model.modules() for name, buf in m._buffers.items()
+            if buf is not None and name.endswith("inv_freq") and buf.dtype == torch.float32]
+    model.to(dtype)
+    for m, name, buf in kept:
+        m._buffers[name] = buf.to(m._buffers[name].device)
+
+
 def float_dtype(model):
     return next(p for p in model.parameters() if p.is_floating_point()).dtype
 

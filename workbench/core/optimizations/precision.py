@@ -31,7 +31,9 @@ def _cast(model, ctx, dtype_name: str) -> dict:
         warning = precision_warning(["bf16"], "cpu")
         if warning:
             ctx.warning(warning)
-    model.to(dtype)
+    from workbench.core.optimizations._common import cast
+
+    cast(model, dtype)
     report = {"dtype": dtype_name, "mode": "cast", "bytes_before": before, "bytes_after": model_size_bytes(model)}
     return {**report, "warning": warning} if warning else report
 

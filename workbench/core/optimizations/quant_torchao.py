@@ -35,7 +35,9 @@ def _run(model, params: dict, ctx, opt: str, make_config, need_bf16: bool = Fals
     report: dict = {}
     if need_bf16 and dtype != torch.bfloat16:
         ctx.log(f"{opt}: casting the model to bfloat16 first (the kernel takes bf16 activations)")
-        model.to(torch.bfloat16)
+        from workbench.core.optimizations._common import cast
+
+        cast(model, torch.bfloat16)
         report["cast_to"] = "bfloat16"
     targets = linear_modules(model, skip_head=params["skip_head"])
     names = {n for n, _ in targets}

@@ -59,7 +59,9 @@ def apply(model, params: dict, ctx) -> dict:
     report = {}
     if next(model.parameters()).dtype not in (torch.float16, torch.bfloat16):
         ctx.log("sparse-2of4: casting the model to bfloat16 (semi-structured kernels take fp16/bf16)")
-        model.to(torch.bfloat16)
+        from workbench.core.optimizations._common import cast
+
+        cast(model, torch.bfloat16)
         report["cast_to"] = "bfloat16"
     before = model_size_bytes(model)
     done, skipped, zeros, total = [], [], 0, 0
