@@ -79,11 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     from workbench.commands_tune import add_parsers as add_tune_parsers
 
     p.set_defaults(catalogue_handlers={**add_parsers(sub), **add_tune_parsers(sub)})  # recommend, sweep, tune
+    verbose_help = "show library messages (torchao, torch, transformers) that are otherwise kept in a log file"
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    for sp in sub.choices.values():  # also after the command: `optbench run -v ...`
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from workbench.core import quiet
+
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ[quiet.VERBOSE_ENV] = "1"  # job processes inherit it
+    quiet.quiet_libraries()
     if args.sessions_dir:
         os.environ["OPTBENCH_SESSIONS"] = args.sessions_dir
     try:

@@ -107,6 +107,9 @@ def main() -> int:
     _out = os.fdopen(event_fd, "w", buffering=1, encoding="utf-8")
     signal.signal(signal.SIGTERM, _on_term)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from workbench.core.quiet import quiet_libraries
+
+    quiet_libraries()  # the stderr tail feeds error hints: keep it to what matters
     ok = False
     try:
         spec = json.loads(sys.stdin.read())
