@@ -213,3 +213,15 @@ def test_runtimes_are_in_the_tune_space_for_encoders_on_cpu_only():
     causal = build_space("causal-lm", "cpu", pairs=False, triples=False)
     assert not {c.label.split(":")[0] for c in causal.candidates} & {"onnx", "openvino"}
     assert any(s["label"] == "onnx" and "does not apply" in s["reason"] for s in causal.skipped)
+
+
+def test_tune_runs_a_runtime_trial_in_its_worker(tiny_bert):
+    from workbench.core import tune
+
+    cfg = tune.TuneConfig(recipe=fast_recipe(str(tiny_bert)), objective="size",
+                          accuracy=tune.parse_accuracy_budget("50%"), budget_s=120, opts=["onnx-int8"],
+                          contention_limit=1.0, max_trials=1)
+    rep = tune.Tuner(cfg).run()
+    t = rep["trials"][0]
+    assert t["label"].startswith("onnx-int8") and t["status"] == "finished" and t["ran"], t
+    assert "cosine_to_baseline" in t["accuracy"]

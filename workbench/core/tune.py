@@ -127,7 +127,8 @@ EVENT_TYPES = ("tune-start", "trial-start", "trial", "frontier", "progress", "lo
 # Cost classes: cheap and usually promising first; training last.
 STAGE_COST = {"precision": 0.0, "quantize": 0.1, "runtime": 0.2, "prune": 1.0, "compile": 2.0, "train": 3.5}
 EMULATED_COST = 4.0  # added to a step this CPU can only emulate: ordered after training-class trials
-NAME_COST = {"early-exit": 1.0, "graph-decode": 1.0, "int8-selective": 2.0, "qat": 3.0, "distill": 3.5}
+NAME_COST = {"early-exit": 1.0, "graph-decode": 1.0, "int8-selective": 2.0, "qat": 3.0, "distill": 3.5,
+             "onnx": 0.3, "onnx-int8": 0.3, "openvino": 0.3, "openvino-int8": 1.5}  # export (+ calibration) first
 _PHASES = ("single", "single", "pair", "triple")
 
 METRIC_ALIASES = {

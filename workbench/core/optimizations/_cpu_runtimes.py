@@ -62,7 +62,11 @@ def cpu_features() -> dict:
         from workbench.core.measure import cpu
 
         d = cpu.describe()
-        return {"avx2": d["avx2"], "avx512": d["avx512"], "vnni": d["int8_vnni"], "bf16": d["bf16_native"],
+        # usable, not only present: ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA caps pick the AVX2 recipe on an AVX-512
+        # machine (ONNX Runtime's MLAS itself still dispatches on cpuid; OpenVINO's oneDNN nodes follow the cap)
+        avx512 = d["avx512"] and str(d.get("torch_capability") or "").upper() == "AVX512" and \
+            str(d.get("onednn_max_isa") or "").upper() not in ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
+        return {"avx2": d["avx2"], "avx512": avx512, "vnni": d["int8_vnni"], "bf16": d["bf16_native"],
                 "summary": d.get("summary")}
     except ImportError:  # pragma: no cover - measure.cpu is part of the package
         flags = set()
@@ -192,8 +196,42 @@ def _quiet():
             logging.disable(prev)
 
 
+@contextlib.contextmanager
+def _attention(model, impl: str):
+    """Trace with ``impl`` attention (eager: the MatMul/Softmax pattern ONNX Runtime fuses into its Attention
+    kernel; transformers' sdpa path traces into a mask graph its optimizer does not match), then restore."""
+    prev = getattr(model.config, "_attn_implementation", None)
+    if impl == "model" or prev == impl or not hasattr(model, "set_attn_implementation"):
+        yield prev
+        return
+    model.set_attn_implementation(impl)
+    try:
+        yield impl
+    finally:
+        model.set_attn_implementation(prev)
+
+
+def _heads(model) -> tuple[int, int]:
+    """(num_heads, hidden_size) for ONNX Runtime's attention fusion; (0, 0) (no attention fusion) when pruning left
+    the layers with other head counts than the config's."""
+    cfg = model.config
+    heads = {m.num_attention_heads for m in model.modules() if hasattr(m, "num_attention_heads")
+             and hasattr(m, "attention_head_size")}
+    want = getattr(cfg, "num_attention_heads", 0) or 0
+    if heads and heads != {want}:
+        return 0, 0
+    return want, getattr(cfg, "hidden_size", 0) or 0
+
+
 def export_onnx(model, task: str, tokenizer, path: Path, params: dict, log) -> dict:
     """torch.onnx.export with dynamic batch and sequence axes. Returns what was done (exporter used, opset)."""
+    with _attention(model, params.get("attention", "model")) as impl:
+        rep = _export_onnx(model, task, tokenizer, path, params, log)
+    rep["attention_traced"] = impl
+    return rep
+
+
+def _export_onnx(model, task: str, tokenizer, path: Path, params: dict, log) -> dict:
     names = input_names(model)
     ex = example_inputs(tokenizer, names)
     wrapped = _Traced(model, task, names).eval()
@@ -241,8 +279,9 @@ def _fuse_onnx(src: Path, model, log) -> dict:
                                                          "mpnet", "camembert", "deberta") else None
     if kind is None:
         return {"fusion": None, "fusion_note": f"model type {mt!r} is not one ONNX Runtime's optimizer knows"}
+    heads, hidden = _heads(model)
     with _quiet():
-        opt = optimize_model(str(src), model_type=kind, num_heads=0, hidden_size=0, opt_level=0)
+        opt = optimize_model(str(src), model_type=kind, num_heads=heads, hidden_size=hidden, opt_level=0)
         stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
         opt.save_model_to_file(str(src))
     return {"fusion": kind, "fused_ops": stats}
@@ -298,7 +337,7 @@ def apply_onnx(model, params: dict, ctx, quantize: bool) -> dict:
     try:
         ctx.log(f"{name}: exporting to ONNX")
         report.update(export_onnx(model, ctx.task, ctx.tokenizer, path, params, ctx.log))
-        report.update(_fuse_onnx(path, model, ctx.log))
+        report.update(_fuse_onnx(path, model, ctx.log) if params["fusion"] else {"fusion": None})
         report["onnx_fp32_mb"] = path.stat().st_size / 1e6
         dtype = torch.float32
         if quantize:

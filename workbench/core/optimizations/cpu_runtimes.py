@@ -47,6 +47,12 @@ EXPORTER = Param("exporter", str, "torchscript", "torch.onnx exporter: torchscri
                  "Runtime's attention/LayerNorm fusions match: measured fastest here) or dynamo (torch.export + "
                  "onnxscript, the maintained path); either falls back to the other when it fails (reported)",
                  choices=("torchscript", "dynamo"))
+ATTENTION = Param("attention", str, "eager", "attention traced into the ONNX graph: eager (the MatMul/Softmax "
+                  "pattern ONNX Runtime's optimizer fuses into its Attention kernel: fastest) or model (the model's "
+                  "own implementation, e.g. sdpa)", choices=("eager", "model"))
+FUSION = Param("fusion", bool, True, "run ONNX Runtime's transformer optimizer on the export (Attention, "
+               "EmbedLayerNormalization, SkipLayerNormalization, BiasGelu fusions; BERT-like models) before the "
+               "session's own graph optimizations")
 LEVEL = Param("level", str, "all", "ONNX Runtime graph optimization level: disable | basic (constant folding, "
               "redundant nodes) | extended (+ attention, LayerNorm, GELU fusions) | layout (+ NCHWc layouts) | all",
               choices=("disable", "basic", "extended", "layout", "all"), search=("all", "extended"))
@@ -75,7 +81,7 @@ CALIB_DATA = Param("calib_data", str, "builtin", "calibration text: builtin (end
 @register(
     name="onnx",
     summary="Export to ONNX (torch.onnx) and run with ONNX Runtime (graph optimization level, threads, providers).",
-    params=(LEVEL, THREADS, PROVIDERS, ORT_MODE, INTER, EXPORTER, OPSET),
+    params=(LEVEL, FUSION, ATTENTION, THREADS, PROVIDERS, ORT_MODE, INTER, EXPORTER, OPSET),
     requires=("onnxruntime", "onnx"),
     notes="Export folder: onnx/model.onnx + config.json + tokenizer (sentence-transformers backend='onnx', optimum's "
           "ORTModel). ONNX Runtime's MLAS picks AVX2 / AVX-512 kernels from cpuid itself.",
@@ -101,7 +107,7 @@ def apply_onnx(model, params: dict, ctx) -> dict:
               "workaround ONNX Runtime documents), off elsewhere", choices=("auto", "true", "false")),
         Param("ops", str, "matmul", "what is quantized: matmul (MatMul/Gemm: the Linear layers) or all (also "
               "Gather embeddings and attention ops quantize_dynamic supports)", choices=("matmul", "all")),
-        LEVEL, THREADS, PROVIDERS, ORT_MODE, INTER, EXPORTER, OPSET,
+        LEVEL, FUSION, ATTENTION, THREADS, PROVIDERS, ORT_MODE, INTER, EXPORTER, OPSET,
     ),
     requires=("onnxruntime", "onnx"),
     notes="Export folder: onnx/model.onnx (the quantized graph) + config.json + tokenizer. Accuracy delta is "
