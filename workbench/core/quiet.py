@@ -1,11 +1,11 @@
-"""Library noise out of the terminal: known messages that say nothing about the user's model go to a log file.
+"""Library noise out of the terminal: known messages that say nothing about the user's model are dropped.
 
 Without this every command printed, before anything useful, torchao's "Failed to load …/_C_mxfp8….so" (CUDA-only
 extensions on a CPU build), torch's pytree ``register_constant()`` deprecation (torchao registering its enums) and
 transformers' "`torch_dtype` is deprecated" (old config.json files), plus transformers' and the hub's progress bars.
 Only those exact messages are moved, by a filter on the logger that emits each; every other warning — about the
 user's model, its weights, its config — still reaches the terminal. ``-v`` (``OPTBENCH_VERBOSE=1``, inherited by
-job processes) shows everything; the moved lines are appended to ``log_path()`` either way.
+job processes) shows everything. Nothing is written to disk (a command that fails on bad input changes nothing).
 
 Torch-free: it only attaches ``logging`` filters to loggers by name (they exist before their libraries import).
 """
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from pathlib import Path
 
 # (logger name, a fragment of the message): the logger that emits it, so nothing else is touched
 NOISE = (
@@ -26,16 +24,11 @@ NOISE = (
 )
 VERBOSE_ENV = "OPTBENCH_VERBOSE"
 _installed: list[tuple[logging.Logger, logging.Filter]] = []
-
-
-def log_path() -> Path:
-    from workbench.core.cache import cache_dir
-
-    return cache_dir() / "logs" / "library.log"
+dropped: dict[str, int] = {}  # logger name -> messages kept out of the terminal
 
 
 class _Divert(logging.Filter):
-    """Drops the records whose message contains one of ``fragments``, appending them to the log file."""
+    """Drops the records whose message contains one of ``fragments``; counts them (``dropped``)."""
 
     def __init__(self, fragments: tuple[str, ...]) -> None:
         super().__init__()
@@ -48,14 +41,7 @@ class _Divert(logging.Filter):
             return True
         if not any(f in message for f in self.fragments):
             return True
-        try:
-            path = log_path()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} {record.levelname} "
-                         f"{record.name}: {message}\n")
-        except OSError:
-            pass  # a log file that cannot be written must not break a run
+        dropped[record.name] = dropped.get(record.name, 0) + 1
         return False
 
 
