@@ -148,6 +148,10 @@ class Recipe:
                 if spec.name in pspec.conflicts or prev.name in spec.conflicts:
                     raise InputError(f"--opt {spec.name}: cannot be combined with {prev.name}: "
                                      f"{spec.extra.get('conflict_reason', pspec.extra.get('conflict_reason', 'they are incompatible'))}")
+            max_batch = spec.extra.get("max_batch")
+            if max_batch is not None and (self.bench.batch or 1) > max_batch:
+                raise InputError(f"--opt {spec.name}: runs at most {max_batch} sequence(s) at a time; expected "
+                                 f"--batch {max_batch}, not {self.bench.batch}")
             if self.model.device_map is not None and spec.stage not in DEVICE_MAP_STAGES:
                 raise InputError(f"--opt {spec.name}: not supported with --device-map (the model spans several "
                                  f"GPUs); expected a {' or '.join(DEVICE_MAP_STAGES)} optimization")

@@ -1,0 +1,104 @@
+"""Speculative decoding: the output is the model's own (greedy, token for token), the counts add up, and what it
+cannot do is refused before anything runs."""
+
+import pytest
+
+import torch  # a pinned dependency: a broken install must fail, not skip
+
+from tests.conftest import fast_recipe
+from workbench.core import optimizations, pipeline
+from workbench.core.errors import InputError
+from workbench.core.models import load
+from workbench.core.optimizations.context import ApplyContext
+from workbench.core.recipe import ModelSpec, OptStep, Recipe
+
+
+def speculative(loaded, **params):
+    spec = optimizations.get("speculative")
+    ctx = ApplyContext("cpu", loaded.task, loaded.tokenizer)
+    ctx.extra["generate_kwargs"] = {}
+    rep = spec.apply(loaded.model, spec.resolve(params), ctx)
+    return rep, ctx.extra["generate_kwargs"]["optbench_generator"](1, 64)
+
+
+def greedy(model, ids, n):
+    with torch.inference_mode():
+        return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                              min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize("params", [{"method": "prompt-lookup", "ngram": 2},
+                                    {"method": "draft", "draft_layers": 1, "confidence": 0.0}])
+def test_output_is_the_models_own_greedy_tokens(tiny_llama, params):
+    loaded = load(str(tiny_llama), None, "cpu")
+    rep, gen = speculative(loaded, **params)
+    assert rep["greedy_check"]["identical"] is True and rep["greedy_check"]["tokens"] == 48
+    # a prompt that repeats itself, so prompt lookup finds n-grams to propose
+    row = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2524, 1012] * 6])
+    stamps = []
+    out = gen.generate(row, 24, on_step=lambda: stamps.append(1))
+    assert torch.equal(out, greedy(loaded.model, row, 24))
+    assert len(stamps) == 24  # one stamp per token handed out, however many a round accepted
+    s = rep["stats"]
+    assert s["calls"] == 1 and s["tokens"] == 24 and 1 <= s["target_forwards"] <= 24
+    assert s["accepted"] == s["tokens"] - s["target_forwards"] and s["accepted"] <= s["proposed"]
+
+
+def test_a_draft_identical_to_the_model_is_always_accepted(tiny_llama):
+    """The model drafting for itself: every drafted token is the model's own argmax, so all are accepted and each
+    verify pass yields the drafts plus one."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    rep, gen = speculative(loaded, method="draft", draft=str(tiny_llama), num_tokens=4, confidence=0.0)
+    assert rep["draft"] == str(tiny_llama) and rep["draft_cost_ratio"] == pytest.approx(1.0)
+    ids = torch.tensor([[101, 7592, 2088, 2003, 1037]])
+    out = gen.generate(ids, 21)
+    assert torch.equal(out, greedy(loaded.model, ids, 21))
+    s = rep["stats"]
+    assert s["acceptance_rate"] == 1.0 and s["tokens_per_target_forward"] >= 4.0
+
+
+def test_pipeline_reports_speculation_and_exports_the_model(tiny_llama, tmp_path):
+    r = fast_recipe(str(tiny_llama), [("speculative", {"method": "draft", "draft_layers": 1})])
+    report = pipeline.run(r.validate(), lambda *a, **k: None, artifact_dir=str(tmp_path / "art"))
+    rep = report["optimization_reports"][0]
+    assert rep["greedy_check"]["identical"] is True
+    s = rep["stats"]
+    n = report["bench"]["new_tokens"]
+    assert s["calls"] >= 2 and s["tokens"] == s["calls"] * n  # warm-up and timed calls, every token counted
+    assert 0.0 <= s["acceptance_rate"] <= 1.0 and s["tokens_per_target_forward"] >= 1.0
+    assert report["optimized"]["decode_ms_per_token"]["p50"] > 0
+    assert report["export"]["verified"]  # the model itself: speculation is a runtime setting
+
+
+def test_refusals_before_anything_runs(tiny_llama, tmp_path):
+    def recipe(opts, batch=None):
+        r = fast_recipe(str(tiny_llama), opts)
+        r.bench.batch = batch
+        return r.validate("causal-lm", "cpu")
+
+    with pytest.raises(InputError, match="--opt speculative: .*expected --batch 1"):
+        recipe([("speculative", {})], batch=4)
+    with pytest.raises(InputError, match="cannot be combined with"):
+        recipe([("speculative", {}), ("graph-decode", {})])
+    with pytest.raises(InputError, match="method='beam'"):
+        recipe([("speculative", {"method": "beam"})])
+    with pytest.raises(InputError, match="does not apply to encoder"):
+        Recipe(ModelSpec("x"), [OptStep("speculative", {})]).validate("encoder", "cpu")
+    loaded = load(str(tiny_llama), None, "cpu")
+    with pytest.raises(InputError, match="draft_layers=2: the model has 2 blocks"):
+        speculative(loaded, draft_layers=2)
+
+
+def test_a_draft_with_another_vocabulary_is_refused(tiny_llama, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2)
+    other = tmp_path / "other"
+    LlamaForCausalLM(cfg).save_pretrained(other)
+    from tests.fixtures.tiny import demo_tokenizer
+
+    demo_tokenizer().save_pretrained(other)
+    loaded = load(str(tiny_llama), None, "cpu")
+    with pytest.raises(InputError, match=r"draft=.*other: its vocabulary differs"):
+        speculative(loaded, draft=str(other))

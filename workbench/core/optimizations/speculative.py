@@ -1,0 +1,299 @@
+"""Speculative decoding: a cheap drafter proposes tokens, the model checks them all in one forward pass.
+
+Greedy acceptance keeps the output the model's own: a drafted token stands only where it equals the model's argmax,
+and every verify pass adds the model's own next token, so each target forward yields 1 + (accepted drafts) tokens.
+The loop is transformers' assisted generation (``generate(assistant_model=...)`` / ``prompt_lookup_num_tokens``);
+this module chooses and builds the drafter, hands the loop to the benchmark through the ``optbench_generator``
+hook (as graph-decode does) and measures what speculation did:
+
+- ``method=draft``: a smaller causal LM with the same vocabulary drafts ``num_tokens`` tokens per round. It is given
+  by reference (``draft=demo:NAME``, a folder, a hub id) or built here from the model's own blocks
+  (``draft=layers``: ``draft_layers`` evenly spread blocks, optionally distilled on the built-in text for
+  ``distill_steps`` steps / ``distill_seconds`` — the catalogue's distill machinery).
+- ``method=prompt-lookup``: no second model; n-grams of the text so far (prompt included) that match its last
+  ``ngram`` tokens propose what followed them (summaries, code edits, extraction: output that repeats the input).
+
+Reported per run (accumulated over the benchmark's timed calls): tokens produced, target forwards (verify rounds),
+tokens per target forward, drafts proposed and accepted, acceptance rate, and the greedy check — the speculative
+output against plain greedy decoding of the same prompt, token for token. Decode tokens/s come from the tokens
+actually produced: the benchmark stamps each token when the loop hands it out (a transformers streamer), so
+several accepted tokens share one stamp. Batch 1 only (transformers' assisted generation is single-sequence).
+"""
+
+from __future__ import annotations
+
+from workbench.core.errors import InputError
+from workbench.core.optimizations.base import Param, register
+
+METHODS = ("draft", "prompt-lookup")
+SCHEDULES = ("constant", "heuristic_transient", "heuristic")
+
+
+@register(
+    name="speculative", family="runtime", stage="runtime", tasks=("causal-lm",),
+    summary="Speculative decoding (greedy, batch 1): a drafter proposes tokens — a small model with the same "
+            "vocabulary, or n-grams from the prompt — and one forward of the model verifies them; the output is "
+            "the model's own, token for token.",
+    params=(
+        Param("method", str, "draft", "draft: a smaller model drafts; prompt-lookup: n-grams of the prompt "
+              "propose (no second model; pays off where the output repeats the input)", choices=METHODS,
+              search=METHODS),
+        Param("draft", str, "layers", "method=draft: layers (a student made of this model's own blocks, built "
+              "here) or a model reference with the same tokenizer (demo:NAME, a folder, a hub id)"),
+        Param("draft_layers", int, 0, "draft=layers: blocks kept in the student (0: a quarter, at least 1)",
+              min=0, max=4096),
+        Param("distill_steps", int, 0, "draft=layers: distillation steps on the built-in text before drafting "
+              "(0: the raw block subset)", min=0, max=1_000_000),
+        Param("distill_seconds", float, 600.0, "draft=layers: wall-time cap on the distillation", min=1.0,
+              max=1e6),
+        Param("num_tokens", int, 0, "tokens drafted per round (0: 4 for a draft model, 10 for prompt lookup)",
+              min=0, max=64),
+        Param("schedule", str, "constant", "method=draft: constant number of drafts per round, or transformers' "
+              "heuristic (grow after a fully accepted round, shrink otherwise; _transient resets per call)",
+              choices=SCHEDULES),
+        Param("confidence", float, 0.4, "method=draft: the draft stops a round early when its own probability for "
+              "the next token is below this (transformers' assistant_confidence_threshold; 0: always draft "
+              "num_tokens)", min=0.0, max=1.0),
+        Param("ngram", int, 3, "method=prompt-lookup: longest n-gram matched against the text so far", min=1,
+              max=32),
+    ),
+    conflicts=("graph-decode", "compile"),
+    exportable="yes",
+    notes="Changes how tokens are generated, not the weights: the export is the model itself (a built draft is "
+          "not exported). Batch 1. Memory: the model plus the draft (a draft of a quarter of the blocks shares "
+          "nothing with the model, so it adds about a quarter of the block weights plus embeddings and head).",
+    extra={"max_batch": 1,
+           "conflict_reason": "speculative runs transformers' assisted-generation loop; graph-decode and "
+                              "compile replace or recompile the decode step it calls (not combined yet)"},
+)
+def apply(model, params: dict, ctx) -> dict:
+    import time
+
+    from workbench.core.measure.memory import model_size_bytes, param_count
+
+    t0 = time.perf_counter()
+    method = params["method"]
+    report: dict = {"method": method}
+    draft = None
+    if method == "draft":
+        draft, built = _draft_model(model, params, ctx)
+        report.update(built)
+        report["draft_params"] = param_count(draft)
+        report["draft_bytes"] = model_size_bytes(draft)
+        report["draft_cost_ratio"] = report["draft_bytes"] / max(1, model_size_bytes(model))
+    num = params["num_tokens"] or (4 if method == "draft" else 10)
+    report.update({"num_tokens": num, "schedule": params["schedule"] if method == "draft" else None,
+                   "confidence": params["confidence"] if method == "draft" else None,
+                   "ngram": params["ngram"] if method == "prompt-lookup" else None})
+    stats = _Stats()
+    gen = SpeculativeGreedy(model, draft, method, num, params["schedule"], params["ngram"], ctx.tokenizer, stats,
+                            confidence=params["confidence"])
+    report["greedy_check"] = gen.check_against_greedy(ctx.device)
+    if not report["greedy_check"]["identical"]:
+        ctx.warning(f"speculative: output differs from plain greedy decoding at token "
+                    f"{report['greedy_check']['first_difference']} of {report['greedy_check']['tokens']} "
+                    f"(a near-tie the verify pass rounds differently)")
+    stats.reset()
+
+    def factory(batch: int, max_len: int):
+        if batch != 1:
+            raise InputError(f"--opt speculative: runs one sequence at a time; expected --batch 1, not {batch}")
+        return gen
+
+    ctx.extra["generate_kwargs"]["optbench_generator"] = factory
+    report["setup_seconds"] = time.perf_counter() - t0
+    report["stats"] = stats.live  # the same dict: the benchmark's calls fill it in before the report is written
+    return report
+
+
+def _draft_model(model, params: dict, ctx):
+    """(draft model on the model's device, report fields)."""
+    ref = params["draft"].strip()
+    if ref in ("", "layers"):
+        return _student(model, params, ctx)
+    from workbench.core.models import load
+
+    ctx.log(f"speculative: loading the draft model {ref}")
+    try:
+        loaded = load(ref, "causal-lm", ctx.device)
+    except InputError as exc:
+        raise InputError(f"--opt speculative:draft={ref}: {exc.message}") from None
+    draft = loaded.model.eval()
+    _same_vocabulary(model, draft, ctx.tokenizer, loaded.tokenizer, ref)
+    if next(draft.parameters()).dtype != next(model.parameters()).dtype:
+        from workbench.core.optimizations._common import cast
+
+        cast(draft, next(model.parameters()).dtype)
+    return draft, {"draft": ref, "draft_layers": len(_blocks_of(draft))}
+
+
+def _same_vocabulary(model, draft, tok, draft_tok, ref: str) -> None:
+    a, b = model.get_output_embeddings(), draft.get_output_embeddings()
+    if a is None or b is None or a.weight.shape[0] != b.weight.shape[0]:
+        raise InputError(f"--opt speculative:draft={ref}: its vocabulary differs from the model's; expected a "
+                         f"draft model with the same tokenizer")
+    if draft_tok is not None and tok is not None and draft_tok.get_vocab() != tok.get_vocab():
+        raise InputError(f"--opt speculative:draft={ref}: its tokenizer differs from the model's; expected a draft "
+                         f"model with the same tokenizer")
+
+
+def _blocks_of(model):
+    from workbench.core.optimizations import _common
+
+    return _common.blocks(model)
+
+
+def _student(model, params: dict, ctx):
+    """A draft made of the model's own blocks (weights copied), optionally distilled."""
+    from workbench.core.optimizations import _common, distill
+
+    n = len(_common.blocks(model))
+    k = params["draft_layers"] or max(1, n // 4)
+    if k >= n:
+        raise InputError(f"--opt speculative:draft_layers={k}: the model has {n} blocks; expected fewer")
+    dparams = optimizations_params("distill", {"student": "layers", "keep": k, "steps": max(1, params["distill_steps"]),
+                                               "time_budget_s": params["distill_seconds"], "checkpoint": "none",
+                                               "batch": 2, "seq_len": 128})
+    draft, mapping = distill.build_student(model, dparams, "causal-lm")
+    report = {"draft": "layers", "draft_layers": k, "draft_blocks": mapping, "distill_steps": params["distill_steps"]}
+    if params["distill_steps"] > 0:
+        ctx.log(f"speculative: distilling a {k}-block draft for {params['distill_steps']} steps "
+                f"(at most {params['distill_seconds']:.0f} s)")
+        result = distill.train(model, draft, mapping, "causal-lm", ctx.tokenizer, dparams, ctx.device, ctx.log,
+                               lambda f, **kw: ctx.progress(0.9 * f, **kw))
+        report["distill"] = {k2: v for k2, v in result.items() if not isinstance(v, list)}
+    for p in draft.parameters():
+        p.requires_grad_(False)
+    return draft.eval(), report
+
+
+def optimizations_params(name: str, given: dict) -> dict:
+    from workbench.core import optimizations
+
+    return optimizations.get(name).resolve(given)
+
+
+class _Stats:
+    """What speculation did over the benchmark's calls."""
+
+    def __init__(self) -> None:
+        self.live: dict = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.live.clear()
+        self.live.update({"calls": 0, "tokens": 0, "target_forwards": 0, "proposed": 0})
+
+    def add(self, tokens: int, rounds: int, proposed: int) -> None:
+        s = self.live
+        s["calls"] += 1
+        s["tokens"] += tokens
+        s["target_forwards"] += rounds
+        s["proposed"] += proposed
+        accepted = s["tokens"] - s["target_forwards"]  # each verify pass adds one token of the model's own
+        s["accepted"] = accepted
+        s["tokens_per_target_forward"] = s["tokens"] / s["target_forwards"] if s["target_forwards"] else None
+        s["acceptance_rate"] = accepted / s["proposed"] if s["proposed"] else None
+
+
+class _Stamper:
+    """A transformers streamer: ``on_step`` once per token the loop hands out (the first put is the prompt)."""
+
+    def __init__(self, on_step) -> None:
+        self.on_step = on_step
+        self.prompt_seen = False
+        self.tokens = 0
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for _ in range(int(value.numel())):
+            self.on_step()
+        self.tokens += int(value.numel())
+
+    def end(self) -> None:
+        pass
+
+
+class SpeculativeGreedy:
+    """``generate(ids, n_new, on_step)`` for the benchmark: transformers' assisted generation, counted."""
+
+    def __init__(self, model, draft, method: str, num_tokens: int, schedule: str, ngram: int, tokenizer,
+                 stats: _Stats, confidence: float = 0.4) -> None:
+        self.model, self.draft, self.method, self.tokenizer = model, draft, method, tokenizer
+        self.num_tokens, self.ngram, self.stats = num_tokens, ngram, stats
+        self.pad_id = getattr(tokenizer, "pad_token_id", None)
+        if self.pad_id is None:
+            self.pad_id = getattr(tokenizer, "eos_token_id", None)
+        if draft is not None:
+            gc = draft.generation_config
+            gc.num_assistant_tokens = num_tokens
+            gc.num_assistant_tokens_schedule = schedule
+            gc.assistant_confidence_threshold = confidence
+        self._round = {"rounds": 0, "proposed": 0}
+        self._wrap_candidates()
+
+    def _wrap_candidates(self) -> None:
+        """Count verify rounds and drafted tokens: wrap the candidate generator transformers builds per call."""
+        model, counts = self.model, self._round
+        original = getattr(model, "_get_candidate_generator", None)
+        if original is None:
+            return
+
+        def counted_generator(*args, **kwargs):
+            gen = original(*args, **kwargs)
+            inner = gen.get_candidates
+
+            def get_candidates(input_ids, *a, **k):
+                cand, logits = inner(input_ids, *a, **k)
+                counts["rounds"] += 1
+                counts["proposed"] += int(cand.shape[1] - input_ids.shape[1])
+                return cand, logits
+
+            gen.get_candidates = get_candidates
+            return gen
+
+        model._get_candidate_generator = counted_generator
+
+    def _kwargs(self, ids, n_new: int) -> dict:
+        import torch
+
+        kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": n_new,
+              "min_new_tokens": n_new, "do_sample": False, "num_beams": 1, "pad_token_id": self.pad_id}
+        if self.method == "draft":
+            kw["assistant_model"] = self.draft
+        else:
+            kw["prompt_lookup_num_tokens"] = self.num_tokens
+            kw["max_matching_ngram_size"] = self.ngram
+        return kw
+
+    def generate(self, ids, n_new: int, on_step=None):
+        import torch
+
+        if ids.shape[0] != 1:
+            raise InputError(f"--opt speculative: runs one sequence at a time; expected --batch 1, not "
+                             f"{ids.shape[0]}")
+        self._round.update(rounds=0, proposed=0)
+        stamper = _Stamper(on_step or (lambda: None))
+        with torch.inference_mode():
+            out = self.model.generate(streamer=stamper, **self._kwargs(ids, n_new))
+        self.stats.add(int(out.shape[1] - ids.shape[1]), self._round["rounds"], self._round["proposed"])
+        return out
+
+    def check_against_greedy(self, device: str, prompt_tokens: int = 64, new_tokens: int = 48) -> dict:
+        """Speculative vs plain greedy decoding of the built-in text's first tokens: identical, or where not."""
+        import torch
+
+        from workbench.core.measure.timing import fixed_input_ids
+
+        ids = fixed_input_ids(self.tokenizer, 1, prompt_tokens).to(device)
+        with torch.inference_mode():
+            plain = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                        num_beams=1, pad_token_id=self.pad_id)
+        spec = self.generate(ids, new_tokens)
+        a, b = plain[0, ids.shape[1]:].tolist(), spec[0, ids.shape[1]:].tolist()
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        return {"identical": a == b, "tokens": len(a), "first_difference": first,
+                "prompt_tokens": prompt_tokens}
