@@ -90,13 +90,20 @@ def _loop(run_once: Callable[[], dict], settings, on_progress: Callable[[float],
     return results, {"cold_start_ms": cold, "warmup_runs": len(warm_ms), "timed_seconds": time.perf_counter() - start}
 
 
-def bench_causal(model, tokenizer, settings, device: str, on_progress=None, generate_kwargs=None) -> dict:
+def bench_causal(model, tokenizer, settings, device: str, on_progress=None, generate_kwargs=None,
+                 prompt_ids=None) -> dict:
+    """``prompt_ids`` ([batch, len] token ids) replaces the built-in prompt (benchmarks of prompt-dependent methods,
+    e.g. speculative decoding's prompt lookup); ``settings.batch`` / ``seq_len`` then follow it."""
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
     clock = _Clock(device)
-    batch = settings.batch or 1
-    ids = fixed_input_ids(tokenizer, batch, settings.seq_len).to(device)
+    if prompt_ids is not None:
+        ids = prompt_ids.to(device)
+        batch = ids.shape[0]
+    else:
+        batch = settings.batch or 1
+        ids = fixed_input_ids(tokenizer, batch, settings.seq_len).to(device)
     mask = torch.ones_like(ids)
     n_new = settings.new_tokens
 
@@ -112,7 +119,7 @@ def bench_causal(model, tokenizer, settings, device: str, on_progress=None, gene
 
     extra = dict(generate_kwargs or {})
     factory = extra.pop("optbench_generator", None)  # a custom decode loop (graph-decode) replaces generate
-    generator = factory(batch, settings.seq_len + n_new) if factory else None
+    generator = factory(batch, ids.shape[1] + n_new) if factory else None
 
     def run_once() -> dict:
         stamp = StepStamp()
@@ -146,7 +153,7 @@ def bench_causal(model, tokenizer, settings, device: str, on_progress=None, gene
         "decode_ms_per_token": summarize([r["decode"] for r in results]),
         "throughput": {"value": tokens / decode_seconds if decode_seconds > 0 else None,
                        "unit": "decode tokens/s"},
-        "settings": {"batch": batch, "seq_len": settings.seq_len, "new_tokens": n_new, "greedy": True},
+        "settings": {"batch": batch, "seq_len": int(ids.shape[1]), "new_tokens": n_new, "greedy": True},
         **meta,
     }
 

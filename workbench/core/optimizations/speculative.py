@@ -153,7 +153,10 @@ def _student(model, params: dict, ctx):
         raise InputError(f"--opt speculative:draft_layers={k}: the model has {n} blocks; expected fewer")
     dparams = optimizations_params("distill", {"student": "layers", "keep": k, "steps": max(1, params["distill_steps"]),
                                                "time_budget_s": params["distill_seconds"], "checkpoint": "none",
-                                               "batch": 2, "seq_len": 128})
+                                               "batch": 2, "seq_len": 128,
+                                               # a draft only needs to agree with the model's next token: match
+                                               # its distribution (alpha 1, T 1), a little faster than distill's
+                                               "alpha": 1.0, "temperature": 1.0, "lr": 3e-4})
     draft, mapping = distill.build_student(model, dparams, "causal-lm")
     report = {"draft": "layers", "draft_layers": k, "draft_blocks": mapping, "distill_steps": params["distill_steps"]}
     if params["distill_steps"] > 0:
