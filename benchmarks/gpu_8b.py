@@ -392,6 +392,11 @@ def markdown(rows: list[dict], env: dict) -> str:
             lines.append(f"| {r['batch']} | {r['rung']} | {r['ttft_ms']:.2f} | {r['decode_ms_per_token']:.3f} | "
                          f"{r['decode_tokens_per_s']:.1f} | {r['peak_allocated_mb'] or 0:.0f} | "
                          f"{r['mbu'] * 100:.1f} % |")
+    unfinished = [r for r in rows if r.get("section") == "unfinished"]
+    if unfinished:
+        lines += ["", "## Started but not finished (no figures: the device call ended first)", ""]
+        lines += [f"* {r['what']} (call {r['call']}, started {r['started']}, ran ≥ {r['ran_at_least_s']} s): "
+                  f"{r['note']}" for r in unfinished]
     return "\n".join(lines) + "\n"
 
 
