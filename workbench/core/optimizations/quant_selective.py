@@ -81,8 +81,11 @@ def _half_twin(module, dtype):
     ),
     conflicts=("fp16", "bf16"),
     exportable="custom",
-    notes="per-tensor/per-channel use torch.ao's fbgemm kernels (CPU); torchao runs on CPU and CUDA. Exports: "
-          "torch.ao schemes in the optbench-int8-dynamic format, torchao in transformers' TorchAoConfig format.",
+    notes="per-tensor/per-channel use torch.ao's fbgemm kernels (CPU); torchao runs on CPU and CUDA (a bf16 model "
+          "stays bf16 where layers are kept). Exports: torch.ao schemes in the optbench-int8-dynamic format, torchao "
+          "in transformers' TorchAoConfig format. Memory: the search streams (a quantized twin exists only while "
+          "its layer is quantized; on a GPU the originals of quantized layers wait in host memory, which needs up "
+          "to the model's weight bytes of free RAM), so device memory stays near the model's own size.",
     extra={"conflict_reason": "selective INT8 quantizes from float32 Linear layers; drop the half-precision cast"},
 )
 def apply(model, params: dict, ctx) -> dict:
@@ -96,8 +99,10 @@ def apply(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations.context import linear_modules
 
     scheme = params["scheme"]
-    if next(model.parameters()).dtype != torch.float32:
-        raise InputError("--opt int8-selective: the model is not float32; expected a float32 model")
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32 and not (scheme == "torchao" and dtype == torch.bfloat16):
+        raise InputError(f"--opt int8-selective:scheme={scheme}: the model is {str(dtype).replace('torch.', '')}; "
+                         f"expected a float32 model (or bfloat16 with scheme=torchao)")
     if scheme != "torchao" and ctx.device != "cpu":
         raise InputError(f"--opt int8-selective:scheme={scheme}: torch.ao dynamic INT8 runs on CPU only; expected "
                          f"scheme=torchao on {ctx.device}")
@@ -122,17 +127,45 @@ def apply(model, params: dict, ctx) -> dict:
     if not targets:
         raise InputError("--opt int8-selective: the model has no Linear layers to quantize")
     originals = dict(targets)
-    if params["keep_dtype"] == "bf16":  # the "kept" versions of each layer: bf16 twins instead of the fp32 originals
-        keepers = {nm: _half_twin(m, torch.bfloat16) for nm, m in targets}
-    else:
-        keepers = originals
     names = [nm for nm, _ in targets]
-    quantized = {nm: _quantized_copy(m, scheme) for nm, m in targets}
     linear_before = sum(tensor_bytes(m.weight) for m in originals.values())
+    # Streamed: a quantized twin exists only while its layer is quantized, and on a GPU the original of a quantized
+    # layer waits in host memory (a CPU snapshot) until the search keeps it again. Peak device memory is then the
+    # model as configured plus one layer, not the model plus a quantized copy of every layer.
+    offload = not ctx.device.startswith("cpu")
+    quantized: dict = {}
+    keepers: dict = {}
+
+    def use_original(nm: str):
+        m = originals[nm]
+        if offload:
+            m.to(ctx.device)
+        return m
+
+    def kept_version(nm: str):
+        if params["keep_dtype"] != "bf16":
+            return use_original(nm)
+        if nm not in keepers:  # the bf16 twin stands for the original; the original itself can wait on the host
+            keepers[nm] = _half_twin(use_original(nm), torch.bfloat16)
+            if offload:
+                originals[nm].to("cpu")
+        return keepers[nm]
+
+    def quantize_one(nm: str):
+        if nm not in quantized:
+            keepers.pop(nm, None)
+            quantized[nm] = _quantized_copy(use_original(nm), scheme)
+            if offload:
+                originals[nm].to("cpu")
+        return quantized[nm]
 
     def configure(kept: set[str]) -> None:
+        for nm in names:  # first release what leaves, then build what enters (one layer in flight at a time)
+            if nm in kept and nm in quantized:
+                _common.set_module(model, nm, kept_version(nm))
+                del quantized[nm]
         for nm in names:
-            _common.set_module(model, nm, keepers[nm] if nm in kept else quantized[nm])
+            _common.set_module(model, nm, kept_version(nm) if nm in kept else quantize_one(nm))
 
     # ranking needs far less data than the final check: one forward per layer over 8 texts (encoders) or
     # 2 x 128 tokens (causal LMs, where a model has hundreds of Linear layers)
@@ -141,9 +174,11 @@ def apply(model, params: dict, ctx) -> dict:
     probe_refs = _common.reference(model, task, probe)
     sensitivity = {}
     for i, nm in enumerate(names):
-        _common.set_module(model, nm, quantized[nm])
+        twin = _quantized_copy(originals[nm], scheme)  # one twin alive at a time
+        _common.set_module(model, nm, twin)
         sensitivity[nm] = _common.error_on(model, task, probe, probe_refs)
         _common.set_module(model, nm, originals[nm])
+        del twin
         ctx.progress(0.8 * (i + 1) / len(names))
     order = sorted(names, key=lambda nm: sensitivity[nm], reverse=True)
 
@@ -182,6 +217,8 @@ def apply(model, params: dict, ctx) -> dict:
     for nm in done:
         q = quantized[nm]
         linear_after += (tensor_bytes(q.weight()) if callable(getattr(q, "weight", None)) else tensor_bytes(q.weight))
+    for nm in done:  # the originals of quantized layers are no longer needed (nor is their host snapshot)
+        originals.pop(nm, None)
     report = {
         "scheme": scheme,
         "layers": len(names),
