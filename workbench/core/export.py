@@ -75,8 +75,10 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
+        on_disk, after_load = _config_overrides(opt_reports)
         if fmt in (FORMAT_HF, FORMAT_RESIZED):
-            model.save_pretrained(tmp, safe_serialization=True)
+            with _config_as(model, on_disk):
+                model.save_pretrained(tmp, safe_serialization=True)
         elif fmt in RUNTIME_FORMATS:
             from workbench.core.optimizations import _cpu_runtimes
 
@@ -93,6 +95,8 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
                     "recipe": recipe, "optimizations": opt_reports}
         if fmt == FORMAT_INT8:
             manifest["quantized_modules"] = _int8_module_names(model)
+        if after_load:
+            manifest["config_after_load"] = after_load
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
         check = verify(tmp, device=_verify_device(model, device))
         _swap_into_place(tmp, out_dir)
@@ -103,6 +107,34 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
     check["format"] = manifest["format"]
     check["bytes_on_disk"] = folder_bytes(out_dir)
     return check
+
+
+def _config_overrides(opt_reports: list[dict]) -> tuple[dict, dict]:
+    """Config values an optimization wants written to disk instead of the in-memory ones (a config transformers
+    would refuse to save), and the in-memory values the loader sets back after building the model."""
+    on_disk, after = {}, {}
+    for rep in opt_reports:
+        for k, v in (rep.get("config_on_disk") or {}).items():
+            on_disk.setdefault(k, v)  # the first (the loaded model's own) value wins
+        after.update(rep.get("config_after_load") or {})
+    return on_disk, after
+
+
+class _config_as:
+    """Temporarily set config attributes (for save_pretrained), restoring the in-memory values afterwards."""
+
+    def __init__(self, model, values: dict) -> None:
+        self.config, self.values, self.old = model.config, values, {}
+
+    def __enter__(self):
+        for k, v in self.values.items():
+            self.old[k] = getattr(self.config, k)
+            setattr(self.config, k, v)
+
+    def __exit__(self, *exc):
+        for k, v in self.old.items():
+            setattr(self.config, k, v)
+        return False
 
 
 def _verify_device(model, device: str) -> str:
@@ -201,6 +233,8 @@ def load_artifact(path: Path | str, device: str = "cpu"):
         model = _cpu_runtimes.load(path, task, manifest)
     else:
         raise InputError(f"{manifest_path}: unknown format {manifest['format']!r}")
+    for k, v in (manifest.get("config_after_load") or {}).items():  # see _config_overrides
+        setattr(model.config, k, v)
     model.eval().to(device)
     return model, tokenizer, manifest
 

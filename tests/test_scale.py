@@ -1,0 +1,206 @@
+"""Real-size behaviour checked on tiny models (CPU, CI-sized, no timing assertions): the model builder, the content
+fingerprint, the streamed int8-selective, head pruning that transformers cannot describe in a config, where an
+export is verified, and the 8B benchmark's result files. GPU-only checks are marked ``gpu``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import fast_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    import build_model
+
+    out = tmp_path_factory.mktemp("scale") / "tiny-llama"
+    build_model.build_folder("tiny-llama", out, device="cpu")
+    return out
+
+
+def test_build_model_writes_a_folder_optbench_loads(tiny_folder):
+    from transformers import AutoModelForCausalLM
+
+    from workbench.core.models import load
+
+    cfg = json.loads((tiny_folder / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["tie_word_embeddings"] is False
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
+    assert (tiny_folder / "tokenizer.json").is_file() and list(tiny_folder.glob("*.safetensors"))
+    loaded = load(str(tiny_folder), device="cpu")
+    assert loaded.task == "causal-lm" and len(loaded.tokenizer) == 49152
+    # the rotary frequencies were rebuilt after the meta-device build: same as a model made the ordinary way
+    plain = AutoModelForCausalLM.from_pretrained(tiny_folder, dtype="auto")
+    ref = type(plain.model.rotary_emb)(config=plain.config)
+    assert torch.equal(plain.model.rotary_emb.inv_freq, ref.inv_freq)
+    assert float(plain.model.layers[0].mlp.up_proj.weight.detach().float().std()) == pytest.approx(0.02, rel=0.1)
+
+
+def test_qwen_and_llama_8b_shapes_are_the_real_ones():
+    import build_model
+
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        llama = AutoModelForCausalLM.from_config(build_model.make_config("llama-8b"))
+        qwen = AutoModelForCausalLM.from_config(build_model.make_config("qwen-7b"))
+    assert sum(p.numel() for p in llama.parameters()) == 8_030_261_248  # Llama-3.1-8B
+    assert sum(p.numel() for p in qwen.parameters()) == 7_615_616_512  # Qwen2.5-7B
+    assert qwen.model.layers[0].self_attn.q_proj.bias is not None
+
+
+def test_fingerprint_hashes_every_byte_and_remembers(tmp_path, monkeypatch):
+    from workbench.core import models
+    from workbench.core.modelref import resolve
+
+    monkeypatch.setattr(models, "_PIECE", 1 << 10)  # several pieces even for a small file
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    data = bytearray(range(256)) * 40
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    ref = resolve(str(folder))
+    first = models.fingerprint(ref)
+    assert models.fingerprint(ref) == first  # from the memo
+    memo = json.loads(models._memo_path().read_text())
+    assert any(k.startswith(str((folder / "model.safetensors").resolve())) for k in memo)
+    data[5000] ^= 1  # one bit, same size: a new mtime makes a new key, and the content differs
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    assert models.fingerprint(ref) != first
+
+
+def test_int8_selective_streams_its_quantized_twins(tiny_llama, monkeypatch):
+    """The ranking holds one quantized twin at a time (it used to hold one per layer beside every original), and no
+    moment holds more twins than layers + 1."""
+    from workbench.core import optimizations
+    from workbench.core.models import load
+    from workbench.core.optimizations import quant_selective
+    from workbench.core.optimizations.context import ApplyContext
+
+    live: set[int] = set()
+    real = quant_selective._quantized_copy
+
+    def counting(module, scheme):
+        q = real(module, scheme)
+        key = id(q)
+        live.add(key)
+        weakref.finalize(q, live.discard, key)
+        return q
+
+    monkeypatch.setattr(quant_selective, "_quantized_copy", counting)
+    loaded = load(str(tiny_llama), device="cpu")
+    n_layers = sum(1 for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)) - 1  # but lm_head
+    ranking, overall = [], []
+
+    def progress(f, **_):
+        (ranking if f < 0.8 - 1e-9 else overall).append(len(live))
+
+    spec = optimizations.get("int8-selective")
+    ctx = ApplyContext(device="cpu", task="causal-lm", tokenizer=loaded.tokenizer, progress=progress)
+    rep = spec.apply(loaded.model, spec.resolve({"scheme": "per-channel", "calib_samples": 4}), ctx)
+    assert ranking and max(ranking) <= 1, ranking
+    assert max(overall) <= n_layers + 1
+    assert len(live) == rep["layers_quantized"]  # what is left is exactly the model's quantized layers
+
+
+def test_int8_selective_torchao_accepts_a_bf16_model(tiny_llama):
+    pytest.importorskip("torchao")
+    from workbench.core import optimizations
+    from workbench.core.models import load
+    from workbench.core.optimizations.context import ApplyContext
+
+    loaded = load(str(tiny_llama), device="cpu")
+    loaded.model.to(torch.bfloat16)
+    spec = optimizations.get("int8-selective")
+    ctx = ApplyContext(device="cpu", task="causal-lm", tokenizer=loaded.tokenizer)
+    rep = spec.apply(loaded.model, spec.resolve({"scheme": "torchao", "calib_samples": 4, "keep": 1}), ctx)
+    assert rep["layers_quantized"] == rep["layers"] - 1
+    with pytest.raises(Exception, match="expected a float32 model"):
+        fresh = load(str(tiny_llama), device="cpu").model.to(torch.bfloat16)
+        spec.apply(fresh, spec.resolve({"scheme": "per-channel"}), ctx)
+
+
+def test_prune_heads_that_do_not_divide_hidden_export_and_reload(tmp_path):
+    """Llama-3.1-8B loses 8 of 32 heads to a 25 % cut: 4096 / 24 is no integer and transformers refuses to save
+    that config. The export keeps the original counts on disk and the loader sets the real ones."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.fixtures.tiny import demo_tokenizer
+    from workbench.core import pipeline
+    from workbench.core.export import load_artifact
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=8, tie_word_embeddings=False,
+                      pad_token_id=0, bos_token_id=101, eos_token_id=102)
+    folder = tmp_path / "gqa"
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    demo_tokenizer().save_pretrained(folder)
+    rep = pipeline.run(fast_recipe(str(folder), [("prune-heads", {})]), lambda *a, **k: None,
+                       artifact_dir=str(tmp_path / "out"))
+    assert rep["optimization_reports"][0]["heads_after"] == 6
+    assert rep["export"]["verified"] and rep["export"]["format"] == "optbench-resized"
+    model, _, manifest = load_artifact(tmp_path / "out")
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (6, 3)
+    assert manifest["config_after_load"] == {"num_attention_heads": 6, "num_key_value_heads": 3}
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_attention_heads"] == 8
+
+
+def test_exports_of_cpu_models_verify_on_the_cpu(tiny_llama):
+    from workbench.core.export import _verify_device
+    from workbench.core.models import load
+
+    model = load(str(tiny_llama), device="cpu").model
+    assert _verify_device(model, "cpu") == "cpu"
+
+
+def test_gpu_8b_rows_merge_into_result_files(tmp_path):
+    import gpu_8b
+
+    rows = tmp_path / "rows-a.jsonl"
+    lines = [
+        {"section": "environment", "key": "environment", "environment": {"device_name": "X", "torch": "t"}},
+        {"section": "bandwidth", "key": "bandwidth", "copy_bandwidth_Bps": 4.0e12},
+        {"section": "opt", "key": "opt:bf16", "opt": "bf16", "ok": False, "error": "InputError: no"},
+        {"section": "opt", "key": "opt:bf16", "opt": "bf16", "ok": True, "apply_seconds": 0.1,
+         "apply_peak_mib": 10.0, "weights_baseline_mib": 5.0, "weights_optimized_mib": 5.0, "apply_peak_ratio": 1.0,
+         "export_verified": True, "export": {"verified": True}, "export_seconds": 1.0,
+         "baseline_decode_tok_s": 1.0, "optimized_decode_tok_s": 2.0, "optimized_peak_mib": 6.0,
+         "estimate_mb": 6.6, "estimate_error": 0.1},
+    ]
+    rows.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    merged, env = gpu_8b.read_rows([str(rows)])
+    assert env["device_name"] == "X" and len([r for r in merged if r["section"] == "opt"]) == 1  # later row wins
+    gpu_8b.write_results(merged, env, tmp_path, "out")
+    md = (tmp_path / "out.md").read_text()
+    assert "| bf16 | yes |" in md and "+10 %" in md and "4.00 TB/s" in md
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_int8_selective_on_gpu_keeps_device_memory_near_the_model(tiny_llama):
+    pytest.importorskip("torchao")
+    from workbench.core import optimizations
+    from workbench.core.measure.memory import model_size_bytes
+    from workbench.core.models import load
+    from workbench.core.optimizations.context import ApplyContext
+
+    loaded = load(str(tiny_llama), device="cuda")
+    loaded.model.to(torch.bfloat16)
+    base = model_size_bytes(loaded.model)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    spec = optimizations.get("int8-selective")
+    ctx = ApplyContext(device="cuda", task="causal-lm", tokenizer=loaded.tokenizer)
+    spec.apply(loaded.model, spec.resolve({"scheme": "torchao", "calib_samples": 4}), ctx)
+    after = model_size_bytes(loaded.model)
+    assert torch.cuda.max_memory_allocated() < 1.25 * (base + after) + 64 * 2**20  # + calibration activations
