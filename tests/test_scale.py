@@ -204,3 +204,23 @@ def test_int8_selective_on_gpu_keeps_device_memory_near_the_model(tiny_llama):
     spec.apply(loaded.model, spec.resolve({"scheme": "torchao", "calib_samples": 4}), ctx)
     after = model_size_bytes(loaded.model)
     assert torch.cuda.max_memory_allocated() < 1.25 * (base + after) + 64 * 2**20  # + calibration activations
+
+
+def test_fused_projections_export_is_checked_against_the_plain_layers(tiny_llama, tmp_path):
+    """Verification compares the reload with what the saved weights compute; the fused runtime's own deviation from
+    that (rounding of one GEMM vs three) is reported beside it, not mistaken for a bad export."""
+    from workbench.core import export
+    from workbench.core.fastgen import fuse_projections, plain_forward
+    from workbench.core.models import load
+
+    loaded = load(str(tiny_llama), device="cpu")
+    fuse_projections(loaded.model)
+    ids = torch.tensor([[101, 2000, 2001, 2002, 102]])
+    fused_fwds = [m for m in loaded.model.modules() if "forward" in vars(m)]
+    with plain_forward(loaded.model) as swapped:
+        assert swapped and not any("forward" in vars(m) for m in fused_fwds)
+        plain = loaded.model(input_ids=ids).logits
+    assert all("forward" in vars(m) for m in fused_fwds)  # restored
+    assert torch.allclose(plain, loaded.model(input_ids=ids).logits, atol=1e-4)
+    check = export.save(loaded.model, loaded.tokenizer, "causal-lm", tmp_path / "art", {}, [], "cpu")
+    assert check["verified"] and "fused_runtime_max_rel_error" in check

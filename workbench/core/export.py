@@ -87,7 +87,14 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
             _save_int8_dynamic(model, tmp)
         tokenizer.save_pretrained(tmp)
         inputs = _fixed_inputs(tokenizer, device)
-        expected = _outputs(model, task, inputs)
+        from workbench.core.fastgen import plain_forward
+
+        with plain_forward(model) as fused:  # what the saved weights compute (graph-decode's fused runtime aside)
+            expected = _outputs(model, task, inputs)
+        runtime_error = None
+        if fused:
+            got = _outputs(model, task, inputs)
+            runtime_error = float((got - expected).abs().max()) / float(expected.abs().max().clamp_min(1e-6))
         save_file({"input_ids": inputs["input_ids"].cpu().contiguous(), "expected": expected.contiguous()},
                   str(tmp / VERIFY))
         manifest = {"format": fmt, "task": task, "optbench": __version__,
@@ -105,6 +112,8 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
         raise
     check["path"] = str(out_dir)
     check["format"] = manifest["format"]
+    if runtime_error is not None:  # the fused runtime vs the plain layers, same weights, same input
+        check["fused_runtime_max_rel_error"] = runtime_error
     check["bytes_on_disk"] = folder_bytes(out_dir)
     return check
 
