@@ -310,6 +310,19 @@ def _resize_linears(model, shapes: dict, with_bias: set) -> None:
             owner.all_head_size = out_f
 
 
+def _no_init():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            import contextlib
+
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def _load_resized(path: Path, task: str):
     import torch
     import transformers
@@ -323,7 +336,8 @@ def _load_resized(path: Path, task: str):
         if f.name != VERIFY:
             tensors.update(load_file(str(f)))
     dtype = next(v.dtype for v in tensors.values() if v.is_floating_point())
-    model = auto_class(task).from_config(config, dtype=dtype)
+    with _no_init():  # every weight is about to be replaced: random init of an 8B model on a CPU takes minutes
+        model = auto_class(task).from_config(config, dtype=dtype)
     shapes = {k[: -len(".weight")]: tuple(v.shape) for k, v in tensors.items() if k.endswith(".weight")}
     _resize_linears(model, shapes, {k[: -len(".bias")] for k in tensors if k.endswith(".bias")})
     missing, unexpected = model.load_state_dict(tensors, strict=False)
