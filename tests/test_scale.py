@@ -224,3 +224,38 @@ def test_fused_projections_export_is_checked_against_the_plain_layers(tiny_llama
     assert torch.allclose(plain, loaded.model(input_ids=ids).logits, atol=1e-4)
     check = export.save(loaded.model, loaded.tokenizer, "causal-lm", tmp_path / "art", {}, [], "cpu")
     assert check["verified"] and "fused_runtime_max_rel_error" in check
+
+
+def test_run_reports_the_memory_estimate_beside_the_measured_peak(tiny_llama):
+    from workbench.core import pipeline
+
+    events = []
+    rep = pipeline.run(fast_recipe(str(tiny_llama), [("int8-weight-only", {})]).validate(),
+                       lambda kind, **p: events.append((kind, p)))
+    est = rep["memory_estimate"]
+    assert rep["estimate_mb"] == est["run_peak_mb"] > 0 and rep["estimate_measured_mb"] > 0
+    assert rep["estimate_error"] == pytest.approx((rep["estimate_mb"] - rep["estimate_measured_mb"])
+                                                  / rep["estimate_measured_mb"])
+    measured_weights = rep["optimized"]["model_size_mb"] * 1e6 / 2**20
+    assert est["weights_mb"] == pytest.approx(measured_weights, rel=0.15)
+    assert any(k == "progress" and p.get("stage") == "loading" and p.get("estimate_mb") for k, p in events)
+    assert any(k == "log" and p["text"].startswith("memory estimate:") for k, p in events)
+
+
+def test_a_recipe_that_does_not_fit_is_refused_before_loading(tiny_llama, monkeypatch):
+    from workbench.core import memory_plan, models, pipeline
+    from workbench.core.errors import InputError
+
+    def no_load(*a, **k):
+        raise AssertionError("loaded although the estimate does not fit")
+
+    monkeypatch.setattr(models, "load", no_load)
+    monkeypatch.setattr(memory_plan, "device_memory_mb", lambda device: 1.0)  # a 1 MB device
+    with pytest.raises(InputError) as err:
+        pipeline.run(fast_recipe(str(tiny_llama)).validate(), lambda *a, **k: None)
+    msg = str(err.value)
+    assert "\n" not in msg and "estimated peak memory" in msg and "has 1 MB" in msg
+    assert "--opt int4-weight-only" in msg and "--device-map balanced" in msg
+    est = memory_plan.estimate_for(fast_recipe(str(tiny_llama)), "cpu")
+    memory_plan.check_fits(est, "cuda", est["run_peak_mb"] + 1, "m")  # fits: no error
+    memory_plan.check_fits(est, "cuda", 1.0, "m", device_map="balanced")  # spread by accelerate: not judged here

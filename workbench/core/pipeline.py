@@ -90,7 +90,8 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
     from workbench.core.models import load
 
     started = time.time()
-    _stage(emit, "loading")
+    plan = _memory_plan(recipe, emit)
+    _stage(emit, "loading", **({"estimate_mb": round(plan["run_peak_mb"], 1)} if plan else {}))
     monitor = Monitor(hz=recipe.bench.monitor_hz, on_sample=lambda s: emit("sample", **s))
     monitor.start()
     try:
@@ -161,6 +162,7 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
             "speedup": base["latency_ms"]["p50"] / optimized["latency_ms"]["p50"],
             "size_ratio": optimized["model_size_mb"] / base["model_size_mb"],
             "load_seconds": load_s,
+            **_estimate_vs_measured(plan, optimized, loaded.device),
             "monitor_samples": monitor.samples_taken,
             "started": started,
             "seconds": time.time() - started,
@@ -179,6 +181,39 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
         return report
     finally:
         monitor.stop()
+
+
+def _memory_plan(recipe: Recipe, emit: Emit) -> dict | None:
+    """The memory estimate before loading (shown as a log line and on the loading stage); a recipe estimated not
+    to fit the GPU is refused here, with the estimate and what would fit, instead of running out of memory later."""
+    from workbench.core import memory_plan
+    from workbench.core.models import pick_device
+
+    device = pick_device(recipe.device)
+    est = memory_plan.estimate_for(recipe, device)
+    if est is None:
+        return None
+    emit("log", level="info", text=f"memory estimate: {est['run_peak_mb']:.0f} MB peak ({est['weights_mb']:.0f} MB "
+                                   f"{est['linear_format']} weights, {est['kv_cache_mb']:.0f} MB KV cache, "
+                                   f"{est['activations_mb']:.0f} MB activations)")
+    gpus = 1
+    if device.startswith("cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count()
+    memory_plan.check_fits(est, device, memory_plan.device_memory_mb(device), recipe.model.ref, gpus,
+                           getattr(recipe.model, "device_map", None))
+    return memory_plan.public(est)
+
+
+def _estimate_vs_measured(plan: dict | None, optimized: dict, device: str) -> dict:
+    if plan is None:
+        return {"estimate_mb": None, "memory_estimate": None}
+    mem = optimized.get("memory_mb") or {}
+    measured = mem.get("cuda_peak_allocated") if str(device).startswith("cuda") else mem.get("rss_peak")
+    return {"estimate_mb": plan["run_peak_mb"], "memory_estimate": plan,
+            "estimate_measured_mb": measured,
+            "estimate_error": (plan["run_peak_mb"] - measured) / measured if measured else None}
 
 
 def _strip_samples(phase: dict) -> dict:
