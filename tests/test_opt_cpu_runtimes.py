@@ -225,3 +225,36 @@ def test_tune_runs_a_runtime_trial_in_its_worker(tiny_bert):
     t = rep["trials"][0]
     assert t["label"].startswith("onnx-int8") and t["status"] == "finished" and t["ran"], t
     assert "cosine_to_baseline" in t["accuracy"]
+
+
+def test_recommend_proposes_a_runtime_for_encoders_where_installed(tiny_bert, tiny_llama):
+    from workbench.core.recommend import Constraints, cpu_runtimes_installed, hardware, model_facts, propose
+
+    assert set(cpu_runtimes_installed()) == {"onnx", "onnx-int8", "openvino", "openvino-int8"}
+    base = hardware("cpu", measure=False)
+    bert, llama = model_facts(str(tiny_bert)), model_facts(str(tiny_llama))
+    every = {**base, "cpu_runtimes": cpu_runtimes_installed(), "bf16_native": True, "int8_vnni": True}
+
+    def steps(facts, hw, drop):
+        out = propose(facts, hw, Constraints(max_drop=drop))
+        assert all(s["reason"] for s in out)
+        return [(s["name"], s["params"]) for s in out]
+
+    assert steps(bert, every, 1.0) == [("openvino-int8", {})]
+    assert steps(bert, every, 0.1) == [("openvino", {"precision": "auto"})]
+    assert steps(bert, {**every, "bf16_native": False}, 0.1) == [("openvino", {"precision": "f32"})]
+    assert steps(bert, {**every, "cpu_runtimes": ["onnx", "onnx-int8"]}, 1.0) == [("onnx-int8", {})]
+    assert steps(llama, every, 2.0)[0][0] not in ("onnx", "onnx-int8", "openvino", "openvino-int8")
+    assert steps(bert, {**every, "cpu_runtimes": []}, 1.0) == steps(bert, {**base, "bf16_native": True}, 1.0)
+
+
+def test_openvino_precision_auto_follows_the_cpu_and_exports(tiny_bert, tmp_path):
+    """bf16 where the CPU (under the ISA caps) has AVX512-BF16/AMX, f32 elsewhere; either way the export verifies
+    with the bound of the precision it ran in."""
+    report = run(tiny_bert, [("openvino", {"precision": "auto"})], tmp_path)
+    rep = report["optimization_reports"][0]
+    bf16 = _cpu_runtimes.cpu_features()["bf16"]
+    assert rep["precision"] == ("bf16" if bf16 else "f32")
+    assert report["optimized"]["dtype"] == ("bfloat16" if bf16 else "float32")
+    assert report["export"]["verified"] and report["export"]["tolerance"] == (1e-2 if bf16 else 1e-4)
+    assert report["accuracy"]["cosine_to_baseline"]["value"] > 0.99

@@ -217,6 +217,8 @@ def estimate(facts: dict, recipe_steps: list[dict], hw: dict, c: Constraints) ->
         if s["name"] == "int8-selective":
             linear_kind = "int8-dynamic" if s["params"].get("scheme") == "per-tensor" else "int8-dynamic:per-channel"
             kept_fraction = 0.8  # typically 10-25 % of the layers (the heavy FFN ones) stay fp32
+        if s["name"] in ("onnx-int8", "openvino-int8"):  # int8 Linear weights, one scale per channel
+            linear_kind = "int8-dynamic:per-channel"
         if s["name"] == "int4-weight-only" or s["name"] == "fp8-dynamic":
             elem = 2.0
     lin = facts["linear_params"]
@@ -274,6 +276,18 @@ def estimate(facts: dict, recipe_steps: list[dict], hw: dict, c: Constraints) ->
 
 # ------------------------------------------------------------------ rules
 
+# CPU runtimes on demo:minilm (benchmarks/results/cpu_catalogue_epyc-avx512vnni-bf16.md, 2-core EPYC with
+# AVX512-VNNI and AVX512-BF16, batch 8 x 128): filled from the measured table.
+RUNTIME_INT8_DROP = 0.5  # the int8 runtimes cost about 0.3-0.6 % cosine on MiniLM: not for a tighter budget
+RUNTIME_REASONS = {
+    "openvino-int8": "encoder on CPU with OpenVINO + NNCF installed: static INT8 calibrated on text was the fastest "
+                     "option measured within a 1 % budget",
+    "onnx-int8": "encoder on CPU with ONNX Runtime installed: dynamic INT8 with fused attention",
+    "openvino": "encoder on CPU with OpenVINO installed, budget too tight for INT8: OpenVINO's CPU plugin",
+    "onnx": "encoder on CPU with ONNX Runtime installed, budget too tight for INT8: ONNX Runtime with fused "
+            "attention",
+}
+
 def _step(name: str, params: dict, reason: str) -> dict:
     return {"name": name, "params": params, "reason": reason}
 
@@ -313,6 +327,9 @@ def propose(facts: dict, hw: dict, c: Constraints) -> list[dict]:
     # (cosine 1.0000) and 1.9x decode on SmolLM2 (perplexity -0.1 %); torch.ao int8-dynamic 2.7x on MiniLM at cosine
     # 0.927 and destructive on SmolLM2 (next-token agreement 0.52); torchao int8 weight-only 1.3x decode on SmolLM2
     # at KL 0.003.
+    runtime = _cpu_runtime_step(facts, hw, drop)
+    if runtime is not None:
+        return [runtime]
     bf16_hw = hw.get("bf16_native")  # without native bf16 matmuls a cast is emulated: 2.9x slower on an AVX2 EPYC
     if bf16_hw:
         steps.append(_step("bf16", {}, "this CPU has native bfloat16 matmuls (AVX512-BF16/AMX): a bf16 cast halves "
@@ -347,11 +364,44 @@ def propose(facts: dict, hw: dict, c: Constraints) -> list[dict]:
     return steps
 
 
+def cpu_runtimes_installed() -> list[str]:
+    """The CPU runtimes whose packages import here (``recommend`` adds them to the hardware facts)."""
+    import importlib.util
+
+    found = {m: importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "openvino", "nncf")}
+    return [name for name, mods in (("onnx", ("onnxruntime", "onnx")), ("onnx-int8", ("onnxruntime", "onnx")),
+                                    ("openvino", ("openvino",)), ("openvino-int8", ("openvino", "nncf")))
+            if all(found[m] for m in mods)]
+
+
+def _cpu_runtime_step(facts: dict, hw: dict, drop: float) -> dict | None:
+    """Encoders / classifiers on CPU with ONNX Runtime or OpenVINO installed (``hw["cpu_runtimes"]``): the runtime
+    measured fastest within the budget (benchmarks/results/cpu_catalogue_<cpu>.md)."""
+    have = set(hw.get("cpu_runtimes") or ())
+    if facts["task"] == "causal-lm" or not have:
+        return None
+    vnni = hw.get("int8_vnni")
+    if drop >= RUNTIME_INT8_DROP and "openvino-int8" in have:
+        return _step("openvino-int8", {}, RUNTIME_REASONS["openvino-int8"] + (
+            "" if vnni else "; this CPU has no VNNI, so its int8 matmuls are slower than where it was measured"))
+    if drop >= RUNTIME_INT8_DROP and "onnx-int8" in have:
+        return _step("onnx-int8", {}, RUNTIME_REASONS["onnx-int8"])
+    if "openvino" in have:
+        precision = "auto" if hw.get("bf16_native") else "f32"
+        return _step("openvino", {"precision": precision}, RUNTIME_REASONS["openvino"] + (
+            " in bf16 (this CPU has AVX512-BF16/AMX)" if precision == "auto" else " in f32"))
+    if "onnx" in have:
+        return _step("onnx", {}, RUNTIME_REASONS["onnx"])
+    return None
+
+
 def recommend(model_ref: str, constraints: Constraints, task: str | None = None, device: str = "auto",
               measure: bool = True) -> dict:
     """A recipe with reasons and estimates. Torch is imported; nothing is loaded but the config."""
     t0 = time.perf_counter()
     hw = hardware(device, measure=measure)
+    if hw.get("gpu") is None:
+        hw["cpu_runtimes"] = cpu_runtimes_installed()
     facts = model_facts(model_ref, task)
     steps = propose(facts, hw, constraints)
     est = estimate(facts, steps, hw, constraints)

@@ -514,7 +514,8 @@ def _build_openvino(folder: Path, config, task: str, names: list[str], params: d
         return np.array(request.infer(feed)[out_port], copy=True)
 
     try:
-        used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        used = compiled.get_property("INFERENCE_PRECISION_HINT")
+        used = used.to_string() if hasattr(used, "to_string") else str(used)
     except Exception:  # noqa: BLE001 - informational only
         used = None
     settings = {"kind": "openvino", "file": OV_XML, "inputs": names, "threads": params["threads"],
