@@ -336,7 +336,10 @@ def train(teacher, student, mapping, task: str, tokenizer, params: dict, device:
     params=PARAMS,
     notes="Trains on the calibration text (end of the built-in text) or a .txt file. A few hundred CPU steps "
           "recover part of what dropping blocks costs; real recovery needs far more tokens (a GPU). Multi-GPU: "
-          "torchrun --nproc_per_node N -m workbench.core.distill_run ...",
+          "torchrun --nproc_per_node N -m workbench.core.distill_run ... Memory: teacher and student are both "
+          "resident (not streamed): the teacher's weights + about 4x the student's (weights, gradients and AdamW's "
+          "two moments, in the student's dtype) + both models' activations for one batch; an 8B bf16 teacher "
+          "keeping half its blocks (a 9 GB student) needs roughly 16 + 4 x 9 = 52 GB before activations.",
 )
 def apply(model, params: dict, ctx) -> dict:
     from workbench.core.measure.memory import model_size_bytes, param_count
