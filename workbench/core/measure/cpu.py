@@ -71,11 +71,12 @@ def describe(flags: set[str] | None = None, model: str | None = None, capability
              environ: dict | None = None) -> dict:
     """The instruction sets that matter, torch's kernel capability, and what is usable under the caps.
 
-    ``flags`` / ``model`` default to /proc/cpuinfo; ``capability`` to torch's own answer where torch is imported,
-    else what torch would pick (ATEN_CPU_CAPABILITY, or the best the flags allow); ``environ`` to os.environ.
-    Tests pass fake feature lists.
+    ``flags`` / ``model`` default to /proc/cpuinfo; ``capability`` to torch's own answer where torch is imported
+    and the flags are this CPU's, else what torch would pick (ATEN_CPU_CAPABILITY, or the best the flags allow);
+    ``environ`` to os.environ. Tests pass fake feature lists.
     """
-    if flags is None:
+    real = flags is None  # torch's own answer describes this CPU, not a faked feature list
+    if real:
         model, flags = read_cpuinfo()
     environ = os.environ if environ is None else environ
     has = {
@@ -88,7 +89,7 @@ def describe(flags: set[str] | None = None, model: str | None = None, capability
         "amx_int8": "amx_int8" in flags and "amx_tile" in flags,
     }
     forced = environ.get("ATEN_CPU_CAPABILITY")
-    if capability is None:
+    if capability is None and real:
         capability = torch_capability()
     if capability is None:
         best = "AVX512" if has["avx512"] else "AVX2" if has["avx2"] else "DEFAULT"
