@@ -28,7 +28,8 @@ def greedy(model, ids, n):
 
 
 @pytest.mark.parametrize("params", [{"method": "prompt-lookup", "ngram": 2},
-                                    {"method": "draft", "draft_layers": 1, "confidence": 0.0}])
+                                    {"method": "draft", "draft_layers": 1, "confidence": 0.0},
+                                    {"method": "draft", "draft_layers": 1, "draft_dtype": "bf16"}])
 def test_output_is_the_models_own_greedy_tokens(tiny_llama, params):
     loaded = load(str(tiny_llama), None, "cpu")
     rep, gen = speculative(loaded, **params)
@@ -48,7 +49,8 @@ def test_a_draft_identical_to_the_model_is_always_accepted(tiny_llama):
     """The model drafting for itself: every drafted token is the model's own argmax, so all are accepted and each
     verify pass yields the drafts plus one."""
     loaded = load(str(tiny_llama), None, "cpu")
-    rep, gen = speculative(loaded, method="draft", draft=str(tiny_llama), num_tokens=4, confidence=0.0)
+    rep, gen = speculative(loaded, method="draft", draft=str(tiny_llama), num_tokens=4, confidence=0.0,
+                           draft_dtype="model")
     assert rep["draft"] == str(tiny_llama) and rep["draft_cost_ratio"] == pytest.approx(1.0)
     ids = torch.tensor([[101, 7592, 2088, 2003, 1037]])
     out = gen.generate(ids, 21)

@@ -46,6 +46,10 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               "(0: the raw block subset)", min=0, max=1_000_000),
         Param("distill_seconds", float, 600.0, "draft=layers: wall-time cap on the distillation", min=1.0,
               max=1e6),
+        Param("draft_dtype", str, "auto", "precision the draft runs in: auto (bf16 where the CPU has native bf16 "
+              "matmuls or on a GPU, else the model's), fp32, bf16, or model (the model's own); a draft only "
+              "proposes, so its rounding costs acceptance, never correctness",
+              choices=("auto", "model", "fp32", "bf16")),
         Param("num_tokens", int, 0, "tokens drafted per round (0: 4 for a draft model, 10 for prompt lookup)",
               min=0, max=64),
         Param("schedule", str, "constant", "method=draft: constant number of drafts per round, or transformers' "
@@ -80,6 +84,7 @@ def apply(model, params: dict, ctx) -> dict:
     if method == "draft":
         draft, built = _draft_model(model, params, ctx)
         report.update(built)
+        report["draft_dtype"] = _draft_precision(draft, model, params["draft_dtype"], ctx.device)
         report["draft_params"] = param_count(draft)
         report["draft_bytes"] = model_size_bytes(draft)
         report["draft_cost_ratio"] = report["draft_bytes"] / max(1, model_size_bytes(model))
@@ -122,11 +127,25 @@ def _draft_model(model, params: dict, ctx):
         raise InputError(f"--opt speculative:draft={ref}: {exc.message}") from None
     draft = loaded.model.eval()
     _same_vocabulary(model, draft, ctx.tokenizer, loaded.tokenizer, ref)
-    if next(draft.parameters()).dtype != next(model.parameters()).dtype:
-        from workbench.core.optimizations._common import cast
-
-        cast(draft, next(model.parameters()).dtype)
     return draft, {"draft": ref, "draft_layers": len(_blocks_of(draft))}
+
+
+def _draft_precision(draft, model, choice: str, device: str) -> str:
+    """Cast the draft as asked; returns the dtype it runs in."""
+    import torch
+
+    from workbench.core.optimizations._common import cast, float_dtype
+
+    if choice == "auto":
+        from workbench.core.measure.cpu import describe
+
+        fast_bf16 = device.startswith("cuda") or describe()["bf16_native"]
+        want = torch.bfloat16 if fast_bf16 and float_dtype(model) == torch.float32 else float_dtype(model)
+    else:
+        want = {"model": float_dtype(model), "fp32": torch.float32, "bf16": torch.bfloat16}[choice]
+    if float_dtype(draft) != want:
+        cast(draft, want)
+    return str(want).replace("torch.", "")
 
 
 def _same_vocabulary(model, draft, tok, draft_tok, ref: str) -> None:
