@@ -240,7 +240,8 @@ def test_recommend_proposes_a_runtime_for_encoders_where_installed(tiny_bert, ti
         assert all(s["reason"] for s in out)
         return [(s["name"], s["params"]) for s in out]
 
-    assert steps(bert, every, 1.0) == [("openvino-int8", {})]
+    assert steps(bert, every, 1.0) == [("openvino-int8", {"precision": "auto"})]
+    assert steps(bert, {**every, "bf16_native": False}, 1.0) == [("openvino-int8", {})]
     assert steps(bert, every, 0.1) == [("openvino", {"precision": "auto"})]
     assert steps(bert, {**every, "bf16_native": False}, 0.1) == [("openvino", {"precision": "f32"})]
     assert steps(bert, {**every, "cpu_runtimes": ["onnx", "onnx-int8"]}, 1.0) == [("onnx-int8", {})]
