@@ -74,3 +74,13 @@ def test_run_warns_before_a_bf16_cast_on_avx2_kernels(workdir, tiny_llama):
     assert "emulated" in doc["optimization_reports"][0]["warning"]
     assert doc["environment"]["cpu_isa"]["torch_capability"] == "AVX2"
     assert doc["environment"]["cpu_isa"]["bf16_native"] is False
+
+
+def test_planning_for_another_cpu(monkeypatch):
+    """OPTBENCH_CPU_FLAGS plans as if on a CPU with exactly those flags (no kernel caps applied)."""
+    monkeypatch.setenv("OPTBENCH_CPU_FLAGS", "avx2 fma")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    plain = describe()
+    assert plain["avx2"] and not plain["avx512"] and not plain["bf16_native"] and plain["model"] == "OPTBENCH_CPU_FLAGS"
+    monkeypatch.setenv("OPTBENCH_CPU_FLAGS", ",".join(sorted(ZEN4)))
+    assert describe()["bf16_native"] and describe()["torch_capability"] == "AVX512"

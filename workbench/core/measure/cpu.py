@@ -25,6 +25,10 @@ _ONEDNN_ORDER = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_COR
 # torch's CPU capabilities, lowest first (torch.backends.cpu.get_cpu_capability())
 _ATEN_ORDER = ("DEFAULT", "NO AVX", "AVX2", "AVX512")
 
+# Plan (recommend, tune's ordering, warnings) as if on a CPU with exactly these /proc/cpuinfo flags, e.g.
+# OPTBENCH_CPU_FLAGS="avx2 avx512f avx512bw avx512vl avx512dq avx512_bf16": the kernels torch runs do not change.
+PLAN_ENV = "OPTBENCH_CPU_FLAGS"
+
 FEATURES = ("avx2", "avx512", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 LABELS = {"avx2": "AVX2", "avx512": "AVX-512", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
           "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8"}
@@ -75,10 +79,13 @@ def describe(flags: set[str] | None = None, model: str | None = None, capability
     and the flags are this CPU's, else what torch would pick (ATEN_CPU_CAPABILITY, or the best the flags allow);
     ``environ`` to os.environ. Tests pass fake feature lists.
     """
+    environ = os.environ if environ is None else environ
+    planned = environ.get(PLAN_ENV, "").replace(",", " ").split() if flags is None else []
+    if planned:  # plan as if on a CPU with exactly these flags: no kernel caps, no torch answer
+        flags, model, environ = set(planned), f"{PLAN_ENV}", {}
     real = flags is None  # torch's own answer describes this CPU, not a faked feature list
     if real:
         model, flags = read_cpuinfo()
-    environ = os.environ if environ is None else environ
     has = {
         "avx2": "avx2" in flags,
         "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags,
