@@ -104,6 +104,16 @@ def highlight(rep: dict) -> dict:
     return out
 
 
+CONTENDED = 0.10  # other processes' share of the cores above which a row's timing is not trusted
+
+
+def untrusted_reason(r: dict, median: float | None) -> str:
+    if (r.get("others_during") or 0) > CONTENDED:
+        return f"other processes used {100 * r['others_during']:.0f} % of the cores during the run"
+    return (f"its baseline p50 ({r['latency_p50_ms'][0]:.0f} ms) is {r['latency_p50_ms'][0] / median:.1f}x this "
+            f"pass's median baseline ({median:.0f} ms): the baseline phase was disturbed")
+
+
 def table(rows: list[dict]) -> str:
     env = next((r["environment"] for r in rows if r.get("environment")), {})
     lines = [f"# optbench on {ISA['model']} ({SLUG}): torch recipes and the CPU runtimes", "",
@@ -137,6 +147,12 @@ def table(rows: list[dict]) -> str:
                       ""]
         lines += ["| optimization | speedup | latency p50 ms | size MB | cosine | R@1 delta | within budget | "
                   "apply s | notes |", "|---|---|---|---|---|---|---|---|---|"]
+        quiet_base = sorted(r["latency_p50_ms"][0] for r in prow if "error" not in r
+                            and (r.get("others_during") or 0) <= CONTENDED)
+        median = quiet_base[len(quiet_base) // 2] if quiet_base else None
+        for r in prow:
+            r["_trusted"] = "error" not in r and (r.get("others_during") or 0) <= CONTENDED and \
+                (median is None or r["latency_p50_ms"][0] <= 1.5 * median)
         for r in prow:
             name = " + ".join(r["opts"])
             if "error" in r:
@@ -147,15 +163,17 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {name} | {r['speedup']:.2f}x | {r['latency_p50_ms'][0]:.1f} -> "
                          f"{r['latency_p50_ms'][1]:.1f} | {r['size_mb'][0]:.0f} -> {r['size_mb'][1]:.0f} | "
                          f"{c:.4f} | {r1['delta']:+.3f} | {'yes' if c is not None and c >= BUDGET_COSINE else 'no'} | "
-                         f"{r['apply_seconds']:.0f} | {'; '.join(x for x in (runtime_note(r), cc.note_cell(r)) if x)} |")
-        ok = [r for r in prow if "error" not in r and (cosine(r) or 0) >= BUDGET_COSINE
+                         f"{r['apply_seconds']:.0f} | {'; '.join(x for x in (runtime_note(r), cc.note_cell(r)) if x)}"
+                         + ("" if r["_trusted"] else f"; **not comparable**: {untrusted_reason(r, median)}") + " |")
+        ok = [r for r in prow if r["_trusted"] and (cosine(r) or 0) >= BUDGET_COSINE
               and r["opts"] != ["attention:impl=sdpa"]]
         torch_ok = [r for r in ok if r["opts"] in TORCH_ROWS]
         if ok:
             best = max(ok, key=lambda r: r["speedup"])
             tbest = max(torch_ok, key=lambda r: r["speedup"]) if torch_ok else None
             target = 4.0 if (ISA["avx512_vnni"] or ISA["avx_vnni"] or ISA["amx_int8"]) and not penv else 2.5
-            lines += ["", f"Best within the 1 % budget: **`{' + '.join(best['opts'])}` at {best['speedup']:.2f}x** "
+            lines += ["", "Best within the 1 % budget, among rows measured uncontended (others <= 10 %, baseline "
+                      f"within 1.5x of the pass's median): **`{' + '.join(best['opts'])}` at {best['speedup']:.2f}x** "
                       f"(cosine {cosine(best):.4f}); best torch recipe: "
                       + (f"`{' + '.join(tbest['opts'])}` at {tbest['speedup']:.2f}x" if tbest else "none")
                       + f". Target for this CPU {'(VNNI)' if target == 4.0 else '(AVX2-only)'}: >= {target}x — "
