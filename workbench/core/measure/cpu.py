@@ -148,3 +148,16 @@ def precision_warning(opt_names: list[str], device: str, isa: dict | None = None
     return (f"bf16 on this CPU ({isa['model']}; torch kernels {isa['torch_capability']}): no usable AVX512-BF16 or "
             f"AMX, so bfloat16 matmuls run emulated — on an AVX2-only EPYC a bf16 cast made demo:smollm2 decode 2.9x "
             f"and demo:minilm 4x slower; int8-weight-only (LMs) or int8-selective (encoders) are the faster CPU paths")
+
+
+def align_inductor_with_caps(environ: dict | None = None) -> int | None:
+    """Make torch.compile's C++ code use the vector width ATEN_CPU_CAPABILITY allows. Inductor picks its ISA from
+    cpuid and ignores that cap; AVX2 ATen kernels next to AVX-512 generated code made a compiled static-cache decode
+    step index out of bounds (torch 2.13, seen here with the AVX2 paths forced). Returns the simdlen set, or None."""
+    environ = os.environ if environ is None else environ
+    if (environ.get("ATEN_CPU_CAPABILITY") or "").strip().lower() != "avx2":
+        return None
+    import torch._inductor.config as inductor_config
+
+    inductor_config.cpp.simdlen = 256
+    return 256

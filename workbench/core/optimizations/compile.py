@@ -56,6 +56,10 @@ def apply(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations.quant_torchao import refuse_int8_dynamic_act_compile
 
     refuse_int8_dynamic_act_compile(model, ctx, "compile")
+    if not ctx.device.startswith("cuda"):
+        from workbench.core.measure.cpu import align_inductor_with_caps
+
+        align_inductor_with_caps()
     mode = params["mode"]
     dynamic = {"auto": None, "true": True, "false": False}[params["dynamic"]]
     gpu = ctx.device.startswith("cuda")
