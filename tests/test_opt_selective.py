@@ -76,6 +76,11 @@ def test_kl_and_cosine_errors_are_never_negative():
         got = torch.log_softmax(torch.randn(4, 16, 49152, generator=g) * scale, -1)
         textbook = float((ref.double().exp() * (ref.double() - got.double())).sum(-1).mean())
         assert error("causal-lm", ref, got) == pytest.approx(textbook, rel=1e-4)
+    from workbench.core.evaluate import kl_divergence  # the classifier eval's KL is the same function
+
+    cls = torch.log_softmax(torch.randn(512, 3, generator=g) * 5, -1)
+    for eps in (0.0, 1e-7, 1e-6):
+        assert kl_divergence(cls, torch.log_softmax(cls + eps * torch.randn(cls.shape, generator=g), -1)) >= 0.0
     emb = torch.nn.functional.normalize(torch.randn(64, 384, generator=g), dim=-1)
     assert error("encoder", emb, emb.clone()) >= 0.0
     assert error("encoder", emb, torch.nn.functional.normalize(emb + 1e-7, dim=-1)) >= 0.0

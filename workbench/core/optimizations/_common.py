@@ -87,23 +87,13 @@ def outputs(model, task: str, batch: dict):
 
 
 def error(task: str, ref, got) -> float:
-    """Lower is better, and never below 0. Encoder: 1 - mean cosine; others: mean KL(ref || got) per position.
-
-    ``ref`` and ``got`` are full log-softmax outputs, so sum(q) = sum(p) = 1 and KL(p || q) = sum p * (d + e^-d - 1)
-    with d = log p - log q: every term of that sum is >= 0 (x + e^-x >= 1), where the textbook sum p * d is a
-    difference of near-equal numbers that float rounding takes below zero when the two models almost agree
-    (seen: -4e-8 on an AVX2 CPU). ``expm1`` keeps the small terms accurate; a term rounded below zero is 0.
-    """
-    import torch
+    """Lower is better, and never below 0. Encoder: 1 - mean cosine; others: mean KL(ref || got) per position
+    (``evaluate.kl_divergence``: >= 0 by construction, where the textbook sum went to -4e-8 on an AVX2 CPU)."""
+    from workbench.core.evaluate import kl_divergence
 
     if task == "encoder":  # both L2-normalised: a cosine rounded above 1 is 1
         return max(0.0, float(1.0 - (ref * got).sum(-1).mean()))
-    d = ref - got
-    p = ref.exp()
-    # p * (e^-d - 1) = q - p: through expm1 where d is small (accurate), directly where e^-d would overflow
-    q_minus_p = torch.where(d > -20, p * torch.expm1(-d.clamp_min(-20)), got.exp() - p)
-    terms = (p * d + q_minus_p).clamp_min(0.0)
-    return float(terms.sum(-1).mean())
+    return kl_divergence(ref, got)
 
 
 def reference(model, task: str, batches: list[dict]) -> list:
