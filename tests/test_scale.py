@@ -113,7 +113,7 @@ def test_int8_selective_streams_its_quantized_twins(tiny_llama, monkeypatch):
 
 
 def test_int8_selective_torchao_accepts_a_bf16_model(tiny_llama):
-    pytest.importorskip("torchao")
+    import torchao  # noqa: F401  (pinned: a broken install must fail, not skip)
     from workbench.core import optimizations
     from workbench.core.models import load
     from workbench.core.optimizations.context import ApplyContext
@@ -188,7 +188,7 @@ def test_gpu_8b_rows_merge_into_result_files(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_int8_selective_on_gpu_keeps_device_memory_near_the_model(tiny_llama):
-    pytest.importorskip("torchao")
+    import torchao  # noqa: F401  (pinned: a broken install must fail, not skip)
     from workbench.core import optimizations
     from workbench.core.measure.memory import model_size_bytes
     from workbench.core.models import load
