@@ -108,6 +108,18 @@ def others_fraction(seconds: float) -> float:
     return (_busy_seconds() - b0) / ((time.time() - t0) * (os.cpu_count() or 1))
 
 
+def attempts_to_extend(prev: dict | None, args) -> list | None:
+    """A row's earlier attempts when it should be measured (again), or None when it has a quiet enough result or
+    has used its retries (``--force`` starts over)."""
+    attempts = (prev or {}).get("attempts", []) if not args.force else []
+    good = [a for a in attempts if "error" not in a]
+    if good and min(a["others_during"] for a in good) <= args.quiet:
+        return None
+    if len(attempts) >= args.retries + 1 and not args.force:
+        return None
+    return attempts
+
+
 def wait_quiet(threshold: float, max_wait: float) -> tuple[float, float]:
     """Wait until other processes use under ``threshold`` of the cores (10-s windows). Returns (share, waited)."""
     t0 = time.time()
@@ -291,11 +303,8 @@ def main() -> int:
                 if wanted and not any(w in " ".join(opts) for w in wanted):
                     continue
                 prev = next((r for r in rows if r["model"] == model and r["opts"] == opts), None)
-                attempts = (prev or {}).get("attempts", []) if not args.force else []
-                good = [a for a in attempts if "error" not in a]
-                if good and min(a["others_during"] for a in good) <= args.quiet:
-                    continue
-                if len(attempts) >= args.retries + 1 and not args.force:
+                attempts = attempts_to_extend(prev, args)
+                if attempts is None:
                     continue
                 share, waited = wait_quiet(args.quiet, args.wait)
                 print(f"[{time.strftime('%H:%M:%S')}] {model} {' + '.join(opts)} (others {100 * share:.0f} %)",

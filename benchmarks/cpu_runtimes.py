@@ -205,13 +205,9 @@ def main() -> int:
                 if wanted and not any(w in " ".join(opts) for w in wanted):
                     continue
                 prev = next((r for r in rows if r.get("pass") == pname and r["opts"] == opts), None)
-                attempts = (prev or {}).get("attempts", []) if not args.force else []
-                good = [a for a in attempts if "error" not in a]
-                if good and min(a["others_during"] for a in good) <= args.quiet:
-                    continue
-                if len(attempts) >= args.retries + 1 and not args.force:
-                    continue
-                if attempts and not good and "refused" in attempts[-1].get("error", ""):
+                attempts = cc.attempts_to_extend(prev, args)
+                if attempts is None or (attempts and all("error" in a for a in attempts)
+                                        and "refused" in attempts[-1].get("error", "")):
                     continue
                 share, waited = cc.wait_quiet(args.quiet, args.wait)
                 print(f"[{time.strftime('%H:%M:%S')}] {pname} {' + '.join(opts)} (others {100 * share:.0f} %)",

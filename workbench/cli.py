@@ -182,6 +182,8 @@ def hardware_warning(recipe) -> str | None:
     from workbench.core.measure.cpu import precision_warning
 
     names = [s.name for s in recipe.optimizations if not (s.name == "bf16" and s.params.get("mode") == "autocast")]
+    if "bf16" not in names:
+        return None  # the only case warned about; no NVML start-up for every other run
     device = recipe.device or "auto"
     if device == "auto":
         device = "cuda" if nvml.devices() else "cpu"
