@@ -83,6 +83,13 @@ class PtyApp:
         while text not in self.output and time.monotonic() < deadline:
             self.pump(0.2)
 
+    def wait_exit(self, timeout: float) -> int | None:
+        """Read the screen (as a live terminal does) until the app exits or ``timeout`` s pass; its return code."""
+        end = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < end:
+            self.pump(0.1)
+        return self.proc.poll()
+
     def write(self, data: bytes) -> None:
         import os
 

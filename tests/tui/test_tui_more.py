@@ -110,26 +110,50 @@ async def test_a_killed_job_is_a_notice_and_the_app_stays():
         assert app.is_running
 
 
-def test_hangup_ends_the_app_and_its_job(tiny_llama, tmp_path):
-    """A dropped SSH connection (SIGHUP) must not leave a job running with nobody to save its results."""
+def _app_with_a_running_job(tiny_llama, tmp_path):
     from tests.tui.helpers import PtyApp
 
     app = PtyApp(str(tiny_llama), {**os.environ, "OPTBENCH_SESSIONS": str(tmp_path / "s"),
                                    "OPTBENCH_CONFIG_DIR": str(tmp_path / "c")})
+    ui = psutil.Process(app.proc.pid)
+    deadline = time.monotonic() + 30
+    app.wait_for(b"Optimizations", deadline)
+    app.write(b"\x1b[15~")  # F5: run (cancels the inspect job it started with)
+    job = None
+    while job is None and time.monotonic() < deadline:
+        app.pump(0.2)
+        kids = [k for k in ui.children(recursive=True) if "workbench.core.jobs.child" in " ".join(k.cmdline())]
+        job = kids[-1] if kids else None
+    if job is None:
+        app.close()
+        raise AssertionError("no job started")
+    return app, job
+
+
+def test_hangup_ends_the_app_and_its_job(tiny_llama, tmp_path):
+    """A dropped SSH connection (SIGHUP) must not leave a job running with nobody to save its results."""
+    app, job = _app_with_a_running_job(tiny_llama, tmp_path)
     try:
-        ui = psutil.Process(app.proc.pid)
-        deadline = time.monotonic() + 30
-        app.wait_for(b"Optimizations", deadline)
-        app.write(b"\x1b[15~")  # F5: run (cancels the inspect job it started with)
-        job = None
-        while job is None and time.monotonic() < deadline:
-            app.pump(0.2)
-            kids = [k for k in ui.children(recursive=True) if "workbench.core.jobs.child" in " ".join(k.cmdline())]
-            job = kids[-1] if kids else None
-        assert job is not None, "no job started"
         app.pump(0.5)
         os.kill(app.proc.pid, signal.SIGHUP)
-        app.proc.wait(60)  # generous: CI shares two cores with the job it must stop
+        code = app.wait_exit(60)  # generous: CI shares two cores with the job it must stop
+        gone, alive = psutil.wait_procs([job], timeout=5)
+        assert not alive, "the job outlived the app"
+        assert code == 128 + signal.SIGHUP
+    finally:
+        app.close()
+
+
+def test_hangup_with_a_stalled_terminal_still_ends_the_app(tiny_llama, tmp_path):
+    """A terminal that stops reading (a stalled SSH link, ^S) blocks Textual's shutdown, which waits for its writes;
+    after SIGHUP the app still goes within its grace period and takes its job with it."""
+    from workbench.tui.app import EXIT_GRACE_S
+
+    app, job = _app_with_a_running_job(tiny_llama, tmp_path)
+    try:
+        time.sleep(4)  # nobody reads: the live panes fill the terminal's buffer
+        os.kill(app.proc.pid, signal.SIGHUP)
+        app.proc.wait(EXIT_GRACE_S + 30)  # not reading, on purpose
         gone, alive = psutil.wait_procs([job], timeout=5)
         assert not alive, "the job outlived the app"
         assert app.proc.returncode == 128 + signal.SIGHUP

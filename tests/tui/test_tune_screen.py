@@ -202,10 +202,10 @@ def test_hangup_mid_tune_ends_the_app_and_the_worker(tiny_bert, tmp_path):
         kids = ui.children(recursive=True)
         assert kids, "no worker process"
         os.kill(app.proc.pid, signal.SIGHUP)
-        app.proc.wait(60)
+        code = app.wait_exit(60)
         gone, alive = psutil.wait_procs(kids, timeout=5)
         assert not alive, f"outlived the app: {[k.cmdline() for k in alive]}"
-        assert app.proc.returncode == 128 + signal.SIGHUP
+        assert code == 128 + signal.SIGHUP
     finally:
         app.close()
 

@@ -45,6 +45,7 @@ from workbench.tui.state import Workbench
 from workbench.tui.tuning import TuneForm, TuneHandle, TuneState, build_config, check_field
 
 POLL_S = 0.1  # job event polling; panes with plots redraw on their own, slower, schedule
+EXIT_GRACE_S = 8.0  # after SIGHUP/SIGTERM: how long the UI may take to exit before it is ended without the terminal
 
 
 class OptbenchApp(App):
@@ -820,19 +821,33 @@ def run_app(model: str | None = None, mouse: bool = True) -> int:
     connection) or SIGTERM they are terminated, since nothing would be left to save their results."""
     import os
     import signal
+    import threading
 
     app = OptbenchApp(model)
 
-    def on_signal(signum, frame) -> None:
+    def kill_jobs(sig: int) -> None:
         for h in (app.run_handle, app.inspect_handle, app.export_handle):
             if h is not None and h.active:
                 h.cancelling = True
                 try:
-                    os.killpg(h.job.pid, signal.SIGTERM)
+                    os.killpg(h.job.pid, sig)
                 except (ProcessLookupError, PermissionError):
                     pass
         if app.tune_handle is not None and app.tune_handle.active:
-            app.tune_handle.kill_now()
+            app.tune_handle.kill_now(sig)
+
+    def last_resort(code: int) -> None:
+        # Textual's shutdown joins its writer thread, which blocks for as long as the terminal does not read (a
+        # stalled SSH link, a terminal paused with ^S). After a hang-up or SIGTERM nobody is watching: kill what is
+        # left and go. Session files are written atomically, so an exit here cannot leave one half-written.
+        kill_jobs(signal.SIGKILL)
+        os._exit(code)
+
+    def on_signal(signum, frame) -> None:
+        kill_jobs(signal.SIGTERM)
+        watchdog = threading.Timer(EXIT_GRACE_S, last_resort, (128 + signum,))
+        watchdog.daemon = True
+        watchdog.start()
         app.exit(return_code=128 + signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGHUP, signal.SIGTERM)}

@@ -408,11 +408,11 @@ class TuneHandle:
             self._kill_worker(signal.SIGKILL)
             self.thread.join(timeout=1.0)
 
-    def kill_now(self) -> None:
+    def kill_now(self, sig: int = signal.SIGTERM) -> None:
         """From a signal handler: no waiting. The worker's process group goes; the thread then ends on its own."""
         self.cancelling = True
         self.tuner.cancel()
-        self._kill_worker(signal.SIGTERM)
+        self._kill_worker(sig)
 
     def _kill_worker(self, sig: int) -> None:
         pid = self.worker_pid
