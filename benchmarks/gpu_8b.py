@@ -275,7 +275,7 @@ def section_ladder(torch, folder: str, config: str, device: str, rung_at: str, b
     import gpu_ladder
     from build_model import CONFIGS
 
-    from workbench.core.fastgen import GraphedGreedy
+    from workbench.core.optimizations.fastgen import GraphedGreedy
     from workbench.core.models import load
 
     gpu_ladder.DEVICE = device

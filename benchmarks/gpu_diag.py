@@ -50,7 +50,7 @@ def main() -> int:
     import torch
 
     from gpu_ladder import CONFIGS, VARIANTS, build, quantize
-    from workbench.core.fastgen import GraphedGreedy
+    from workbench.core.optimizations.fastgen import GraphedGreedy
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama-1b")

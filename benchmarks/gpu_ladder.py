@@ -233,7 +233,7 @@ def main() -> int:
     global DEVICE
     import torch
 
-    from workbench.core.fastgen import GraphedGreedy
+    from workbench.core.optimizations.fastgen import GraphedGreedy
     from workbench.core.measure.env import environment
 
     ap = argparse.ArgumentParser()

@@ -5,7 +5,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.conftest import fast_recipe
 from workbench.core import pipeline
-from workbench.core.fastgen import GraphedGreedy
+from workbench.core.optimizations.fastgen import GraphedGreedy
 
 
 def varied_llama():
@@ -52,7 +52,7 @@ def test_graph_decode_in_pipeline_on_cpu(tiny_llama):
 def test_gemv_forward_matches_linear_for_one_row_and_leaves_batches_alone(tiny_llama):
     import torch
 
-    from workbench.core.fastgen import use_gemv
+    from workbench.core.optimizations.fastgen import use_gemv
     from workbench.core.models import load
 
     loaded = load(str(tiny_llama), None, "cpu")
@@ -75,7 +75,7 @@ def test_fuse_keeps_tokens_weights_size_and_export(tmp_path):
     save/reload are unchanged; the decode attention really runs (one query row, a mask) and agrees with sdpa."""
     from transformers import AttentionInterface, AutoModelForCausalLM
 
-    import workbench.core.fastgen as fastgen
+    import workbench.core.optimizations.fastgen as fastgen
     from workbench.core.measure.memory import model_size_bytes
 
     model = varied_llama()
@@ -120,7 +120,7 @@ def test_fuse_keeps_tokens_weights_size_and_export(tmp_path):
 
 
 def test_fuse_skips_quantized_and_mismatched_layers():
-    from workbench.core.fastgen import _fuse_group
+    from workbench.core.optimizations.fastgen import _fuse_group
 
     a, b = torch.nn.Linear(8, 4), torch.nn.Linear(6, 4)
     assert not _fuse_group([a, b], gemv=False)  # different inputs widths
@@ -129,7 +129,7 @@ def test_fuse_skips_quantized_and_mismatched_layers():
 
 
 def test_cache_argument_follows_the_forward_signature():
-    from workbench.core.fastgen import cache_argument
+    from workbench.core.optimizations.fastgen import cache_argument
 
     class Old:
         def forward(self, input_ids=None, past_key_values=None, cache_position=None):

@@ -39,7 +39,7 @@ def test_cuda_bench_memory_and_nvml(tiny_llama):
 def test_graph_decode_matches_generate_tokens(tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from workbench.core.fastgen import GraphedGreedy
+    from workbench.core.optimizations.fastgen import GraphedGreedy
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).cuda().eval()
     ids = torch.randint(1000, 20000, (2, 24), device="cuda")
@@ -54,7 +54,7 @@ def test_graph_decode_matches_generate_tokens(tiny_llama):
 def test_graph_decode_gemv_and_tuning_keep_the_tokens(tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from workbench.core.fastgen import GraphedGreedy
+    from workbench.core.optimizations.fastgen import GraphedGreedy
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).cuda().eval()
     ids = torch.randint(1000, 20000, (1, 24), device="cuda")
@@ -71,7 +71,7 @@ def test_graph_decode_gemv_and_tuning_keep_the_tokens(tiny_llama):
 def test_graph_decode_fused_keeps_the_tokens_and_the_weights(tiny_llama, batch, options):
     from transformers import AutoModelForCausalLM
 
-    from workbench.core.fastgen import GraphedGreedy
+    from workbench.core.optimizations.fastgen import GraphedGreedy
     from workbench.core.measure.memory import model_size_bytes
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).cuda().eval()

@@ -210,7 +210,7 @@ def test_fused_projections_export_is_checked_against_the_plain_layers(tiny_llama
     """Verification compares the reload with what the saved weights compute; the fused runtime's own deviation from
     that (rounding of one GEMM vs three) is reported beside it, not mistaken for a bad export."""
     from workbench.core import export
-    from workbench.core.fastgen import fuse_projections, plain_forward
+    from workbench.core.optimizations.fastgen import fuse_projections, plain_forward
     from workbench.core.models import load
 
     loaded = load(str(tiny_llama), device="cpu")

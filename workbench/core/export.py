@@ -87,7 +87,7 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
             _save_int8_dynamic(model, tmp)
         tokenizer.save_pretrained(tmp)
         inputs = _fixed_inputs(tokenizer, device)
-        from workbench.core.fastgen import plain_forward
+        from workbench.core.optimizations.fastgen import plain_forward
 
         with plain_forward(model) as fused:  # what the saved weights compute (graph-decode's fused runtime aside)
             expected = _outputs(model, task, inputs)

@@ -2,6 +2,8 @@
 
 Adding an optimization is adding a module here: the CLI (``--opt``), the session file, the recipe validator and the
 TUI panels all read the registry. Modules must not import torch at module level (tests check that).
+Modules whose names start with ``_``, and the shared helpers in ``_HELPERS`` (the graph-decode loop, the calibration
+text), register nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from workbench.core.optimizations.base import STAGES, OptSpec, Param, register, 
 
 __all__ = ["OptSpec", "Param", "STAGES", "all_specs", "get", "parse_opt_arg", "register"]
 
+_HELPERS = frozenset({"base", "calibration", "fastgen"})
 _loaded = False
 
 
@@ -22,7 +25,7 @@ def _load_all() -> None:
     if _loaded:
         return
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if info.name != "base" and not info.name.startswith("_"):
+        if info.name not in _HELPERS and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
     _loaded = True
 

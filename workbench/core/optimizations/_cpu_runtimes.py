@@ -471,7 +471,7 @@ def _nncf_quantize(ovm, model, ctx, params: dict, names: list[str], name: str) -
 
     import nncf
 
-    from workbench.core.calibration import overlap_note, token_batches
+    from workbench.core.optimizations.calibration import overlap_note, token_batches
 
     with contextlib.suppress(Exception):
         nncf.set_log_level(logging.ERROR)

@@ -69,7 +69,7 @@ def apply_drop(model, params: dict, ctx) -> dict:
 def _importance_keep(model, ctx, k: int, n: int, params: dict) -> list[int]:
     import torch
 
-    from workbench.core.calibration import token_batches
+    from workbench.core.optimizations.calibration import token_batches
     from workbench.core.optimizations import _common
 
     per = 4 if ctx.task == "causal-lm" else 8
@@ -205,7 +205,7 @@ def apply_exit(model, params: dict, ctx) -> dict:
 
     import torch
 
-    from workbench.core.calibration import token_batches
+    from workbench.core.optimizations.calibration import token_batches
     from workbench.core.optimizations import _common
 
     task = ctx.task

@@ -212,7 +212,7 @@ def train(teacher, student, mapping, task: str, tokenizer, params: dict, device:
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if dist else 0
     world = torch.distributed.get_world_size() if dist else 1
-    from workbench.core.calibration import token_batches
+    from workbench.core.optimizations.calibration import token_batches
 
     steps, accum = params["steps"], params["grad_accum"]
     heldout_n = 2

@@ -1,4 +1,4 @@
-"""A runtime for causal-LM decoding: static KV cache + the decode step as one CUDA graph (see core/fastgen.py)."""
+"""A runtime for causal-LM decoding: static KV cache + the decode step as one CUDA graph (see fastgen.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from workbench.core.optimizations.base import Param, register
         Param("tuning", str, "none", "coordinate-descent: inductor tunes its kernels' block sizes (longer compile)",
               choices=("none", "coordinate-descent")),
         Param("gemv", bool, False, "batch-1 decode: compute each Linear as a fused Triton reduction instead of "
-              "cuBLAS (see core/fastgen.py)"),
+              "cuBLAS (see core/optimizations/fastgen.py)"),
         Param("fuse", bool, False, "Llama-family layers: one q/k/v and one gate/up projection (row views of one "
               "weight, no extra memory) and grouped-query decode attention without expanding K/V: fewer kernels "
               "per step"),
@@ -29,7 +29,7 @@ from workbench.core.optimizations.base import Param, register
     notes="Changes how tokens are generated, not the weights: the export is the model itself. Greedy only.",
 )
 def apply(model, params: dict, ctx) -> dict:
-    from workbench.core.fastgen import GraphedGreedy
+    from workbench.core.optimizations.fastgen import GraphedGreedy
 
     from workbench.core.optimizations.quant_torchao import refuse_int8_dynamic_act_compile
 

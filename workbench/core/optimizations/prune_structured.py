@@ -160,7 +160,7 @@ def _per_batch_activation_scores(model, batches, linears, group: int) -> list:
 
 
 def _calibration(model, ctx, params):
-    from workbench.core.calibration import token_batches
+    from workbench.core.optimizations.calibration import token_batches
 
     seq = 128
     batch = 4 if ctx.task == "causal-lm" else 8

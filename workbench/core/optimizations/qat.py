@@ -3,7 +3,7 @@
 The fine-tuning objective defaults to matching the fp32 model (``loss=distill``: 1 - cosine of pooled embeddings
 for encoders, KL(fp32 || fake-quantized) for causal LMs and classifiers) — the same quantity the evaluation scores,
 and one that needs no labels; ``loss=lm`` uses next-token cross-entropy (causal LMs). Training text comes from
-core/calibration.py (end of the built-in text, or a file). The same base config is also applied as plain
+core/optimizations/calibration.py (end of the built-in text, or a file). The same base config is also applied as plain
 post-training quantization (PTQ) to a copy of the original, and both are scored on held-out calibration batches,
 so the report says what the training bought.
 """
@@ -80,7 +80,7 @@ def apply(model, params: dict, ctx) -> dict:
 
     import torch
 
-    from workbench.core.calibration import overlap_note, token_batches
+    from workbench.core.optimizations.calibration import overlap_note, token_batches
     from workbench.core.measure.memory import model_size_bytes
     from workbench.core.optimizations import _common, _torchao
     from workbench.core.optimizations.context import linear_modules

@@ -6,7 +6,7 @@ Sensitivity of a layer = the output error on calibration data when only that lay
 Layers are then kept in fp32 from the most sensitive down, either a fixed number (``keep``) or the fewest that bring
 the calibration error within the target (binary search over the sensitivity order; the error is checked with all
 the other layers quantized together, not assumed additive). Calibration text comes from the end of the built-in
-text, away from the evaluation text (core/calibration.py).
+text, away from the evaluation text (core/optimizations/calibration.py).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def apply(model, params: dict, ctx) -> dict:
 
     import torch
 
-    from workbench.core.calibration import overlap_note, token_batches
+    from workbench.core.optimizations.calibration import overlap_note, token_batches
     from workbench.core.measure.memory import model_size_bytes, tensor_bytes
     from workbench.core.optimizations import _common
     from workbench.core.optimizations.context import linear_modules
