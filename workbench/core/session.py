@@ -82,6 +82,12 @@ class Session:
             self.results["baseline"] = report["baseline"]
         atomic.write_json(self.results_path, self.results)
 
+    def add_tune(self, report: dict) -> None:
+        """Append one tune's report to results.json's ``tunes`` (atomically)."""
+        self._refuse_if_corrupt(self.results_path, json.loads)
+        self.results.setdefault("tunes", []).append(report)
+        atomic.write_json(self.results_path, self.results)
+
     def _refuse_if_corrupt(self, path: Path, parse) -> None:
         if path.exists():
             try:
