@@ -85,7 +85,7 @@ def test_schema_mismatch(tmp_path):
 
 
 def test_cli_session_lookup_checks_the_model(tmp_path):
-    from workbench.cliargs import open_named_session
+    from workbench.cli.args import open_named_session
     from workbench.core.errors import InputError
 
     store, _ = make(tmp_path)
