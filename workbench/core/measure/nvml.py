@@ -68,18 +68,3 @@ def devices() -> list[dict]:
             "power_w": power / 1000.0 if power is not None else None,
         })
     return out
-
-
-def process_used_mb(pid: int) -> float | None:
-    """GPU memory NVML attributes to ``pid`` summed over devices (None where NVML cannot tell)."""
-    if not available():
-        return None
-    nv = _nvml()
-    total, seen = 0.0, False
-    for handle in _state["handles"]:
-        procs = _read(nv.nvmlDeviceGetComputeRunningProcesses, handle)
-        for p in procs or []:
-            if p.pid == pid and getattr(p, "usedGpuMemory", None) is not None:
-                total += p.usedGpuMemory / 2**20
-                seen = True
-    return total if seen else None

@@ -1,0 +1,214 @@
+"""Tune's search space: the candidate recipes for a task and device, in their running order, and the skips with
+their reasons. Torch-free; docs/tune.md ("Search space") describes the rules."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.core import optimizations
+from workbench.core.errors import InputError
+from workbench.core.optimizations.base import STAGES
+from workbench.core.recipe import ModelSpec, OptStep, Recipe
+
+# Cost classes: cheap and usually promising first; training last.
+STAGE_COST = {"precision": 0.0, "quantize": 0.1, "runtime": 0.2, "prune": 1.0, "compile": 2.0, "train": 3.5}
+EMULATED_COST = 4.0  # added to a step this CPU can only emulate: ordered after training-class trials
+NAME_COST = {"early-exit": 1.0, "graph-decode": 1.0, "int8-selective": 2.0, "qat": 3.0, "distill": 3.5,
+             "onnx": 0.3, "onnx-int8": 0.3, "openvino": 0.3, "openvino-int8": 1.5}  # export (+ calibration) first
+PHASES = ("single", "single", "pair", "triple")
+
+
+@dataclass
+class Candidate:
+    steps: list[dict]  # resolved: [{"name", "params"}]
+    label: str
+    phase: int  # 0 single at default values, 1 single variant, 2 pair, 3 triple
+    cost: float
+    index: int = 0
+
+    @property
+    def ident(self) -> str:
+        return canon(self.steps)
+
+    def describe(self) -> dict:
+        return {"label": self.label, "recipe": self.steps, "phase": PHASES[self.phase], "cost": self.cost}
+
+
+@dataclass
+class Space:
+    candidates: list[Candidate]
+    skipped: list[dict]
+    counts: dict
+    task: str
+    device: str
+
+
+def canon(steps: list[dict]) -> str:
+    return json.dumps([[s["name"], s["params"]] for s in steps], sort_keys=True, default=str)
+
+
+def _label(name: str, params: dict, searched: tuple[str, ...]) -> str:
+    shown = ",".join(f"{k}={params[k]}" for k in searched if k in params)
+    return f"{name}:{shown}" if shown else name
+
+
+def _step_cost(spec, params: dict) -> float:
+    cost = NAME_COST.get(spec.name, STAGE_COST[spec.stage])
+    if params.get("importance") == "gradient" or (spec.name == "drop-layers" and params.get("which") == "importance"):
+        cost += 0.5
+    if spec.name == "int8-selective" and params.get("keep") == -1:
+        cost += 0.5
+    steps_param = spec.param("steps")
+    if steps_param is not None and isinstance(params.get("steps"), int) and params["steps"] > steps_param.default:
+        cost += 0.5
+    if spec.name == "compile" and params.get("mode") != "default":
+        cost += 0.2
+    return round(cost, 3)
+
+
+def _grid(spec) -> list[dict]:
+    """Every combination of the searchable values; the one equal to the defaults first."""
+    searched = [p for p in spec.params if p.search]
+    if not searched:
+        return [{}]
+    combos = [dict(zip([p.name for p in searched], values))
+              for values in itertools.product(*[p.search for p in searched])]
+    default = {p.name: p.default for p in searched}
+    combos.sort(key=lambda c: c != default)  # stable: the default first, then product order
+    return combos
+
+
+def _combo_values(spec) -> list[dict]:
+    """Values used in combinations: the first parameter with several search values varies, the rest at default."""
+    searched = [p for p in spec.params if p.search]
+    base = {p.name: (p.default if p.default in p.search else p.search[0]) for p in searched}
+    vary = next((p for p in searched if len(p.search) > 1), None)
+    if vary is None:
+        return [base]
+    values = sorted(vary.search, key=lambda v: v != base[vary.name])  # the default first
+    return [{**base, vary.name: v} for v in values]
+
+
+def _requires_missing(spec) -> list[str]:
+    missing = []
+    for mod in spec.requires:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(mod)
+    return missing
+
+
+def build_space(task: str, device: str, opts: list[str] | None = None, max_space: int = 400,
+                pairs: bool = True, triples: bool = True) -> Space:
+    """Candidate recipes for ``task`` on ``device`` (docs/tune.md, "Search space"). Torch-free."""
+    dev_kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    specs = optimizations.all_specs()
+    if opts:
+        known = {s.name for s in specs}
+        for name in opts:
+            if name not in known:
+                raise InputError(f"--opts {name}: unknown optimization; expected one of: "
+                                 f"{', '.join(s.name for s in specs)}")
+        specs = [s for s in specs if s.name in set(opts)]
+    skipped: list[dict] = []
+    avail = []
+    for spec in specs:
+        reason = None
+        if task not in spec.tasks:
+            reason = f"does not apply to {task} models (only {', '.join(spec.tasks)})"
+        elif dev_kind not in spec.devices:
+            reason = f"does not run on {dev_kind} (only {', '.join(spec.devices)})"
+        else:
+            missing = _requires_missing(spec)
+            if missing:
+                reason = f"needs the Python module {', '.join(missing)}, which is not importable here"
+        if reason:
+            skipped.append({"label": spec.name, "recipe": [{"name": spec.name, "params": {}}], "reason": reason})
+        else:
+            avail.append(spec)
+
+    def searched_names(spec) -> tuple[str, ...]:  # the parameters a label shows: those the search varies
+        return tuple(p.name for p in spec.params if p.search and len(p.search) > 1)
+
+    # A bf16 cast on a CPU without native bf16 matmuls is emulated (2.9x slower decode on an AVX2-only EPYC): its
+    # trials go last, after everything that can win there, instead of first among the cheap precision casts.
+    emulated: set[str] = set()
+    if dev_kind == "cpu":
+        from workbench.core.measure.cpu import describe
+
+        if not describe()["bf16_native"]:
+            emulated.add("bf16")
+
+    def step_cost(spec, params: dict) -> float:
+        slow = spec.name in emulated and params.get("mode", "cast") == "cast"
+        return _step_cost(spec, params) + (EMULATED_COST if slow else 0.0)
+
+    def make(parts: list[tuple[Any, dict]], phase: int) -> Candidate | dict:
+        label = " + ".join(_label(spec.name, params, searched_names(spec)) for spec, params in parts)
+        raw = [OptStep(spec.name, dict(params)) for spec, params in parts]
+        try:
+            resolved = Recipe(ModelSpec("tune"), raw).validate(task=task, device=device)
+        except InputError as exc:
+            return {"label": label, "recipe": [{"name": s.name, "params": s.params} for s in raw],
+                    "reason": exc.message}
+        steps = [{"name": s.name, "params": s.params} for s in resolved.optimizations]
+        cost = max(step_cost(spec, s["params"]) for (spec, _), s in zip(parts, steps))
+        return Candidate(steps, label, phase, round(cost + 0.05 * (len(parts) - 1), 3))
+
+    made: list[Candidate] = []
+    seen: set[str] = set()
+
+    def add(item) -> None:
+        if isinstance(item, dict):
+            skipped.append(item)
+        elif item.ident not in seen:
+            seen.add(item.ident)
+            made.append(item)
+
+    counts = {"singles": 0, "pairs": 0, "triples": 0}
+    for spec in avail:
+        for i, params in enumerate(_grid(spec)):
+            c = make([(spec, params)], 0 if i == 0 else 1)
+            add(c)
+            counts["singles"] += isinstance(c, Candidate)
+    if pairs:
+        for a, b in itertools.combinations(avail, 2):
+            if STAGES[a.stage] == STAGES[b.stage]:
+                continue
+            a, b = sorted((a, b), key=lambda s: STAGES[s.stage])
+            for pa, pb in itertools.product(_combo_values(a), _combo_values(b)):
+                c = make([(a, pa), (b, pb)], 2)
+                add(c)
+                counts["pairs"] += isinstance(c, Candidate)
+    if triples:
+        for trio in itertools.combinations(avail, 3):
+            if len({STAGES[s.stage] for s in trio}) < 3:
+                continue
+            trio = sorted(trio, key=lambda s: STAGES[s.stage])
+            c = make([(s, _combo_values(s)[0]) for s in trio], 3)
+            add(c)
+            counts["triples"] += isinstance(c, Candidate)
+    for i, c in enumerate(made):
+        c.index = i
+    # The cap keeps singles first (cheapest first), then pairs, then triples; the run order is by cost.
+    made.sort(key=lambda c: (c.phase >= 2, c.phase, c.cost, c.index))
+    capped = made[max_space:] if max_space and len(made) > max_space else []
+    made = made[:max_space] if max_space else made
+    made.sort(key=lambda c: (c.cost, c.phase, c.index))
+    for i, c in enumerate(made):
+        c.index = i
+    counts.update({"size": len(made), "capped": len(capped), "capped_labels": [c.label for c in capped[:20]],
+                   "skipped": len(skipped)})
+    if emulated:
+        counts["ordered_last"] = {"names": sorted(emulated), "reason": "no native bfloat16 matmuls on this CPU "
+                                  "(AVX512-BF16/AMX absent or capped): the cast runs emulated"}
+    return Space(made, skipped, counts, task, str(device))
+
+
