@@ -13,7 +13,7 @@ import sys
 import threading
 import traceback
 
-from workbench.core.errors import OptbenchError
+from workbench.core.errors import OptbenchError, classify
 from workbench.core.jobs.protocol import encode
 
 _out = None
@@ -25,25 +25,6 @@ def emit(type_: str, **payload) -> None:
     with _lock:
         _out.write(line)
         _out.flush()
-
-
-def classify(exc: BaseException) -> tuple[str, str, str]:
-    """(kind, message, hint) for any exception."""
-    name = type(exc).__name__
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
-    if isinstance(exc, OptbenchError):
-        return exc.kind, exc.message, exc.hint
-    if name in ("OutOfMemoryError",) or "CUDA out of memory" in str(exc):
-        return ("oom", f"the GPU ran out of memory: {text[:200]}",
-                "use a smaller batch or sequence length, a lower precision (bf16) or a quantization, "
-                "or free the GPU")
-    if isinstance(exc, MemoryError) or "DefaultCPUAllocator: not enough memory" in str(exc):
-        return ("oom", "the job ran out of CPU memory",
-                "use a smaller model, batch or sequence length, or close other programs")
-    if isinstance(exc, KeyboardInterrupt):
-        return "cancelled", "the job was cancelled", ""
-    return ("exception", f"{name}: {text[:300]}",
-            "this is a bug or an unsupported model/optimization combination; the log has the traceback")
 
 
 def _on_term(signum, frame):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.core import cache, optimizations
-from workbench.core.errors import InputError
+from workbench.core.errors import InputError, classify
 from workbench.core.recipe import OptStep, Recipe
 from workbench.core.tune.budget import dotted, gain
 from workbench.core.tune.events import Emit
@@ -270,8 +270,6 @@ def worker(spec: dict, emit: Emit) -> dict:
                 raise
             except BaseException as exc:  # noqa: BLE001 - one trial's failure is that trial's result
                 import traceback
-
-                from workbench.core.jobs.child import classify
 
                 kind, message, hint = classify(exc)
                 if kind == "exception":
