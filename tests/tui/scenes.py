@@ -121,7 +121,7 @@ async def results_scene(pilot) -> None:
     app = await ready(pilot)
     assert app.load_model(MODEL)
     await pilot.pause()
-    app._show_report(canned_report(), 1)
+    app.show_report(canned_report(), 1)
     app.action_show_tab("results")
     await pilot.pause()
 

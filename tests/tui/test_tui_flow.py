@@ -170,7 +170,7 @@ async def test_quit_asks_first_while_a_job_runs(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         session = app.store.create("busy", Recipe(ModelSpec("demo:minilm")), {})
         # A job that sleeps until killed stands in for a long run.
-        app.run_handle = JobHandle("run", {"job": "selftest", "action": "sleep"}, session=session).start()
+        app.track(JobHandle("run", {"job": "selftest", "action": "sleep"}, session=session).start())
         proc = app.run_handle.job.proc
         await pilot.press("escape")  # leave the model field so letters are keys
         await pilot.press("q")

@@ -61,7 +61,7 @@ async def test_sessions_screen_renames_and_deletes_with_confirmation():
 async def test_accuracy_colours_follow_the_budget():
     app = fast_app(auto_inspect=False)
     async with app.run_test(size=(120, 40)) as pilot:
-        app._show_report(canned_report(), 1)
+        app.show_report(canned_report(), 1)
         pane = app.pane(AccuracyPane)
         # agreement fell 3.1 %, perplexity rose 0.04 %: with a 1 % budget one is over, one within
         assert pane.statuses()["next_token_agreement"] == "over"
@@ -102,7 +102,7 @@ async def test_a_killed_job_is_a_notice_and_the_app_stays():
     app = fast_app(auto_inspect=False)
     async with app.run_test(size=(100, 30)) as pilot:
         session = app.store.create("k", Recipe(ModelSpec("demo:minilm")), {})
-        app.run_handle = JobHandle("run", {"job": "selftest", "action": "kill"}, session=session).start()
+        app.track(JobHandle("run", {"job": "selftest", "action": "kill"}, session=session).start())
         await wait_for(pilot, lambda: not app.run_handle.active, 30, what="the killed job")
         await pilot.pause(0.3)
         assert app.run_handle.error["kind"] == "killed"
