@@ -5,7 +5,7 @@
 setup:
 	@scripts/setup.sh
 run: setup
-	@.venv/bin/optbench
+	@.venv/bin/optbench --model demo:smollm2
 test: setup
 	@.venv/bin/python -m pytest -q
 bench-monitor: setup
