@@ -109,7 +109,7 @@ def section_load(torch, folder: str, device: str, rounds: int) -> None:
 
     # the content fingerprint (baseline-cache key) on its own, first without the memo (a first load), then with it
     ref = models.resolve(folder)
-    memo = models._memo_path()
+    memo = models.memo_path()
     if memo.exists():
         memo.unlink()
     t0 = time.perf_counter()

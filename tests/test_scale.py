@@ -71,7 +71,7 @@ def test_fingerprint_hashes_every_byte_and_remembers(tmp_path, monkeypatch):
     ref = resolve(str(folder))
     first = models.fingerprint(ref)
     assert models.fingerprint(ref) == first  # from the memo
-    memo = json.loads(models._memo_path().read_text())
+    memo = json.loads(models.memo_path().read_text())
     assert any(k.startswith(str((folder / "model.safetensors").resolve())) for k in memo)
     data[5000] ^= 1  # one bit, same size: a new mtime makes a new key, and the content differs
     (folder / "model.safetensors").write_bytes(bytes(data))

@@ -102,7 +102,7 @@ def _file_digest(path: Path) -> str:
     return digest
 
 
-def _memo_path() -> Path:
+def memo_path() -> Path:
     from workbench.core.cache import cache_dir
 
     return cache_dir() / "fingerprints.json"
@@ -110,7 +110,7 @@ def _memo_path() -> Path:
 
 def _fingerprint_memo() -> dict:
     try:
-        return json.loads(_memo_path().read_text())
+        return json.loads(memo_path().read_text())
     except (OSError, ValueError):
         return {}
 
@@ -123,7 +123,7 @@ def _remember_fingerprint(memo_key: str, digest: str) -> None:
         memo[memo_key] = digest
         if len(memo) > 4096:  # keep the newest entries
             memo = dict(list(memo.items())[-2048:])
-        atomic.write_json(_memo_path(), memo)
+        atomic.write_json(memo_path(), memo)
     except OSError:  # a read-only cache folder only costs the next load a re-hash
         pass
 

@@ -27,7 +27,7 @@ def _stage(emit: Emit, stage: str, fraction: float = 0.0, **extra) -> None:
     emit("progress", stage=stage, fraction=round(fraction, 4), **extra)
 
 
-def _measure(loaded, recipe: Recipe, data, monitor: Monitor, emit: Emit, phase: str, reference,
+def measure_phase(loaded, recipe: Recipe, data, monitor: Monitor, emit: Emit, phase: str, reference,
              do_eval: bool = True) -> tuple[dict, dict]:
     """Bench + eval one model state. Returns (phase report, reference built when ``reference`` is None)."""
     model, tok, task, device = loaded.model, loaded.tokenizer, loaded.task, loaded.device
@@ -62,7 +62,7 @@ def _measure(loaded, recipe: Recipe, data, monitor: Monitor, emit: Emit, phase: 
     return report, new_ref
 
 
-def _baseline_key(loaded, recipe: Recipe, data, env) -> str:
+def baseline_cache_key(loaded, recipe: Recipe, data, env) -> str:
     """Every setting that changes the baseline's accuracy numbers, and nothing else."""
     return cache.key({
         "model": loaded.fingerprint, "task": loaded.task, "eval": asdict(recipe.eval), "source": data.source,
@@ -109,15 +109,15 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
 
         # Baseline: latency is always measured in this run (speedups are side-by-side ratios, never against an
         # old number); accuracy comes from the cache when this exact model, data and settings were seen before.
-        key = _baseline_key(loaded, recipe, data, env)
+        key = baseline_cache_key(loaded, recipe, data, env)
         hit = cache.load_baseline(key)
         if hit is not None:
             emit("log", level="info", text=f"baseline accuracy from cache ({key[:12]})")
             cached_doc, reference = hit
-            base, _ = _measure(loaded, recipe, data, monitor, emit, "baseline", None, do_eval=False)
+            base, _ = measure_phase(loaded, recipe, data, monitor, emit, "baseline", None, do_eval=False)
             base["metrics"] = cached_doc["metrics"]
         else:
-            base, reference = _measure(loaded, recipe, data, monitor, emit, "baseline", None)
+            base, reference = measure_phase(loaded, recipe, data, monitor, emit, "baseline", None)
             cache.save_baseline(key, {"metrics": base["metrics"], "model": loaded.fingerprint}, reference)
         base["accuracy_cached"] = hit is not None
         emit("result", phase="baseline", report=_strip_samples(base))
@@ -142,7 +142,7 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
             opt_reports.append(rep)
             emit("log", level="info", text=f"applied {spec.name} in {rep['seconds']:.1f} s")
 
-        optimized, _ = _measure(loaded, recipe, data, monitor, emit, "optimized", reference) \
+        optimized, _ = measure_phase(loaded, recipe, data, monitor, emit, "optimized", reference) \
             if recipe.optimizations else (None, None)
         if optimized is None:  # no optimizations: the run is a baseline measurement; accuracy vs itself
             optimized = base

@@ -13,22 +13,24 @@ import time
 TYPES = ("progress", "log", "sample", "model", "result", "error", "done")
 
 
-def _clean(obj):
+def clean(obj):
+    """``obj`` as an event carries it: non-finite floats as None, keys as strings, tuples as lists, tensors' and
+    numpy scalars' ``item()``."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [clean(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item):
-        return _clean(obj.item())
+        return clean(obj.item())
     return obj
 
 
 def encode(type_: str, **payload) -> str:
     if type_ not in TYPES:
         raise ValueError(f"unknown event type {type_!r}")
-    return json.dumps(_clean({"type": type_, "t": time.time(), **payload}), allow_nan=False, default=str)
+    return json.dumps(clean({"type": type_, "t": time.time(), **payload}), allow_nan=False, default=str)
 
 
 def decode(line: str) -> dict | None:

@@ -13,4 +13,4 @@ EVENT_TYPES = ("tune-start", "trial-start", "trial", "frontier", "progress", "lo
 
 def jsonable(obj):
     """``obj`` as the job protocol would send it: non-finite floats as None, tensors' items as numbers."""
-    return json.loads(json.dumps(protocol._clean(obj), allow_nan=False, default=str))
+    return json.loads(json.dumps(protocol.clean(obj), allow_nan=False, default=str))

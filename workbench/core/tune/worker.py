@@ -147,7 +147,7 @@ def _bench(loaded, recipe: Recipe, data, monitor, emit: Emit, stage: str, limit:
     best = None
     for attempt in range(2):
         share = _CpuShare()
-        measured, _ = pipeline._measure(loaded, recipe, data, monitor, emit, stage, None, do_eval=False)
+        measured, _ = pipeline.measure_phase(loaded, recipe, data, monitor, emit, stage, None, do_eval=False)
         measured["others_cpu"] = share.stop()
         measured["bench_attempts"] = attempt + 1
         if best is None or (measured["others_cpu"] or 0) < (best["others_cpu"] or 0):
@@ -218,7 +218,7 @@ def worker(spec: dict, emit: Emit) -> dict:
         env = ctx["environment"]
         data = load_eval(recipe.eval, loaded.task)
         t0 = time.perf_counter()
-        key = pipeline._baseline_key(loaded, recipe, data, env)
+        key = pipeline.baseline_cache_key(loaded, recipe, data, env)
         hit = cache.load_baseline(key)
         contention = float(spec.get("contention_limit", 0.25))
         if hit is not None:
@@ -227,7 +227,7 @@ def worker(spec: dict, emit: Emit) -> dict:
             base["metrics"] = cached_doc["metrics"]
         else:
             share = _CpuShare()
-            base, reference = pipeline._measure(loaded, recipe, data, monitor, emit, "baseline", None)
+            base, reference = pipeline.measure_phase(loaded, recipe, data, monitor, emit, "baseline", None)
             base["others_cpu"] = share.stop()  # bench + eval: a rough figure
             cache.save_baseline(key, {"metrics": base["metrics"], "model": loaded.fingerprint}, reference)
             if (base["others_cpu"] or 0) > contention:  # the latency must be clean: bench again
