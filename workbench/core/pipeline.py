@@ -10,14 +10,14 @@ import time
 from dataclasses import asdict
 from typing import Callable
 
-from workbench.core import cache, optimizations
+from workbench.core import cache
+from workbench.core.apply import apply_steps
 from workbench.core.data import load_eval
 from workbench.core.evaluate import HIGHER_IS_BETTER, evaluate
 from workbench.core.measure import memory
 from workbench.core.measure.env import environment
 from workbench.core.measure.monitor import Monitor
 from workbench.core.measure.timing import bench
-from workbench.core.optimizations.context import ApplyContext
 from workbench.core.recipe import Recipe
 
 Emit = Callable[..., None]
@@ -122,25 +122,13 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
         base["accuracy_cached"] = hit is not None
         emit("result", phase="baseline", report=_strip_samples(base))
 
-        opt_reports = []
-        for i, step in enumerate(recipe.optimizations):
-            spec = optimizations.get(step.name)
-            _stage(emit, f"applying {spec.name}", i / max(1, len(recipe.optimizations)))
-            ctx = ApplyContext(device=loaded.device, task=loaded.task, tokenizer=loaded.tokenizer,
-                               log=lambda text: emit("log", level="info", text=text),
-                               warn=lambda text: emit("log", level="warning", text=text),
-                               progress=lambda f, n=spec.name, **kw: _stage(emit, f"applying {n}", f, **kw),
-                               eval_settings=recipe.eval)
-            ctx.extra["generate_kwargs"] = loaded.generate_kwargs
-            t0 = time.perf_counter()
-            rep = spec.apply(loaded.model, step.params, ctx) or {}
-            new_model = rep.pop("_model", None)  # an optimization may return a new module (student, compiled)
-            if new_model is not None:
-                loaded.model = new_model
-            rep = {"name": spec.name, "params": step.params, "seconds": time.perf_counter() - t0,
-                   "exportable": spec.exportable, **rep}
-            opt_reports.append(rep)
-            emit("log", level="info", text=f"applied {spec.name} in {rep['seconds']:.1f} s")
+        opt_reports = apply_steps(
+            loaded, recipe.optimizations, eval_settings=recipe.eval,
+            log=lambda text: emit("log", level="info", text=text),
+            warn=lambda text: emit("log", level="warning", text=text),
+            on_step=lambda name, fraction: _stage(emit, f"applying {name}", fraction),
+            on_progress=lambda name, f, **kw: _stage(emit, f"applying {name}", f, **kw),
+            on_applied=lambda rep: emit("log", level="info", text=f"applied {rep['name']} in {rep['seconds']:.1f} s"))
 
         optimized, _ = measure_phase(loaded, recipe, data, monitor, emit, "optimized", reference) \
             if recipe.optimizations else (None, None)

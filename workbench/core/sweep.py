@@ -97,10 +97,9 @@ def batch_sweep(model_ref: str, batches=DEFAULT_BATCHES, opts=(), task: str | No
                 min_seconds: float = 1.0, knee_fraction: float = 0.9, log: Callable[[str], None] = lambda t: None,
                 on_point: Callable[[dict], None] | None = None) -> dict:
     """Load ``model_ref``, apply ``opts`` ([(name, params)], validated like a recipe), sweep ``batches``."""
-    from workbench.core import optimizations
+    from workbench.core.apply import apply_steps
     from workbench.core.measure.env import environment
     from workbench.core.models import load
-    from workbench.core.optimizations.context import ApplyContext
     from workbench.core.recipe import BenchSettings, EvalSettings, ModelSpec, OptStep, Recipe
 
     if not 0 < knee_fraction <= 1:
@@ -111,17 +110,8 @@ def batch_sweep(model_ref: str, batches=DEFAULT_BATCHES, opts=(), task: str | No
     recipe.validate()
     loaded = load(model_ref, task, device)
     recipe = recipe.validate(task=loaded.task, device=loaded.device)
-    applied = []
-    for step in recipe.optimizations:
-        spec = optimizations.get(step.name)
-        ctx = ApplyContext(device=loaded.device, task=loaded.task, tokenizer=loaded.tokenizer, log=log)
-        ctx.extra["generate_kwargs"] = loaded.generate_kwargs
-        rep = spec.apply(loaded.model, step.params, ctx) or {}
-        new_model = rep.pop("_model", None)
-        if new_model is not None:
-            loaded.model = new_model
-        applied.append({"name": step.name, "params": step.params})
-        log(f"applied {step.name}")
+    reports = apply_steps(loaded, recipe.optimizations, log=log, on_applied=lambda rep: log(f"applied {rep['name']}"))
+    applied = [{"name": rep["name"], "params": rep["params"]} for rep in reports]
     points = sweep_loaded(loaded, list(batches), recipe.bench, on_point=on_point)
     ok = [p for p in points if "error" not in p]
     return {

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workbench.core import cache, optimizations
+from workbench.core import cache
+from workbench.core.apply import apply_steps
 from workbench.core.errors import InputError, classify
 from workbench.core.recipe import OptStep, Recipe
 from workbench.core.tune.budget import dotted, gain
@@ -304,7 +305,6 @@ def _run_trial(msg: dict, loaded, pristine: _Pristine, recipe: Recipe, data, ref
     from workbench.core import pipeline
     from workbench.core.evaluate import evaluate
     from workbench.core.measure import memory
-    from workbench.core.optimizations.context import ApplyContext
 
     tid = msg.get("id")
     selftest = msg.get("selftest")
@@ -320,25 +320,14 @@ def _run_trial(msg: dict, loaded, pristine: _Pristine, recipe: Recipe, data, ref
     emit("progress", stage=f"{stage}: preparing", fraction=0.0)
     loaded.model = pristine.fresh()
     loaded.generate_kwargs = {}
-    reports = []
     t_apply = time.perf_counter()
-    for i, step in enumerate(trial_recipe.optimizations):
-        spec = optimizations.get(step.name)
-        emit("progress", stage=f"{stage}: applying {spec.name}", fraction=i / max(1, len(steps)))
-        ctx = ApplyContext(device=loaded.device, task=loaded.task, tokenizer=loaded.tokenizer,
-                           log=lambda text: emit("log", level="info", text=text),
-                           warn=lambda text: emit("log", level="warning", text=text),
-                           progress=lambda f, n=spec.name, **kw: emit("progress", stage=f"{stage}: applying {n}",
-                                                                      fraction=round(f, 4), **kw),
-                           eval_settings=trial_recipe.eval)
-        ctx.extra["generate_kwargs"] = loaded.generate_kwargs
-        t0 = time.perf_counter()
-        rep = spec.apply(loaded.model, step.params, ctx) or {}
-        new_model = rep.pop("_model", None)
-        if new_model is not None:
-            loaded.model = new_model
-        reports.append({"name": spec.name, "params": step.params, "seconds": time.perf_counter() - t0,
-                        "exportable": spec.exportable, **rep})
+    reports = apply_steps(
+        loaded, trial_recipe.optimizations, eval_settings=trial_recipe.eval,
+        log=lambda text: emit("log", level="info", text=text),
+        warn=lambda text: emit("log", level="warning", text=text),
+        on_step=lambda name, fraction: emit("progress", stage=f"{stage}: applying {name}", fraction=fraction),
+        on_progress=lambda name, f, **kw: emit("progress", stage=f"{stage}: applying {name}", fraction=round(f, 4),
+                                               **kw))
     apply_s = time.perf_counter() - t_apply
     stop = msg.get("stop") or {}
     metric, direction, limit = stop.get("metric"), stop.get("direction", "min"), stop.get("gain_threshold")
