@@ -34,7 +34,7 @@ def test_bad_params_name_the_input(params, message):
 
 
 def test_unknown_optimization_lists_known_ones():
-    with pytest.raises(InputError, match=r"--opt turbo: unknown optimization; expected one of: .*prune-l1"):
+    with pytest.raises(InputError, match=r"^turbo: unknown optimization; expected one of: .*prune-l1"):
         recipe(("turbo", {})).validate()
 
 

@@ -111,7 +111,7 @@ def hardware(device: str = "auto", measure: bool = True) -> dict:
     }
     use_gpu = torch.cuda.is_available() and device != "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA GPU is visible here; expected --device cpu or auto")
+        raise InputError(f"{device}: no CUDA GPU is visible here; expected device cpu or auto", param="device")
     if use_gpu:
         idx = torch.device(device).index or 0 if device.startswith("cuda") else 0
         props = torch.cuda.get_device_properties(idx)
@@ -146,7 +146,8 @@ def model_facts(ref: str, task: str | None = None, trust_remote_code: bool = Fal
     try:
         config = transformers.AutoConfig.from_pretrained(source, **kw)
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"--model {ref}: could not read its config ({str(exc).splitlines()[0][:200]})") from None
+        raise InputError(f"{ref}: could not read its config ({str(exc).splitlines()[0][:200]})",
+                         param="model") from None
     task = task or r.task_hint or detect_task(config)
     with torch.device("meta"):
         model = auto_class(task).from_config(config)

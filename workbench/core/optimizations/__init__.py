@@ -40,7 +40,7 @@ def get(name: str) -> OptSpec:
     spec = registry().get(name)
     if spec is None:
         names = ", ".join(s.name for s in all_specs())
-        raise InputError(f"--opt {name}: unknown optimization; expected one of: {names}")
+        raise InputError(f"{name}: unknown optimization; expected one of: {names}", param="opt")
     return spec
 
 
@@ -49,12 +49,12 @@ def parse_opt_arg(text: str) -> tuple[str, dict[str, str]]:
     name, _, rest = text.strip().partition(":")
     name = name.strip()
     if not name:
-        raise InputError(f"--opt {text!r}: expected NAME[:key=value,...]")
+        raise InputError(f"{text!r}: expected NAME[:key=value,...]", param="opt")
     params: dict[str, str] = {}
     if rest.strip():
         for item in rest.split(","):
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
-                raise InputError(f"--opt {text!r}: {item!r} is not key=value")
+                raise InputError(f"{text!r}: {item!r} is not key=value", param="opt")
             params[key.strip()] = value.strip()
     return name, params

@@ -55,7 +55,8 @@ def layers_path(model) -> str:
     return best
 
 
-def layout(model, what: str = "this optimization") -> Layout:
+def layout(model, what: str = "this optimization", param: str | None = None) -> Layout:
+    """``what``: the optimization asking, named in the message; ``param``: the parameter it is about (``"opt"``)."""
     path = layers_path(model)
     first = model.get_submodule(path)[0]
     names = {n for n, _ in first.named_modules()}
@@ -63,7 +64,8 @@ def layout(model, what: str = "this optimization") -> Layout:
         if {spec["q"], spec["k"], spec["v"], spec["o"], spec["ffn_out"], *spec["ffn_in"]} <= names:
             return Layout(layers_path=path, **spec)
     raise InputError(f"{what}: {type(model).__name__} is not a supported layout; expected a Llama-style "
-                     f"(q/k/v/o_proj, gate/up/down_proj) or BERT-style (query/key/value, intermediate/output) model")
+                     f"(q/k/v/o_proj, gate/up/down_proj) or BERT-style (query/key/value, intermediate/output) model",
+                     param=param)
 
 
 def blocks(model):
@@ -160,10 +162,10 @@ def parse_layers(text: str, n: int, what: str) -> list[int]:
     try:
         out = [int(x) for x in text.replace(";", ",").split(",") if x.strip()]
     except ValueError:
-        raise InputError(f"{what}: {text!r} is not a comma-separated list of layer indices") from None
+        raise InputError(f"{what}: {text!r} is not a comma-separated list of layer indices", param="opt") from None
     out = [i + n if i < 0 else i for i in out]
     if not out or any(i < 0 or i >= n for i in out) or len(set(out)) != len(out):
-        raise InputError(f"{what}: {text!r}: expected distinct layer indices in [0, {n - 1}]")
+        raise InputError(f"{what}: {text!r}: expected distinct layer indices in [0, {n - 1}]", param="opt")
     return out
 
 

@@ -38,22 +38,22 @@ _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended"
 def refuse(model, ctx, name: str) -> None:
     """One-line InputErrors before any work: wrong task, wrong device, or a model that is not plain float32."""
     if ctx.task == "causal-lm":
-        raise InputError(f"--opt {name}: ONNX Runtime / OpenVINO runtimes here run encoders and classifiers; causal "
+        raise InputError(f"{name}: ONNX Runtime / OpenVINO runtimes here run encoders and classifiers; causal "
                          f"LMs need a KV-cache export (optimum-onnx / OpenVINO GenAI), which is not built; expected a "
-                         f"model of task encoder or seq-cls")
+                         f"model of task encoder or seq-cls", param="opt")
     if not str(ctx.device).startswith("cpu"):
-        raise InputError(f"--opt {name}: runs on the CPU only; expected --device cpu, not {ctx.device}")
+        raise InputError(f"{name}: runs on the CPU only; expected device cpu, not {ctx.device}", param="opt")
     if isinstance(model, RuntimeModel):
-        raise InputError(f"--opt {name}: the model already runs on {model.runtime['kind']}; expected one runtime "
-                         f"step per recipe")
+        raise InputError(f"{name}: the model already runs on {model.runtime['kind']}; expected one runtime "
+                         f"step per recipe", param="opt")
     dtypes = {p.dtype for p in model.parameters()}
     quantized = [n for n, m in model.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
     subclass = any(type(p.data) not in (torch.Tensor, torch.nn.Parameter) for p in model.parameters())
     if dtypes != {torch.float32} or quantized or subclass:
-        raise InputError(f"--opt {name}: expects the float32 torch model (this one holds "
+        raise InputError(f"{name}: expects the float32 torch model (this one holds "
                          f"{', '.join(sorted(str(d).replace('torch.', '') for d in dtypes))}"
                          f"{', torch-quantized modules' if quantized or subclass else ''}); quantize with "
-                         f"onnx-int8 / openvino-int8 instead of a torch quantization step")
+                         f"onnx-int8 / openvino-int8 instead of a torch quantization step", param="opt")
 
 
 def cpu_features() -> dict:
@@ -294,8 +294,8 @@ def _ort_session(path: Path, params: dict, threads: int):
     avail = ort.get_available_providers()
     missing = [p for p in providers if p not in avail]
     if missing or not providers:
-        raise InputError(f"--opt providers={params['providers']}: {', '.join(missing) or 'empty'} not available in "
-                         f"this onnxruntime; expected '+'-separated names from: {', '.join(avail)}")
+        raise InputError(f"providers={params['providers']}: {', '.join(missing) or 'empty'} not available in "
+                         f"this onnxruntime; expected '+'-separated names from: {', '.join(avail)}", param="opt")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = params["inter_threads"]
@@ -399,8 +399,8 @@ def _ov_precision(params: dict, feats: dict, name: str) -> str:
     if p == "auto":
         return "bf16" if feats["bf16"] else "f32"
     if p == "bf16" and not feats["bf16"]:
-        raise InputError(f"--opt {name}: precision=bf16 needs AVX512-BF16 or AMX, which this CPU (or the "
-                         f"ONEDNN_MAX_CPU_ISA cap) does not give; expected precision=f32 or auto")
+        raise InputError(f"{name}: precision=bf16 needs AVX512-BF16 or AMX, which this CPU (or the "
+                         f"ONEDNN_MAX_CPU_ISA cap) does not give; expected precision=f32 or auto", param="opt")
     return p
 
 
@@ -442,7 +442,7 @@ def apply_openvino(model, params: dict, ctx, quantize: bool) -> dict:
         report["convert_seconds"] = time.perf_counter() - t1
         got = sorted(n for port in ovm.inputs for n in port.get_names() if n in names)
         if got != sorted(names):
-            raise InputError(f"--opt {name}: the converted model's inputs are {got}; expected {names}")
+            raise InputError(f"{name}: the converted model's inputs are {got}; expected {names}", param="opt")
         ovm.outputs[0].get_tensor().set_names({out_name})
         dtype = torch.float32
         if quantize:

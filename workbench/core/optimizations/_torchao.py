@@ -16,8 +16,8 @@ def require(opt: str):
         import torchao  # noqa: F401
         from torchao.quantization import quantize_  # noqa: F401
     except ImportError:
-        raise InputError(f"--opt {opt}: torchao is not installed; expected `pip install torchao` "
-                         f"(pip install 'optbench[quant]')") from None
+        raise InputError(f"{opt}: torchao is not installed; expected `pip install torchao` "
+                         f"(pip install 'optbench[quant]')", param="opt") from None
 
 
 def quantize(model, config, names: set[str]) -> list[str]:

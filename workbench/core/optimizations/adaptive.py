@@ -47,11 +47,11 @@ def apply_drop(model, params: dict, ctx) -> dict:
 
     n = len(_common.blocks(model))
     if params["which"] == "list":
-        keep = _common.parse_layers(params["layers"], n, "--opt drop-layers:layers")
+        keep = _common.parse_layers(params["layers"], n, "drop-layers:layers")
     else:
         k = params["keep"] or max(1, round(params["fraction"] * n))
         if k > n:
-            raise InputError(f"--opt drop-layers:keep={k}: the model has {n} blocks; expected keep <= {n}")
+            raise InputError(f"drop-layers:keep={k}: the model has {n} blocks; expected keep <= {n}", param="opt")
         if params["which"] == "spread":
             keep = _common.spread(k, n)
         elif params["which"] == "first":
@@ -169,8 +169,9 @@ def _classifier_probe(model):
     pooler = getattr(base, "pooler", None)
     classifier = getattr(model, "classifier", None)
     if pooler is None or not isinstance(classifier, torch.nn.Linear):
-        raise InputError(f"--opt early-exit: {type(model).__name__} has no BERT-style pooler + classifier to judge "
-                         f"confidence with; expected a BERT-style classifier, criterion=complexity, or an encoder")
+        raise InputError(f"early-exit: {type(model).__name__} has no BERT-style pooler + classifier to judge "
+                         f"confidence with; expected a BERT-style classifier, criterion=complexity, or an encoder",
+                         param="opt")
 
     def probe(hidden):
         return torch.softmax(classifier(pooler(hidden)).float(), dim=-1)
@@ -288,7 +289,7 @@ def apply_exit(model, params: dict, ctx) -> dict:
         grid = sorted({float(x) for x in raw.split(",") if x.strip()}) if raw else \
             ([16, 32, 64, 128, 256] if complexity else [0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999])
     except ValueError:
-        raise InputError(f"--opt early-exit:sweep={raw!r}: expected comma-separated numbers") from None
+        raise InputError(f"early-exit:sweep={raw!r}: expected comma-separated numbers", param="opt") from None
     tradeoff = []
     for value in sorted(set(grid) | {settings[knob]}):
         settings[knob] = int(value) if complexity else value

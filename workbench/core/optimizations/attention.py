@@ -24,20 +24,21 @@ def apply(model, params: dict, ctx) -> dict:
     before = getattr(model.config, "_attn_implementation", None)
     if impl == "flash_attention_2":
         if importlib.util.find_spec("flash_attn") is None:
-            raise InputError("--opt attention:impl=flash_attention_2: the flash-attn package is not installed; "
-                             "expected `pip install flash-attn` on a CUDA machine, or impl=sdpa")
+            raise InputError("attention:impl=flash_attention_2: the flash-attn package is not installed; "
+                             "expected `pip install flash-attn` on a CUDA machine, or impl=sdpa", param="opt")
         if not ctx.device.startswith("cuda"):
-            raise InputError("--opt attention:impl=flash_attention_2: needs a CUDA GPU; expected impl=sdpa on CPU")
+            raise InputError("attention:impl=flash_attention_2: needs a CUDA GPU; expected impl=sdpa on CPU",
+                             param="opt")
         if next(model.parameters()).dtype not in (torch.float16, torch.bfloat16):
-            raise InputError("--opt attention:impl=flash_attention_2: the model is float32; expected --opt bf16 or "
-                             "fp16 before it")
+            raise InputError("attention:impl=flash_attention_2: the model is float32; expected bf16 or "
+                             "fp16 before it", param="opt")
     try:
         model.set_attn_implementation(impl)
     except (ValueError, ImportError) as exc:
-        raise InputError(f"--opt attention:impl={impl}: {str(exc).splitlines()[0][:300]}") from None
+        raise InputError(f"attention:impl={impl}: {str(exc).splitlines()[0][:300]}", param="opt") from None
     after = getattr(model.config, "_attn_implementation", None)
     if after != impl:
-        raise InputError(f"--opt attention:impl={impl}: {type(model).__name__} kept {after!r}; this model does not "
-                         f"support switching its attention implementation")
+        raise InputError(f"attention:impl={impl}: {type(model).__name__} kept {after!r}; this model does not "
+                         f"support switching its attention implementation", param="opt")
     ctx.log(f"attention: {before} -> {after}")
     return {"before": before, "after": after}

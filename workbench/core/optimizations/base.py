@@ -75,11 +75,11 @@ class Param:
             else:
                 value = str(raw)
         except (TypeError, ValueError):
-            raise InputError(f"--opt {opt}: {self.name}={raw!r} is not valid; expected {expected}") from None
+            raise InputError(f"{opt}: {self.name}={raw!r} is not valid; expected {expected}", param="opt") from None
         if self.choices is not None and value not in self.choices:
-            raise InputError(f"--opt {opt}: {self.name}={raw!r} is not allowed; expected {expected}")
+            raise InputError(f"{opt}: {self.name}={raw!r} is not allowed; expected {expected}", param="opt")
         if self.min is not None and value < self.min or self.max is not None and value > self.max:
-            raise InputError(f"--opt {opt}: {self.name}={raw!r} is out of range; expected {expected}")
+            raise InputError(f"{opt}: {self.name}={raw!r} is out of range; expected {expected}", param="opt")
         return value
 
     def _expected(self) -> str:
@@ -121,7 +121,8 @@ class OptSpec:
         for key in given:
             if key not in known:
                 names = ", ".join(sorted(known)) or "none"
-                raise InputError(f"--opt {self.name}: unknown parameter {key!r}; expected one of: {names}")
+                raise InputError(f"{self.name}: unknown parameter {key!r}; expected one of: {names}",
+                                 param="opt")
         return {p.name: (p.coerce(self.name, given[p.name]) if p.name in given else p.default) for p in self.params}
 
     def describe(self) -> dict:

@@ -2,7 +2,7 @@
 
 Compilation happens at the first call: the benchmark's warm-up absorbs it and reports it as ``cold_start_ms``, never
 inside steady-state latency. Three cases need care:
-- causal LM with a static KV cache (``--opt kv-cache``): transformers already compiles the forward inside
+- causal LM with a static KV cache (the ``kv-cache`` optimization): transformers already compiles the forward inside
   generate(). Wrapping ``model.forward`` in another ``torch.compile(mode="reduce-overhead")`` nests two CUDA-graph
   compiles and crashed ("accessing tensor output of CUDAGraphs that has been overwritten": generate keeps the cache
   and logits of step t while the replay of step t+1 reuses their memory). So this step hands its settings to
@@ -84,7 +84,7 @@ def apply(model, params: dict, ctx) -> dict:
     if ctx.task == "causal-lm" and mode in CUDAGRAPH_MODES and gpu:
         used = "default" if mode == "reduce-overhead" else "max-autotune-no-cudagraphs"
         note = (f"{mode} needs fixed shapes and fixed cache addresses; with the dynamic cache it would hand out "
-                f"overwritten CUDA-graph outputs. Compiled with {used}; add --opt kv-cache:cache=static for "
+                f"overwritten CUDA-graph outputs. Compiled with {used}; add kv-cache:cache=static for "
                 f"CUDA graphs")
         ctx.log(f"compile: {note}")
     elif mode in CUDAGRAPH_MODES and not gpu:

@@ -70,7 +70,7 @@ def build_student(teacher, params: dict, task: str):
     n = len(_common.blocks(teacher))
     k = params["keep"] or max(1, n // 2)
     if params["student"] == "layers":
-        keep = _common.parse_layers(params["layers"], n, "--opt distill:layers") if params["layers"].strip() \
+        keep = _common.parse_layers(params["layers"], n, "distill:layers") if params["layers"].strip() \
             else _common.spread(min(k, n), n)
         student = copy.deepcopy(teacher)
         _common.keep_layers(student, keep)
@@ -90,8 +90,8 @@ def build_student(teacher, params: dict, task: str):
     if hasattr(cfg, "head_dim") and (params["hidden_size"] or params["heads"]):
         cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
     if cfg.hidden_size % cfg.num_attention_heads:
-        raise InputError(f"--opt distill: hidden_size {cfg.hidden_size} is not a multiple of heads "
-                         f"{cfg.num_attention_heads}")
+        raise InputError(f"distill: hidden_size {cfg.hidden_size} is not a multiple of heads "
+                         f"{cfg.num_attention_heads}", param="opt")
     dtype = _common.float_dtype(teacher)
     torch.manual_seed(0)
     student = auto_class(task).from_config(cfg, dtype=dtype)
@@ -347,8 +347,8 @@ def apply(model, params: dict, ctx) -> dict:
 
     if params["hidden_weight"] > 0 and params["student"] == "config" and params["hidden_size"] and \
             params["hidden_size"] != model.config.hidden_size:
-        raise InputError("--opt distill: hidden_weight needs the student's hidden size to equal the teacher's; "
-                         "expected hidden_weight=0 or hidden_size=0")
+        raise InputError("distill: hidden_weight needs the student's hidden size to equal the teacher's; "
+                         "expected hidden_weight=0 or hidden_size=0", param="opt")
     if params["precision"] == "fp16" and ctx.device == "cpu":
         ctx.log("distill: fp16 autocast on CPU is slow on most CPUs; bf16 or fp32 are the usual choices")
     teacher = model

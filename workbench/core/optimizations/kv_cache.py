@@ -3,7 +3,7 @@ maximum length, fixed addresses — what CUDA graphs and torch.compile need).
 
 transformers compiles the model's forward by itself when generate() runs with a static cache on a GPU
 (``generation_config.compile_config``, mode reduce-overhead). That compile lands in the benchmark's warm-up and is
-reported as cold start. ``auto_compile=false`` turns it off. Combined with ``--opt compile``, the compile step sets
+reported as cold start. ``auto_compile=false`` turns it off. Combined with ``compile``, the compile step sets
 transformers' compile config instead of wrapping ``model.forward`` a second time: the nested
 ``torch.compile(mode="reduce-overhead")`` is what crashed with "accessing tensor output of CUDAGraphs that has been
 overwritten" (see compile.py).
@@ -27,7 +27,7 @@ from workbench.core.optimizations.base import Param, register
     ),
     conflicts=("graph-decode",),
     notes="On CPU transformers does not compile, and a static cache makes every decode step attend over the whole "
-          "preallocated length: expect it to be slower than the dynamic cache unless combined with --opt compile.",
+          "preallocated length: expect it to be slower than the dynamic cache unless combined with compile.",
     extra={"conflict_reason": "graph-decode brings its own static cache and decode loop"},
 )
 def apply(model, params: dict, ctx) -> dict:

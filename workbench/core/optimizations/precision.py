@@ -47,8 +47,8 @@ def _autocast(model, ctx, dtype_name: str, name: str) -> dict:
 
     dtype = getattr(torch, dtype_name)
     if next(model.parameters()).dtype != torch.float32:
-        raise InputError(f"--opt {name}:mode=autocast: the model is {next(model.parameters()).dtype}; expected "
-                         f"float32 weights (autocast computes in half precision from fp32 weights)")
+        raise InputError(f"{name}:mode=autocast: the model is {next(model.parameters()).dtype}; expected "
+                         f"float32 weights (autocast computes in half precision from fp32 weights)", param="opt")
     device_type = "cuda" if ctx.device.startswith("cuda") else "cpu"
     inner = model.forward
 

@@ -175,13 +175,14 @@ def prune_heads(model, ctx, fraction: float, importance: str, params: dict) -> d
 
     from workbench.core.optimizations import _common
 
-    lay = _common.layout(model, "--opt prune-heads")
+    lay = _common.layout(model, "prune-heads", param="opt")
     blocks = _common.blocks(model)
     h, kv, d = _heads_info(model, lay)
     group = h // kv  # query heads per KV head
     q0, k0 = _current_heads(blocks[0], lay, d)
     if any(_current_heads(b, lay, d) != (q0, k0) for b in blocks):
-        raise InputError("--opt prune-heads: layers have different head counts already; expected a uniform model")
+        raise InputError("prune-heads: layers have different head counts already; expected a uniform model",
+                         param="opt")
     units = k0  # KV groups (== heads without GQA)
     remove = int(round(fraction * units))
     remove = min(remove, units - 1)
@@ -252,11 +253,11 @@ def prune_ffn(model, ctx, fraction: float, importance: str, params: dict) -> dic
 
     from workbench.core.optimizations import _common
 
-    lay = _common.layout(model, "--opt prune-ffn")
+    lay = _common.layout(model, "prune-ffn", param="opt")
     blocks = _common.blocks(model)
     widths = {b.get_submodule(lay.ffn_out).weight.shape[1] for b in blocks}
     if len(widths) != 1:
-        raise InputError("--opt prune-ffn: layers have different FFN widths already; expected a uniform model")
+        raise InputError("prune-ffn: layers have different FFN widths already; expected a uniform model", param="opt")
     width = widths.pop()
     remove = min(int(round(fraction * width)), width - 1)
     if remove <= 0:

@@ -91,13 +91,13 @@ def apply(model, params: dict, ctx) -> dict:
 
     task, scheme = ctx.task, params["scheme"]
     if params["loss"] == "lm" and task != "causal-lm":
-        raise InputError("--opt qat:loss=lm: needs a causal LM; expected loss=distill for encoders/classifiers")
+        raise InputError("qat:loss=lm: needs a causal LM; expected loss=distill for encoders/classifiers", param="opt")
     if scheme == "fp8":
         if not ctx.device.startswith("cuda") or torch.cuda.get_device_capability(torch.device(ctx.device)) < (8, 9):
-            raise InputError("--opt qat:scheme=fp8: needs a CUDA GPU with compute capability >= 8.9; expected "
-                             "scheme=8da4w, 8da8w or 4w")
+            raise InputError("qat:scheme=fp8: needs a CUDA GPU with compute capability >= 8.9; expected "
+                             "scheme=8da4w, 8da8w or 4w", param="opt")
     if next(model.parameters()).dtype == torch.float16:
-        raise InputError("--opt qat: the model is float16; expected float32 or bfloat16 weights")
+        raise InputError("qat: the model is float16; expected float32 or bfloat16 weights", param="opt")
     t0 = time.perf_counter()
     names = {n for n, _ in linear_modules(model, skip_head=params["skip_head"])}
     if scheme in ("8da4w", "4w"):
@@ -106,7 +106,7 @@ def apply(model, params: dict, ctx) -> dict:
         if bad:
             ctx.log(f"qat: {len(bad)} layer(s) whose input size is not a multiple of {params['group_size']} stay fp")
     if not names:
-        raise InputError("--opt qat: no Linear layer can take this scheme; expected a smaller group_size")
+        raise InputError("qat: no Linear layer can take this scheme; expected a smaller group_size", param="opt")
     cfg = base_config(scheme, params["group_size"])
     heldout_n = 4
     batches = token_batches(ctx.tokenizer, task, n_batches=params["steps"] + heldout_n, batch=params["batch"],

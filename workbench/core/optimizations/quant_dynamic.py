@@ -28,7 +28,8 @@ def apply(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations.context import linear_modules
 
     if next(model.parameters()).dtype != torch.float32:
-        raise InputError("--opt int8-dynamic: the model is not float32; expected a float32 model (drop fp16/bf16)")
+        raise InputError("int8-dynamic: the model is not float32; expected a float32 model (drop fp16/bf16)",
+                         param="opt")
     targets = linear_modules(model, skip_head=params["skip_head"])
     names = {n for n, _ in targets}
     linear_bytes_before = sum(m.weight.numel() * m.weight.element_size() for _, m in targets)
@@ -55,8 +56,8 @@ def apply(model, params: dict, ctx) -> dict:
         try:
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
         except ImportError:
-            raise InputError("--opt int8-dynamic:backend=torchao: torchao is not installed; expected "
-                             "`pip install torchao` or backend=torch.ao") from None
+            raise InputError("int8-dynamic:backend=torchao: torchao is not installed; expected "
+                             "`pip install torchao` or backend=torch.ao", param="opt") from None
         from workbench.core.measure.memory import tensor_bytes
         from workbench.core.optimizations import _torchao
 

@@ -101,11 +101,11 @@ def apply(model, params: dict, ctx) -> dict:
     scheme = params["scheme"]
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32 and not (scheme == "torchao" and dtype == torch.bfloat16):
-        raise InputError(f"--opt int8-selective:scheme={scheme}: the model is {str(dtype).replace('torch.', '')}; "
-                         f"expected a float32 model (or bfloat16 with scheme=torchao)")
+        raise InputError(f"int8-selective:scheme={scheme}: the model is {str(dtype).replace('torch.', '')}; "
+                         f"expected a float32 model (or bfloat16 with scheme=torchao)", param="opt")
     if scheme != "torchao" and ctx.device != "cpu":
-        raise InputError(f"--opt int8-selective:scheme={scheme}: torch.ao dynamic INT8 runs on CPU only; expected "
-                         f"scheme=torchao on {ctx.device}")
+        raise InputError(f"int8-selective:scheme={scheme}: torch.ao dynamic INT8 runs on CPU only; expected "
+                         f"scheme=torchao on {ctx.device}", param="opt")
     if scheme == "torchao":
         from workbench.core.optimizations import _torchao
 
@@ -125,7 +125,7 @@ def apply(model, params: dict, ctx) -> dict:
     refs = _common.reference(model, task, batches)
     targets = linear_modules(model, skip_head=params["skip_head"])
     if not targets:
-        raise InputError("--opt int8-selective: the model has no Linear layers to quantize")
+        raise InputError("int8-selective: the model has no Linear layers to quantize", param="opt")
     originals = dict(targets)
     names = [nm for nm, _ in targets]
     linear_before = sum(tensor_bytes(m.weight) for m in originals.values())

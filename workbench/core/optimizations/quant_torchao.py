@@ -31,7 +31,7 @@ def _run(model, params: dict, ctx, opt: str, make_config, need_bf16: bool = Fals
     _torchao.require(opt)
     dtype = next(model.parameters()).dtype
     if dtype == torch.float16:
-        raise InputError(f"--opt {opt}: the model is float16; expected float32 or bfloat16 weights")
+        raise InputError(f"{opt}: the model is float16; expected float32 or bfloat16 weights", param="opt")
     report: dict = {}
     if need_bf16 and dtype != torch.bfloat16:
         ctx.log(f"{opt}: casting the model to bfloat16 first (the kernel takes bf16 activations)")
@@ -46,8 +46,8 @@ def _run(model, params: dict, ctx, opt: str, make_config, need_bf16: bool = Fals
     config = make_config()
     done = _torchao.quantize(model, config, names)
     if not done:
-        raise InputError(f"--opt {opt}: no Linear layer could be quantized (shapes not supported); expected "
-                         f"layers whose input size is a multiple of the group size")
+        raise InputError(f"{opt}: no Linear layer could be quantized (shapes not supported); expected "
+                         f"layers whose input size is a multiple of the group size", param="opt")
     skipped = sorted(names - set(done))
     if skipped:
         ctx.log(f"{opt}: {len(skipped)} layer(s) left in full precision (unsupported shape): {skipped[:3]}")
@@ -100,9 +100,9 @@ def refuse_int8_dynamic_act_compile(model, ctx, opt: str) -> None:
     with "self.size(0) needs to be greater than 16" — as decode at batch <= 16 would. Eager int8-dynamic-act has a
     fallback for small shapes; compiled it has none. Say so before compiling instead of crashing in the benchmark."""
     if ctx.device.startswith("cuda") and getattr(model, "_optbench_int8_dynamic_act", False):
-        raise InputError(f"--opt {opt}: int8-dynamic-act cannot be compiled on CUDA (torch._int_mm needs more than "
+        raise InputError(f"{opt}: int8-dynamic-act cannot be compiled on CUDA (torch._int_mm needs more than "
                          f"16 rows per matmul; pooler and decode matmuls have fewer); expected int8-dynamic-act "
-                         f"without {opt}, or int8-weight-only with {opt}")
+                         f"without {opt}, or int8-weight-only with {opt}", param="opt")
 
 
 @register(name="int4-weight-only", summary="torchao int4 weight-only with per-group scales (tinygemm, bf16; CUDA).",
@@ -114,7 +114,7 @@ def refuse_int8_dynamic_act_compile(model, ctx, opt: str) -> None:
           **COMMON)
 def apply_int4_wo(model, params: dict, ctx) -> dict:
     if not ctx.device.startswith("cuda"):
-        raise InputError("--opt int4-weight-only: needs a CUDA GPU; expected --device cuda")
+        raise InputError("int4-weight-only: needs a CUDA GPU; expected device cuda", param="opt")
 
     def make():
         from torchao.quantization import Int4WeightOnlyConfig
@@ -156,11 +156,12 @@ def apply_fp8_dyn(model, params: dict, ctx) -> dict:
     import torch
 
     if not ctx.device.startswith("cuda"):
-        raise InputError("--opt fp8-dynamic: needs a CUDA GPU; expected --device cuda")
+        raise InputError("fp8-dynamic: needs a CUDA GPU; expected device cuda", param="opt")
     cap = torch.cuda.get_device_capability(torch.device(ctx.device))
     if cap < (8, 9):
-        raise InputError(f"--opt fp8-dynamic: this GPU has compute capability {cap[0]}.{cap[1]}; expected >= 8.9 "
-                         f"(Ada or Hopper) for float8 matmuls; use int8-weight-only or int4-weight-only")
+        raise InputError(f"fp8-dynamic: this GPU has compute capability {cap[0]}.{cap[1]}; expected >= 8.9 "
+                         f"(Ada or Hopper) for float8 matmuls; use int8-weight-only or int4-weight-only",
+                         param="opt")
 
     def make():
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor

@@ -49,11 +49,12 @@ def apply(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations.context import linear_modules
 
     if not ctx.device.startswith("cuda"):
-        raise InputError("--opt sparse-2of4: needs a CUDA GPU (sparse tensor cores); on CPU use prune-l1 (no "
-                         "speedup) or prune-heads / prune-ffn (real speedup)")
+        raise InputError("sparse-2of4: needs a CUDA GPU (sparse tensor cores); on CPU use prune-l1 (no "
+                         "speedup) or prune-heads / prune-ffn (real speedup)", param="opt")
     cap = torch.cuda.get_device_capability(torch.device(ctx.device))
     if cap < (8, 0):
-        raise InputError(f"--opt sparse-2of4: compute capability {cap[0]}.{cap[1]}; expected >= 8.0 (Ampere or newer)")
+        raise InputError(f"sparse-2of4: compute capability {cap[0]}.{cap[1]}; expected >= 8.0 (Ampere or newer)",
+                         param="opt")
     from torch.sparse import to_sparse_semi_structured
 
     report = {}
@@ -85,7 +86,7 @@ def apply(model, params: dict, ctx) -> dict:
         sparse_bytes += tensor_bytes(lin.weight)
         done.append(name)
     if not done:
-        raise InputError(f"--opt sparse-2of4: no Linear layer has a supported shape (skipped {len(skipped)})")
+        raise InputError(f"sparse-2of4: no Linear layer has a supported shape (skipped {len(skipped)})", param="opt")
     ctx.log(f"sparse-2of4: {len(done)} layers compressed, {len(skipped)} left dense")
     report.update({"layers_sparse": len(done), "layers_dense": skipped, "measured_sparsity": zeros / total,
                    "weights_in_sparse_layers": total, "dense_bytes": dense_bytes, "compressed_bytes": sparse_bytes,

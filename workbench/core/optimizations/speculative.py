@@ -104,7 +104,8 @@ def apply(model, params: dict, ctx) -> dict:
 
     def factory(batch: int, max_len: int):
         if batch != 1:
-            raise InputError(f"--opt speculative: runs one sequence at a time; expected --batch 1, not {batch}")
+            raise InputError(f"speculative: runs one sequence at a time; expected batch 1, not {batch}",
+                             param="opt")
         return gen
 
     ctx.extra["generate_kwargs"]["optbench_generator"] = factory
@@ -124,7 +125,7 @@ def _draft_model(model, params: dict, ctx):
     try:
         loaded = load(ref, "causal-lm", ctx.device)
     except InputError as exc:
-        raise InputError(f"--opt speculative:draft={ref}: {exc.message}") from None
+        raise InputError(f"speculative:draft={ref}: {exc.message}", param="opt") from None
     draft = loaded.model.eval()
     _same_vocabulary(model, draft, ctx.tokenizer, loaded.tokenizer, ref)
     return draft, {"draft": ref, "draft_layers": len(_blocks_of(draft))}
@@ -151,11 +152,11 @@ def _draft_precision(draft, model, choice: str, device: str) -> str:
 def _same_vocabulary(model, draft, tok, draft_tok, ref: str) -> None:
     a, b = model.get_output_embeddings(), draft.get_output_embeddings()
     if a is None or b is None or a.weight.shape[0] != b.weight.shape[0]:
-        raise InputError(f"--opt speculative:draft={ref}: its vocabulary differs from the model's; expected a "
-                         f"draft model with the same tokenizer")
+        raise InputError(f"speculative:draft={ref}: its vocabulary differs from the model's; expected a "
+                         f"draft model with the same tokenizer", param="opt")
     if draft_tok is not None and tok is not None and draft_tok.get_vocab() != tok.get_vocab():
-        raise InputError(f"--opt speculative:draft={ref}: its tokenizer differs from the model's; expected a draft "
-                         f"model with the same tokenizer")
+        raise InputError(f"speculative:draft={ref}: its tokenizer differs from the model's; expected a draft "
+                         f"model with the same tokenizer", param="opt")
 
 
 def _blocks_of(model):
@@ -171,7 +172,7 @@ def _student(model, params: dict, ctx):
     n = len(_common.blocks(model))
     k = params["draft_layers"] or max(1, n // 4)
     if k >= n:
-        raise InputError(f"--opt speculative:draft_layers={k}: the model has {n} blocks; expected fewer")
+        raise InputError(f"speculative:draft_layers={k}: the model has {n} blocks; expected fewer", param="opt")
     dparams = optimizations_params("distill", {"student": "layers", "keep": k, "steps": max(1, params["distill_steps"]),
                                                "time_budget_s": params["distill_seconds"], "checkpoint": "none",
                                                "batch": 2, "seq_len": 128,
@@ -296,8 +297,8 @@ class SpeculativeGreedy:
         import torch
 
         if ids.shape[0] != 1:
-            raise InputError(f"--opt speculative: runs one sequence at a time; expected --batch 1, not "
-                             f"{ids.shape[0]}")
+            raise InputError(f"speculative: runs one sequence at a time; expected batch 1, not "
+                             f"{ids.shape[0]}", param="opt")
         self._round.update(rounds=0, proposed=0)
         stamper = _Stamper(on_step or (lambda: None))
         with torch.inference_mode():
