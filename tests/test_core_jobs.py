@@ -73,3 +73,13 @@ def test_bad_input_in_job_is_an_input_error(tmp_path):
     err = next(e for e in events if e["type"] == "error")
     assert err["kind"] == "input", err
     assert str(tmp_path / "m") in err["message"]
+
+
+def test_error_events_carry_the_parameter_an_input_error_names():
+    from workbench.core.errors import InputError, error_fields
+
+    assert error_fields(InputError("demo:nope: unknown demo model", "try demo:minilm", param="model")) == {
+        "kind": "input", "message": "demo:nope: unknown demo model", "hint": "try demo:minilm", "param": "model"}
+    assert error_fields(ValueError("boom"))["param"] is None
+    err = next(e for e in collect(Job({"job": "selftest", "action": "raise"})) if e["type"] == "error")
+    assert "param" in err and err["param"] is None

@@ -55,3 +55,10 @@ def classify(exc: BaseException) -> tuple[str, str, str]:
         return "cancelled", "the job was cancelled", ""
     return ("exception", f"{name}: {text[:300]}",
             "this is a bug or an unsupported model/optimization combination; the log has the traceback")
+
+
+def error_fields(exc: BaseException) -> dict:
+    """What a job ``error`` event (and a failed tune trial) carries for any exception: {kind, message, hint, param};
+    ``param`` is the parameter an OptbenchError names (None for any other exception)."""
+    kind, message, hint = classify(exc)
+    return {"kind": kind, "message": message, "hint": hint, "param": getattr(exc, "param", None)}

@@ -13,7 +13,7 @@ import sys
 import threading
 import traceback
 
-from workbench.core.errors import OptbenchError, classify
+from workbench.core.errors import OptbenchError, error_fields
 from workbench.core.jobs.protocol import encode
 
 _out = None
@@ -97,10 +97,10 @@ def main() -> int:
         run_job(spec)
         ok = True
     except BaseException as exc:  # noqa: BLE001 - every failure must become an event
-        kind, message, hint = classify(exc)
-        if kind == "exception":
+        fields = error_fields(exc)
+        if fields["kind"] == "exception":
             emit("log", level="error", text="".join(traceback.format_exception(exc))[-4000:])
-        emit("error", kind=kind, message=message, hint=hint)
+        emit("error", **fields)
     emit("done", ok=ok)
     _out.flush()
     return 0 if ok else 1

@@ -74,7 +74,8 @@ class Job:
     def _death_event(self) -> dict:
         code = self.proc.returncode
         if self.cancelled:
-            return json.loads(encode("error", kind="cancelled", message="the job was cancelled", hint=""))
+            return json.loads(encode("error", kind="cancelled", message="the job was cancelled", hint="",
+                                     param=None))
         if code is not None and code < 0:
             sig = _SIGNALS.get(-code, f"signal {-code}")
             if -code == signal.SIGKILL:
@@ -85,11 +86,11 @@ class Job:
             else:
                 msg = f"the job process died ({sig})"
                 hint = "see the job log (stderr tail) for the last thing it printed"
-            return json.loads(encode("error", kind="killed", message=msg, hint=hint))
+            return json.loads(encode("error", kind="killed", message=msg, hint=hint, param=None))
         tail = " | ".join(list(self.stderr_tail)[-3:])[:400]
         return json.loads(encode("error", kind="crashed",
                                  message=f"the job process exited with code {code} without a result",
-                                 hint=f"last output: {tail}" if tail else "it printed nothing"))
+                                 hint=f"last output: {tail}" if tail else "it printed nothing", param=None))
 
     def events(self, timeout: float | None = None) -> Iterator[dict]:
         """Blocking iterator over events until the stream ends (always ends with a ``done`` event)."""

@@ -1,7 +1,12 @@
 """The event protocol: one JSON object per line, each with ``type`` and ``t`` (unix seconds).
 
 Types: progress {stage, fraction}; log {level, text}; sample {monitor reading}; model {detected model info};
-result {phase, report}; error {kind, message, hint}; done {ok}. Torch-free.
+result {phase, report}; error {kind, message, hint, param}; done {ok}. Torch-free.
+
+An ``error`` event's ``param`` is the user-facing parameter the error is about, in the core's words ("model",
+"device", "opt", "budget", ...; ``OptbenchError.param``), or null when it is about none (an exception, out of
+memory, a killed job). The message does not name a front end's flag or field: each front end renders ``param``
+its own way (the CLI as ``--model``, the TUI as the field's label).
 """
 
 from __future__ import annotations

@@ -204,7 +204,7 @@ class Tuner:
             elif phase == "trial":
                 w.trial_result = report
         elif kind == "error":
-            w.error = {k: event.get(k) for k in ("kind", "message", "hint")}
+            w.error = {k: event.get(k) for k in ("kind", "message", "hint", "param")}
         elif kind == "done":
             w.dead = True
 
@@ -221,8 +221,9 @@ class Tuner:
     def _worker_failure(self, w: _Worker, where: str) -> OptbenchError:
         err = w.error or {"kind": "crashed", "message": "the worker ended without a result", "hint": ""}
         msg = f"tune worker failed while {where}: {err.get('message')}"
-        return InputError(err.get("message") or msg, err.get("hint") or "") if err.get("kind") == "input" \
-            else JobFailed(msg, err.get("hint") or "")
+        if err.get("kind") == "input":
+            return InputError(err.get("message") or msg, err.get("hint") or "", param=err.get("param"))
+        return JobFailed(msg, err.get("hint") or "")
 
     def _ensure_ready(self) -> str:
         """A worker that has measured its baseline. Returns "ok", "deadline" or "cancelled"."""

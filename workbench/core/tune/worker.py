@@ -16,7 +16,7 @@ from typing import Any
 
 from workbench.core import cache
 from workbench.core.apply import apply_steps
-from workbench.core.errors import InputError, classify
+from workbench.core.errors import InputError, error_fields
 from workbench.core.recipe import OptStep, Recipe
 from workbench.core.tune.budget import dotted, gain
 from workbench.core.tune.events import Emit
@@ -272,11 +272,10 @@ def worker(spec: dict, emit: Emit) -> dict:
             except BaseException as exc:  # noqa: BLE001 - one trial's failure is that trial's result
                 import traceback
 
-                kind, message, hint = classify(exc)
-                if kind == "exception":
+                error = error_fields(exc)
+                if error["kind"] == "exception":
                     emit("log", level="error", text="".join(traceback.format_exception(exc))[-3000:])
-                rep = {"status": "failed", "error": {"kind": kind, "message": message, "hint": hint},
-                       "reason": message}
+                rep = {"status": "failed", "error": error, "reason": error["message"]}
             finally:
                 loaded.model = None
                 loaded.generate_kwargs = {}
