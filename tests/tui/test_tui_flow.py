@@ -48,8 +48,7 @@ async def test_load_toggle_run_save_reopen_compare_export(tiny_llama, tmp_path):
         await pilot.press("r")
         assert app.run_handle is not None and app.run_handle.active
         assert app.main_screen.query_one("#tabs").active == "run"
-        await wait_for(pilot, lambda: not app.run_handle.active, 120, what="the run")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: not app.run_handle.active, 120, what="the run")  # every event shown
         assert app.run_handle.error is None and app.run_handle.final is not None
         assert app.main_screen.query_one("#tabs").active == "results"
         text = screen_text(app)
@@ -131,7 +130,6 @@ async def test_cancel_mid_run_stops_within_two_seconds(tiny_llama):
         elapsed = time.monotonic() - t0
         assert elapsed < 2.0, elapsed
         assert app.run_handle.job.proc.poll() is not None  # the process is gone
-        await pilot.pause(0.2)
         assert progress.state == "cancelled"
         assert app.run_handle.error["kind"] == "cancelled"
         assert any("cancelled" in m for _, m in app.notices)
@@ -150,7 +148,6 @@ async def test_job_error_is_a_notice_and_the_app_stays(tmp_path):
         await pilot.press("f5")
         await wait_for(pilot, lambda: app.run_handle is not None and not app.run_handle.active, 90,
                        what="the failing run")
-        await pilot.pause(0.2)
         assert app.run_handle.error is not None and app.run_handle.ok is False
         assert app.pane(ProgressPane).state == "failed"
         errors = [m for sev, m in app.notices if sev == "error"]
@@ -181,8 +178,7 @@ async def test_quit_asks_first_while_a_job_runs(tmp_path):
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmDialog)
         await pilot.click("#yes")
-        await pilot.pause(0.5)
-    assert proc.poll() is not None  # quitting cancelled the job
+        await wait_for(pilot, lambda: proc.poll() is not None, 10, what="the job to go")  # quitting cancelled it
 
 
 async def test_quit_without_a_job_does_not_ask():

@@ -104,7 +104,6 @@ async def test_a_killed_job_is_a_notice_and_the_app_stays():
         session = app.store.create("k", Recipe(ModelSpec("demo:minilm")), {})
         app.track(JobHandle("run", {"job": "selftest", "action": "kill"}, session=session).start())
         await wait_for(pilot, lambda: not app.run_handle.active, 30, what="the killed job")
-        await pilot.pause(0.3)
         assert app.run_handle.error["kind"] == "killed"
         assert any(sev == "error" and "out-of-memory killer" in m for sev, m in app.notices)
         assert app.is_running

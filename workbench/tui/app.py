@@ -180,8 +180,12 @@ class OptbenchApp(RunControl, TuneControl, App):
 
         from workbench.tui.panes.optimizations import safe_id
 
+        self.action_show_tab("setup")
         box = self.pane(OptimizationsPane).query_one(f"#opt-{safe_id(name)}", Checkbox)
         box.value = not box.value  # the pane posts Changed, which updates the workbench
+        # The focus goes to the toggle (also from the command palette, which would hand it back to wherever it was,
+        # e.g. the model box, where the next "r" would be typed into the model name instead of running).
+        self.call_after_refresh(box.focus)
 
     def recheck(self) -> str | None:
         return self.pane(OptimizationsPane).show_check(self.wb)

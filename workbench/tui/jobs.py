@@ -38,13 +38,16 @@ class JobHandle:
         lower_priority(self.job.pid)
         return self
 
+    ended: bool = False  # the app has handled JobEnded: every event of the job has been shown
+
     @property
     def finished(self) -> bool:
-        return self.job is not None and self.job.finished
+        return self.job is not None and self.ended
 
     @property
     def active(self) -> bool:
-        return self.job is not None and not self.job.finished
+        """Started, and the app has not yet handled its end (so its results may still be on their way)."""
+        return self.job is not None and not self.ended
 
     def poll(self) -> list[dict]:
         """Non-blocking: the events that arrived since the last call (``watch`` is the app's way)."""

@@ -65,6 +65,7 @@ class RunControl:
 
     def on_job_ended(self, message: JobEnded) -> None:
         h = message.handle
+        h.ended = True
         attr = HANDLE_ATTR[h.kind]
         if attr != "run_handle" and getattr(self, attr) is h:
             setattr(self, attr, None)
