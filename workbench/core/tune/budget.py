@@ -11,6 +11,7 @@ from workbench.core.errors import InputError
 from workbench.core.evaluate import HIGHER_IS_BETTER
 
 OBJECTIVES = ("latency", "throughput", "memory", "size")
+ACCURACY_PARAM = "max_accuracy_drop"  # the parameter an accuracy budget's errors name
 
 METRIC_ALIASES = {
     "ppl": "perplexity", "perplexity": "perplexity",
@@ -28,8 +29,14 @@ TASK_METRICS = {"causal-lm": ("perplexity", "next_token_agreement", "kl_divergen
                 "seq-cls": ("accuracy", "agreement", "kl_divergence")}  # what evaluate.py can report per task
 
 
-def parse_duration(text: str, flag: str = "--budget") -> float:
-    """``20m``, ``90s``, ``1h30m``, ``1.5h`` or plain seconds -> seconds. InputError naming the input."""
+def param_name(name: str) -> str:
+    """A parameter's name in the core's words: ``--trial-timeout`` (older callers pass a flag) -> ``trial_timeout``."""
+    return str(name).lstrip("-").replace("-", "_")
+
+
+def parse_duration(text: str, param: str = "budget") -> float:
+    """``20m``, ``90s``, ``1h30m``, ``1.5h`` or plain seconds -> seconds. InputError naming the value, with
+    ``param`` (``budget``, ``trial_timeout``) the parameter it was given for."""
     raw = str(text).strip().lower()
     units = {"h": 3600.0, "m": 60.0, "s": 1.0}
     total, num, seen = 0.0, "", False
@@ -48,7 +55,8 @@ def parse_duration(text: str, flag: str = "--budget") -> float:
     except ValueError:
         seen = False
     if not seen or not math.isfinite(total) or total <= 0:
-        raise InputError(f"{flag} {text}: not a duration; expected e.g. 20m, 90s, 1h30m or seconds > 0")
+        raise InputError(f"{text}: not a duration; expected e.g. 20m, 90s, 1h30m or seconds > 0",
+                         param=param_name(param))
     return total
 
 
@@ -73,7 +81,7 @@ class AccuracyBudget:
         if metric in self.per_metric:
             return self.per_metric[metric], None
         if self.default is None:
-            return None, "not named in --max-accuracy-drop"
+            return None, "not named in the accuracy budget"
         if self.default.kind == "relative" and metric in ZERO_BASELINE:
             return None, f"its baseline is 0, so a relative limit is undefined; name it with an absolute limit " \
                          f"(e.g. {metric}=0.02) to constrain it"
@@ -92,39 +100,40 @@ def _parse_limit(value: str, where: str) -> Limit:
     except ValueError:
         x = float("nan")
     if not math.isfinite(x) or x < 0 or (rel and x > 1000):
-        raise InputError(f"--max-accuracy-drop {where}: {value!r} is not a limit; expected a percentage such as 1% "
-                         f"(relative) or a number >= 0 such as 0.01 (absolute)")
+        raise InputError(f"{where}: {value!r} is not a limit; expected a percentage such as 1% (relative) or a "
+                         f"number >= 0 such as 0.01 (absolute)", param=ACCURACY_PARAM)
     return Limit("relative", x / 100, v) if rel else Limit("absolute", x, v)
 
 
 def parse_accuracy_budget(text: str) -> AccuracyBudget:
-    """``1%`` | ``0.01`` | ``perplexity=2%,cosine=0.01[,5%]``. InputError naming the input."""
+    """``1%`` | ``0.01`` | ``perplexity=2%,cosine=0.01[,5%]``. InputError naming the input (``param`` is
+    ``max_accuracy_drop``)."""
     raw = str(text or "").strip()
     if not raw:
-        raise InputError("--max-accuracy-drop '': expected e.g. 1%, 0.01 or perplexity=2%,cosine=0.01")
+        raise InputError("'': expected e.g. 1%, 0.01 or perplexity=2%,cosine=0.01", param=ACCURACY_PARAM)
     budget = AccuracyBudget(raw)
     for item in raw.split(","):
         item = item.strip()
         if not item:
-            raise InputError(f"--max-accuracy-drop {raw}: empty item; expected NAME=LIMIT or LIMIT items "
-                             f"separated by commas")
+            raise InputError(f"{raw}: empty item; expected NAME=LIMIT or LIMIT items separated by commas",
+                             param=ACCURACY_PARAM)
         name, eq, value = item.partition("=")
         if not eq:
             if budget.default is not None:
-                raise InputError(f"--max-accuracy-drop {raw}: two limits for every metric; expected at most one "
-                                 f"item without NAME=")
+                raise InputError(f"{raw}: two limits for every metric; expected at most one item without NAME=",
+                                 param=ACCURACY_PARAM)
             budget.default = _parse_limit(item, raw)
             continue
         key = name.strip().lower()
         metric = METRIC_ALIASES.get(key)
         if metric is None:
             names = ", ".join(sorted(HIGHER_IS_BETTER))
-            raise InputError(f"--max-accuracy-drop {name.strip()}: unknown metric; expected one of: {names} "
-                             f"(or ppl, cosine, recall, kl, agree)")
+            raise InputError(f"{name.strip()}: unknown metric; expected one of: {names} (or ppl, cosine, recall, "
+                             f"kl, agree)", param=ACCURACY_PARAM)
         limit = _parse_limit(value, item)
         if limit.kind == "relative" and metric in ZERO_BASELINE:
-            raise InputError(f"--max-accuracy-drop {item}: {metric} is 0 for the baseline, so a relative limit is "
-                             f"undefined; expected an absolute limit such as {metric}=0.02")
+            raise InputError(f"{item}: {metric} is 0 for the baseline, so a relative limit is undefined; expected "
+                             f"an absolute limit such as {metric}=0.02", param=ACCURACY_PARAM)
         budget.per_metric[metric] = limit
     return budget
 
@@ -132,7 +141,7 @@ def parse_accuracy_budget(text: str) -> AccuracyBudget:
 
 def objective_info(name: str, task: str, device: str) -> dict:
     if name not in OBJECTIVES:
-        raise InputError(f"--objective {name}: unknown objective; expected one of: {', '.join(OBJECTIVES)}")
+        raise InputError(f"{name}: unknown objective; expected one of: {', '.join(OBJECTIVES)}", param="objective")
     causal = task == "causal-lm"
     gpu = str(device).startswith("cuda")
     if name == "latency":

@@ -18,7 +18,7 @@ from workbench.core.errors import InputError, JobFailed, OptbenchError
 from workbench.core.evaluate import HIGHER_IS_BETTER
 from workbench.core.recipe import Recipe
 from workbench.core.tune import decide
-from workbench.core.tune.budget import (TASK_METRICS, AccuracyBudget, memory_metric, objective_info,
+from workbench.core.tune.budget import (ACCURACY_PARAM, TASK_METRICS, AccuracyBudget, memory_metric, objective_info,
                                         parse_accuracy_budget)
 from workbench.core.tune.events import Emit, jsonable
 from workbench.core.tune.space import PHASES, Candidate, build_space
@@ -262,12 +262,12 @@ class Tuner:
         acc = self.cfg.accuracy
         if self.cfg.recipe.eval.source == "none":
             if acc.default is not None or acc.per_metric:
-                raise InputError("--eval none: no accuracy is measured, so --max-accuracy-drop cannot be checked; "
-                                 "expected an eval source (builtin, a file, hf:NAME)")
+                raise InputError("none: no accuracy is measured, so the accuracy budget cannot be checked; expected "
+                                 "an eval source (builtin, a file, hf:NAME)", param="eval")
             return
         if acc.default is None and acc.per_metric and not (set(acc.per_metric) & metrics):
-            raise InputError(f"--max-accuracy-drop {acc.text}: none of its metrics is measured for "
-                             f"{self.ctx.get('task')} models; expected one of: {', '.join(sorted(metrics))}")
+            raise InputError(f"{acc.text}: none of its metrics is measured for {self.ctx.get('task')} models; "
+                             f"expected one of: {', '.join(sorted(metrics))}", param=ACCURACY_PARAM)
 
     # -- trial bookkeeping (the decisions themselves are decide.py's pure functions)
     def _record(self, cand: Candidate, raw: dict, cached: bool, ran: bool) -> dict:
@@ -330,7 +330,7 @@ class Tuner:
         if state != "ok":
             if state == "deadline":
                 raise JobFailed("tune: the time budget ended before the model was even inspected",
-                                "give a larger --budget")
+                                "give a larger time budget")
             raise self._worker_failure(w, "inspecting the model")
         self.ctx = w.context
         task, device = self.ctx["task"], self.ctx["device"]
@@ -442,7 +442,7 @@ class Tuner:
         if state == "deadline" and timeout_at is not None and time.monotonic() >= timeout_at - 0.05 \
                 and self._remaining() > 0:
             err = {"kind": "timeout", "message": f"the trial took longer than {self.cfg.trial_timeout_s:.0f} s",
-                   "hint": "raise --trial-timeout"}
+                   "hint": "raise the trial timeout"}
             return {"status": "failed", "error": err, "reason": err["message"], "seconds": seconds, "_key": key}
         why = "the tune was cancelled" if state == "cancelled" else "the time budget ran out during this trial"
         return {"status": "cancelled", "reason": why, "error": {"kind": "cancelled", "message": why, "hint": ""},

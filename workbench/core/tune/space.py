@@ -114,8 +114,8 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
         known = {s.name for s in specs}
         for name in opts:
             if name not in known:
-                raise InputError(f"--opts {name}: unknown optimization; expected one of: "
-                                 f"{', '.join(s.name for s in specs)}")
+                raise InputError(f"{name}: unknown optimization; expected one of: "
+                                 f"{', '.join(s.name for s in specs)}", param="opts")
         specs = [s for s in specs if s.name in set(opts)]
     skipped: list[dict] = []
     avail = []

@@ -183,8 +183,8 @@ def _context(recipe: Recipe) -> dict:
         try:
             config = transformers.AutoConfig.from_pretrained(ref.path or ref.hub_id, **common)
         except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"--model {recipe.model.ref}: could not read its config ({str(exc)[:200]}); "
-                             f"expected a transformers model") from None
+            raise InputError(f"{recipe.model.ref}: could not read its config ({str(exc)[:200]}); expected a "
+                             f"transformers model", param="model") from None
         task = task or detect_task(config)
     device = pick_device(recipe.device)
     from workbench.core.data import load_eval
