@@ -74,12 +74,12 @@ async def test_form_checks_as_typed_then_a_real_tune_fills_table_frontier_sessio
         await fill(pilot, screen, {"max-accuracy-drop": "5x", "budget": "10q"})
         err = form_error(screen)
         assert cli_message(tune.parse_accuracy_budget, "5x") in err
-        assert cli_message(tune.parse_duration, "10q") in err and "--budget 10q: not a duration" in err
+        assert cli_message(tune.parse_duration, "10q") in err and "budget 10q: not a duration" in err
         await pilot.press("f5")
         assert app.tune_handle is None
-        assert any(sev == "error" and "--max-accuracy-drop 5x" in m for sev, m in app.notices)
+        assert any(sev == "error" and "max accuracy drop 5x" in m for sev, m in app.notices)
         await fill(pilot, screen, {"opts": "bf16,nope"})
-        assert "--opts nope: unknown optimization" in form_error(screen)
+        assert "opts nope: unknown optimization" in form_error(screen)
 
         # Valid: the search space is counted live from the registry; then start (F5) and watch.
         await fill(pilot, screen, FORM)
@@ -269,7 +269,7 @@ MODEL = scenes.MODEL
 
 
 def synthetic_events() -> list[tuple[str, dict]]:
-    """SYNTHETIC tune events (not measurements): shaped like core/tune.py's, with fixed numbers, so the snapshot is
+    """SYNTHETIC tune events (not measurements): shaped like core/tune/'s, with fixed numbers, so the snapshot is
     deterministic. Nine trials of a latency tune with a 1 % budget: within, over, pruned, failed and not-run ones."""
     obj = {"name": "latency", "metric": "decode_ms_per_token.p50", "unit": "ms/token", "direction": "min"}
     events = [("tune-start", {"model": MODEL, "task": "causal-lm", "device": "cpu", "objective": obj,

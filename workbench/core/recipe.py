@@ -184,3 +184,18 @@ def _check_limits(settings, section: str) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
             flag = name.replace("_", "-")
             raise InputError(f"--{flag} {value!r}: out of range; expected a number in [{lo}, {hi}] ({section})")
+
+
+def precheck(recipe: Recipe) -> Recipe:
+    """Every check that needs no torch: the model reference, the optimizations, ranges, the eval file. Returns the
+    validated copy; raises InputError (with ``param``). Front ends run it before starting a job or a tune."""
+    from workbench.core import data, modelref
+
+    ref = modelref.resolve(recipe.model.ref)
+    validated = recipe.validate(task=recipe.model.task or ref.task_hint)
+    if validated.eval.source not in ("builtin", "none") and not validated.eval.source.startswith("hf:"):
+        task = recipe.model.task or ref.task_hint
+        if task is None and ref.path:
+            task = modelref.task_from_config_json(ref.path)
+        data.load_eval(validated.eval, task or "causal-lm")
+    return validated

@@ -18,13 +18,11 @@ Cancel and shutdown
     process group: SIGTERM, SIGKILL after 1.5 s) and waits for the thread; past ~1.8 s it kills the worker
     itself. The app calls it from a thread worker (it blocks), from ``stop_jobs`` on quit and unmount, and
     ``kill_now()`` (no waiting, no locks) from its SIGHUP/SIGTERM handler. A worker whose orchestrator vanished
-    (the UI killed with SIGKILL) exits on its own when it next waits for a trial (core/tune.py).
+    (the UI killed with SIGKILL) exits on its own when it next waits for a trial (core/tune/worker.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import queue
 import signal
@@ -46,7 +44,8 @@ OBJECTIVE_LABELS = {"latency": "latency (p50)", "throughput": "throughput", "mem
 
 @dataclass
 class TuneForm:
-    """The tune form's raw text, as typed. Field names follow ``optbench tune``'s flags."""
+    """The tune form's raw text, as typed. Field names are ``workbench.core.tune.form``'s (``optbench tune``'s
+    flags with underscores)."""
 
     objective: str = "latency"
     max_accuracy_drop: str = "1%"
@@ -57,73 +56,37 @@ class TuneForm:
     min_gain: str = "5"
     max_contention: str = "25"
 
-    FLAGS = {"max_accuracy_drop": "--max-accuracy-drop", "memory_mb": "--memory-mb", "budget": "--budget",
-             "opts": "--opts", "max_trials": "--max-trials", "min_gain": "--min-gain",
-             "max_contention": "--max-contention"}
+    TEXT_FIELDS = ("max_accuracy_drop", "memory_mb", "budget", "opts", "max_trials", "min_gain", "max_contention")
 
-    def argv(self) -> list[str]:
-        """The ``optbench tune`` arguments this form stands for (``--flag=value``: values may start with '-')."""
-        out = ["tune", f"--objective={self.objective}"]
-        for name, flag in self.FLAGS.items():
+    def values(self) -> dict:
+        """The fields as ``tune_config`` takes them: a blank optional field is not given (None)."""
+        out = {"objective": self.objective}
+        for name in self.TEXT_FIELDS:
             raw = str(getattr(self, name)).strip()
-            if raw or name in ("max_accuracy_drop", "budget"):
-                out.append(f"{flag}={raw}")
+            out[name] = raw if raw or name in ("max_accuracy_drop", "budget", "min_gain", "max_contention") \
+                else None
         return out
 
 
-def _number(raw: str, flag: str, expected: str, integer: bool = False) -> float:
-    try:
-        v = int(raw, 10) if integer else float(raw)
-    except ValueError:
-        raise InputError(f"{flag} {raw}: {expected}") from None
-    if not math.isfinite(v):
-        raise InputError(f"{flag} {raw}: {expected}")
-    return v
+def field_message(exc: InputError) -> str:
+    """An error as the form shows it: the core names the value, the form the field (``budget 10q: not a ...``)."""
+    param = getattr(exc, "param", None)
+    return f"{param.replace('_', ' ')} {exc.message}" if param else exc.message
 
 
 def check_field(name: str, raw: str, task: str | None = None, device: str = "cpu") -> str | None:
-    """The CLI's message for one field's value, or None when it is fine. Torch-free, cheap (runs per keystroke)."""
-    from workbench.core import tune
+    """The problem with one field's value, or None when it is fine: the core's check (workbench/core/tune/form.py),
+    so the CLI and the form say the same. Torch-free, cheap (runs per keystroke)."""
+    from workbench.core.tune import form
 
-    raw = str(raw).strip()
+    value = TuneForm(**{name: raw}).values()[name] if name in TuneForm.TEXT_FIELDS else raw
+    if value is None:
+        return None  # an optional field left blank
     try:
-        if name == "max_accuracy_drop":
-            tune.parse_accuracy_budget(raw)
-        elif name == "budget":
-            tune.parse_duration(raw, "--budget")
-        elif name == "memory_mb" and raw:
-            v = _number(raw, "--memory-mb", "expected a number of MB > 0")
-            if not v > 0:
-                raise InputError(f"--memory-mb {v}: expected a number of MB > 0")
-        elif name == "max_trials" and raw:
-            v = _number(raw, "--max-trials", "expected an integer >= 1", integer=True)
-            if v < 1:
-                raise InputError(f"--max-trials {v}: expected an integer >= 1")
-        elif name == "min_gain":
-            v = _number(raw, "--min-gain", "expected a percentage in [0, 1000]")
-            if not 0 <= v <= 1000:
-                raise InputError(f"--min-gain {v}: expected a percentage in [0, 1000]")
-        elif name == "max_contention":
-            v = _number(raw, "--max-contention", "expected a percentage in [0, 100]")
-            if not 0 <= v <= 100:
-                raise InputError(f"--max-contention {v}: expected a percentage in [0, 100]")
-        elif name == "opts" and raw:
-            from workbench.core import optimizations
-
-            known = {s.name for s in optimizations.all_specs()}
-            for opt in parse_opts(raw):  # as commands_tune.config_from_args words it
-                if opt not in known:
-                    raise InputError(f"--opts {opt}: unknown optimization; expected one of: "
-                                     f"{', '.join(sorted(known))}")
-            if not parse_opts(raw):
-                raise InputError(f"--opts {raw!r}: empty; expected NAME[,NAME...]")
+        form.parse_field(name, value)
     except InputError as exc:
-        return exc.message
+        return field_message(exc)
     return None
-
-
-def parse_opts(raw: str) -> list[str]:
-    return [o.strip() for o in str(raw).split(",") if o.strip()]
 
 
 def space_preview(form: TuneForm, task: str | None, device: str) -> dict | None:
@@ -132,30 +95,23 @@ def space_preview(form: TuneForm, task: str | None, device: str) -> dict | None:
 
     if check_field("opts", form.opts, task, device):
         return None
-    opts = parse_opts(form.opts) or None
+    opts = tune.parse_opts(form.opts) or None
     sp = tune.build_space(task or "causal-lm", device, opts)
     return {**{k: v for k, v in sp.counts.items() if k != "capped_labels"},
             "skipped_labels": [s["label"] for s in sp.skipped if "+" not in s["label"]], "task": task}
 
 
-class _RaisingParser(argparse.ArgumentParser):
-    def error(self, message: str):  # never print usage into the terminal the UI owns
-        raise InputError(message)
-
-
 def build_config(form: TuneForm, base_recipe):
-    """A ``TuneConfig`` from the form on top of the workbench's model, bench and eval settings and device: through
-    ``optbench tune``'s own parser and ``config_from_args``, so every check and message is the CLI's."""
-    from workbench import commands_tune
-
-    parser = _RaisingParser(prog="optbench", add_help=False)
-    sub = parser.add_subparsers(dest="command", parser_class=_RaisingParser)
-    commands_tune.add_parsers(sub)
-    args = parser.parse_args(form.argv())
+    """A ``TuneConfig`` from the form on top of the workbench's model, bench and eval settings and device, through
+    the core's ``tune_config`` (the checks and messages ``optbench tune`` has). Raises InputError."""
     from workbench.core.recipe import Recipe
+    from workbench.core.tune import tune_config
 
     base = Recipe(base_recipe.model, [], base_recipe.bench, base_recipe.eval, base_recipe.device)
-    return commands_tune.config_from_args(args, base=base)
+    try:
+        return tune_config(base, **form.values())
+    except InputError as exc:
+        raise InputError(field_message(exc), exc.hint, param=exc.param) from None
 
 
 # ------------------------------------------------------------------ events -> plain data
