@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from workbench.core.jobs.protocol import pace_text
+
 
 class Progress:
     """Stage progress on stderr when it is a terminal (rich); silent otherwise."""
@@ -18,13 +20,16 @@ class Progress:
 
             self.progress = RichProgress(TextColumn("{task.description:<32}"), BarColumn(),
                                          TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                                         TextColumn("[dim]{task.fields[pace]}"),
                                          console=Console(stderr=True), transient=True)
             self.progress.start()
-            self.task = self.progress.add_task("starting", total=1.0)
+            self.task = self.progress.add_task("starting", total=1.0, pace="")
 
-    def update(self, stage: str, fraction: float) -> None:
+    def update(self, stage: str, fraction: float, event: dict | None = None) -> None:
+        """``event``: the progress event, whose pace (a bench's calls, seconds per call, time left) is shown."""
         if self.progress is not None:
-            self.progress.update(self.task, description=stage, completed=fraction)
+            pace = pace_text(event or {})
+            self.progress.update(self.task, description=stage, completed=fraction, pace=pace)
 
     def log(self, text: str) -> None:
         if self.progress is not None:

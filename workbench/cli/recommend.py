@@ -76,7 +76,7 @@ def _run_recipe(recipe_dict: dict, args) -> dict:
     try:
         for event in job.events():
             if event["type"] == "progress":
-                view.update(event["stage"], event.get("fraction", 0.0))
+                view.update(event["stage"], event.get("fraction", 0.0), event)
             elif event["type"] == "result" and event.get("phase") == "final":
                 final = event["report"]
             elif event["type"] == "error":

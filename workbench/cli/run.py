@@ -53,7 +53,7 @@ def cmd_run(args) -> int:
         for event in job.events():
             kind = event["type"]
             if kind == "progress":
-                view.update(event["stage"], event.get("fraction", 0.0))
+                view.update(event["stage"], event.get("fraction", 0.0), event)
             elif kind == "log" and event.get("level") in ("warning", "error") and not args.json \
                     and event["text"] not in shown:
                 view.log(event["text"].splitlines()[-1] if event.get("level") == "error" else event["text"])

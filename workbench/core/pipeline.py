@@ -35,7 +35,7 @@ def measure_phase(loaded, recipe: Recipe, data, monitor: Monitor, emit: Emit, ph
     memory.cuda_reset(device, every=bool(getattr(recipe.model, "device_map", None)))
     _stage(emit, f"{phase}: benchmarking")
     timing = bench(model, tok, task, recipe.bench, device,
-                   on_progress=lambda f: _stage(emit, f"{phase}: benchmarking", f),
+                   on_progress=lambda f, **kw: _stage(emit, f"{phase}: benchmarking", f, **_rounded(kw)),
                    generate_kwargs=loaded.generate_kwargs if phase != "baseline" else None)
     peaks = monitor.peaks()
     cuda = memory.cuda_peaks(device)
@@ -60,6 +60,11 @@ def measure_phase(loaded, recipe: Recipe, data, monitor: Monitor, emit: Emit, ph
         "metrics": metrics,
     }
     return report, new_ref
+
+
+def _rounded(detail: dict) -> dict:
+    """The bench's progress detail (calls, seconds per call, seconds left) for a progress event."""
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in detail.items()}
 
 
 def baseline_cache_key(loaded, recipe: Recipe, data, env) -> str:

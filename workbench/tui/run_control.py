@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workbench.core.errors import InputError
+from workbench.core.jobs.protocol import PACE_KEYS
 from workbench.tui import fmt
 from workbench.tui.jobs import JobEnded, JobEvents, JobHandle
 from workbench.tui.panes.accuracy import AccuracyPane
@@ -178,7 +179,8 @@ class RunControl:
                 mon.set_status("live readings of the job process", "green")
             mon.add_sample(e)
         elif kind == "progress":
-            self.pane(ProgressPane).update(e.get("stage", "?"), e.get("fraction", 0.0))
+            self.pane(ProgressPane).update(e.get("stage", "?"), e.get("fraction", 0.0),
+                                           {k: e[k] for k in PACE_KEYS if e.get(k) is not None})
         elif kind == "log":
             self.pane(LogPane).write(e.get("text", ""), e.get("level", "info"))
         elif kind == "model":

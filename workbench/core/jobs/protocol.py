@@ -1,6 +1,6 @@
 """The event protocol: one JSON object per line, each with ``type`` and ``t`` (unix seconds).
 
-Types: progress {stage, fraction}; log {level, text}; sample {monitor reading}; model {detected model info};
+Types: progress {stage, fraction, and for a bench stage calls, seconds_per_call, eta_s}; log {level, text}; sample {monitor reading}; model {detected model info};
 result {phase, report}; error {kind, message, hint, param}; done {ok}. Torch-free.
 
 An ``error`` event's ``param`` is the user-facing parameter the error is about, in the core's words ("model",
@@ -46,3 +46,21 @@ def decode(line: str) -> dict | None:
     if not isinstance(event, dict) or event.get("type") not in TYPES:
         return None
     return event
+
+
+PACE_KEYS = ("calls", "seconds_per_call", "eta_s")  # a progress event's pace (a bench stage sends them)
+
+
+def pace_text(event: dict) -> str:
+    """"7 calls · 1.24 s/call · ~9 s left" from a progress event ("" when it says nothing about its pace)."""
+    parts = []
+    calls = event.get("calls")
+    if calls is not None:
+        parts.append(f"{calls} call{'s' if calls != 1 else ''}")
+    spc = event.get("seconds_per_call")
+    if spc is not None:
+        parts.append(f"{spc * 1000:.0f} ms/call" if spc < 1 else f"{spc:.2f} s/call")
+    eta = event.get("eta_s")
+    if eta is not None:
+        parts.append(f"~{eta:.0f} s left" if eta >= 1 else "<1 s left")
+    return " · ".join(parts)

@@ -63,8 +63,14 @@ def fixed_input_ids(tokenizer, batch: int, length: int):
     return row.unsqueeze(0).repeat(batch, 1)
 
 
-def _loop(run_once: Callable[[], dict], settings, on_progress: Callable[[float], None] | None) -> tuple[list, dict]:
-    """Warm up, then run until both min_iters and min_seconds are met (capped at max_iters)."""
+def _loop(run_once: Callable[[], dict], settings, on_progress: Callable[..., None] | None) -> tuple[list, dict]:
+    """Warm up, then run until both min_iters and min_seconds are met (capped at max_iters).
+
+    ``settings.max_seconds`` (None: no cap) ends the timed loop early, with at least one timed call, once warm-up and
+    timing together took that long; the phase then says ``stopped_early: "max_seconds"``. ``on_progress(fraction,
+    calls=, seconds_per_call=, eta_s=)`` after every call: what the Live pane shows."""
+    cap = getattr(settings, "max_seconds", None)
+    began = time.perf_counter()
     cold = None
     warm_ms = []
     for i in range(max(1, settings.warmup)):
@@ -74,20 +80,35 @@ def _loop(run_once: Callable[[], dict], settings, on_progress: Callable[[float],
         if i == 0:
             cold = elapsed
         warm_ms.append(elapsed)
+        if cap is not None and time.perf_counter() - began >= cap:
+            break
     results = []
+    stopped = None
     start = time.perf_counter()
     while True:
         results.append(run_once())
         spent = time.perf_counter() - start
+        per_call = spent / len(results)
+        need = max(settings.min_iters - len(results), 0) * per_call
+        left = min(max(need, settings.min_seconds - spent, 0.0), (settings.max_iters - len(results)) * per_call)
+        if cap is not None:
+            left = max(0.0, min(left, cap - (time.perf_counter() - began)))
         if on_progress is not None:
             frac_iters = len(results) / settings.min_iters
             frac_time = spent / settings.min_seconds if settings.min_seconds > 0 else 1.0
-            on_progress(min(1.0, min(frac_iters, frac_time)))
+            on_progress(min(1.0, min(frac_iters, frac_time)), calls=len(results), seconds_per_call=per_call,
+                        eta_s=left)
         if len(results) >= settings.min_iters and spent >= settings.min_seconds:
             break
         if len(results) >= settings.max_iters:
             break
-    return results, {"cold_start_ms": cold, "warmup_runs": len(warm_ms), "timed_seconds": time.perf_counter() - start}
+        if cap is not None and time.perf_counter() - began >= cap:
+            stopped = "max_seconds"
+            break
+    meta = {"cold_start_ms": cold, "warmup_runs": len(warm_ms), "timed_seconds": time.perf_counter() - start}
+    if stopped:
+        meta["stopped_early"] = stopped
+    return results, meta
 
 
 def bench_causal(model, tokenizer, settings, device: str, on_progress=None, generate_kwargs=None,

@@ -8,6 +8,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, RichLog, Static
 
+from workbench.core.jobs.protocol import pace_text
+
 LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
 
 
@@ -31,6 +33,7 @@ class ProgressPane(Vertical):
         self.current: str | None = None
         self.fraction = 0.0
         self.state = "idle"  # idle, running, done, failed, cancelled
+        self.detail: dict = {}
 
     def compose(self) -> ComposeResult:
         yield Static(id="prog-stage")
@@ -42,13 +45,16 @@ class ProgressPane(Vertical):
 
     def start(self, stages: list[str]) -> None:
         self.stages, self.current, self.fraction, self.state = list(stages), None, 0.0, "running"
+        self.detail = {}
         self.redraw()
 
-    def update(self, stage: str, fraction: float) -> None:
+    def update(self, stage: str, fraction: float, detail: dict | None = None) -> None:
+        """``detail``: what the job says about the stage's pace (a bench: calls, seconds_per_call, eta_s)."""
         if stage not in self.stages:
             # an unplanned stage (a new pipeline step): put it before "done" so the list stays truthful
             self.stages.insert(max(0, len(self.stages) - 1), stage)
         self.current, self.fraction = stage, max(0.0, min(1.0, float(fraction or 0.0)))
+        self.detail = detail or {}
         if stage == "done":
             self.state = "done"
         self.redraw()
@@ -68,7 +74,7 @@ class ProgressPane(Vertical):
     def redraw(self) -> None:
         label = {"idle": Text("Idle. Press r to run.", style="dim"),
                  "running": Text.assemble(("▶ ", "cyan"), (self.current or "starting the job process…", "bold"),
-                                          f"  {self.fraction * 100:3.0f}%"),
+                                          f"  {self.fraction * 100:3.0f}%", (("  · " + pace_text(self.detail)) if pace_text(self.detail) else "", "dim")),
                  "done": Text("✓ finished", style="bold green"),
                  "failed": Text(f"✗ failed during {self.current or 'start'}", style="bold red"),
                  "cancelled": Text(f"■ cancelled during {self.current or 'start'}", style="bold yellow")}[self.state]
