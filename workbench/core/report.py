@@ -140,6 +140,8 @@ class Phase(_Typed):
     cold_start_ms: float | None = doc("the first call (compilation and caches included)")
     warmup_runs: int | None = doc("untimed calls before timing")
     timed_seconds: float | None = doc("wall time of the timed calls")
+    stopped_early: str | None = doc('"max_seconds" when the bench hit its time cap before min_iters/min_seconds '
+                                    "(fewer calls than asked: a rougher median); absent otherwise")
     memory_mb: Memory = doc("memory peaks")
     model_size_mb: float = doc("bytes of parameters and buffers / 1e6")
     dtype: str = doc("dtype of the first parameter")
