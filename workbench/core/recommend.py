@@ -184,18 +184,13 @@ def model_facts(ref: str, task: str | None = None, trust_remote_code: bool = Fal
 
 # ------------------------------------------------------------------ estimates
 
-_LINEAR_BYTES = {  # bytes per Linear weight, and extra bytes per output row (scales/zero points) or per group
-    "fp32": (4.0, 0), "bf16": (2.0, 0), "fp16": (2.0, 0),
-    "int8-dynamic": (1.0, 0), "int8-dynamic:per-channel": (1.0, 16), "int8-weight-only": (1.0, 4),
-    "int8-dynamic-act": (1.0, 4), "fp8-weight-only": (1.0, 4), "fp8-dynamic": (1.0, 4),
-}
+_FLOAT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}  # Linear weights no step quantized
 
 
-def linear_bytes_per_param(kind: str, group_size: int = 128, row_len: int = 1024) -> float:
-    if kind == "int4-weight-only":
-        return 0.5 + 4.0 / group_size  # int4 + bf16 scale and zero point per group
-    per, per_row = _LINEAR_BYTES[kind]
-    return per + per_row / max(1, row_len)
+def _specs() -> dict:
+    from workbench.core.optimizations import all_specs
+
+    return {s.name: s for s in all_specs()}
 
 
 def estimate(facts: dict, recipe_steps: list[dict], hw: dict, c: Constraints) -> dict:
@@ -203,30 +198,28 @@ def estimate(facts: dict, recipe_steps: list[dict], hw: dict, c: Constraints) ->
     import psutil
 
     gpu = hw.get("gpu") is not None
-    names = [s["name"] for s in recipe_steps]
+    specs = _specs()
+    steps = [(specs[s["name"]], s.get("params") or {}) for s in recipe_steps if s["name"] in specs]
     dtype = "fp32" if not gpu else ("bf16" if (facts["stored_dtype"] in (None, "bfloat16", "float32")) else "fp16")
-    if "bf16" in names:
-        dtype = "bf16"
-    if "fp16" in names:
-        dtype = "fp16"
+    for spec, _ in steps:  # a precision step (at most one per recipe) sets the float dtype
+        if spec.precision:
+            dtype = spec.precision
     elem = 4.0 if dtype == "fp32" else 2.0
     linear_kind = dtype
-    kept_fraction = 1.0
-    for s in recipe_steps:
-        if s["name"] in _LINEAR_BYTES or s["name"] == "int4-weight-only":
-            linear_kind = s["name"]
-        if s["name"] == "int8-selective":
-            linear_kind = "int8-dynamic" if s["params"].get("scheme") == "per-tensor" else "int8-dynamic:per-channel"
-            kept_fraction = 0.8  # typically 10-25 % of the layers (the heavy FFN ones) stay fp32
-        if s["name"] in ("onnx-int8", "openvino-int8"):  # int8 Linear weights, one scale per channel
-            linear_kind = "int8-dynamic:per-channel"
-        if s["name"] == "int4-weight-only" or s["name"] == "fp8-dynamic":
-            elem = 2.0
+    row = facts["hidden"] or 1024
+    linear_bytes, kept_fraction = _FLOAT_BYTES[dtype], 1.0
+    for spec, params in steps:  # the last step that stores the Linear weights its own way decides their bytes
+        storage = spec.weight_storage(params)
+        if storage is None:
+            continue
+        linear_kind = storage.format
+        linear_bytes = storage.bytes_per_param(128, row)
+        kept_fraction = storage.kept_fraction
+        if storage.float_bytes is not None:
+            elem = storage.float_bytes
     lin = facts["linear_params"]
     other = facts["params"] - lin
-    row = facts["hidden"] or 1024
-    weights = other * elem + lin * (kept_fraction * linear_bytes_per_param(linear_kind, 128, row)
-                                    + (1 - kept_fraction) * elem)
+    weights = other * elem + lin * (kept_fraction * linear_bytes + (1 - kept_fraction) * elem)
     batch = c.batch or (1 if facts["task"] == "causal-lm" else 8)
     tokens = c.seq_len + (c.new_tokens if facts["task"] == "causal-lm" else 0)
     kv = 0.0
@@ -369,13 +362,14 @@ def propose(facts: dict, hw: dict, c: Constraints) -> list[dict]:
 
 
 def cpu_runtimes_installed() -> list[str]:
-    """The CPU runtimes whose packages import here (``recommend`` adds them to the hardware facts)."""
+    """The CPU runtimes whose packages (``OptSpec.requires``) import here (``recommend`` adds them to the hardware
+    facts)."""
     import importlib.util
 
-    found = {m: importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "openvino", "nncf")}
-    return [name for name, mods in (("onnx", ("onnxruntime", "onnx")), ("onnx-int8", ("onnxruntime", "onnx")),
-                                    ("openvino", ("openvino",)), ("openvino-int8", ("openvino", "nncf")))
-            if all(found[m] for m in mods)]
+    from workbench.core.optimizations.cpu_runtimes import RUNTIME_OPTS
+
+    specs = _specs()
+    return [name for name in RUNTIME_OPTS if all(importlib.util.find_spec(m) is not None for m in specs[name].requires)]
 
 
 def _cpu_runtime_step(facts: dict, hw: dict, drop: float) -> dict | None:

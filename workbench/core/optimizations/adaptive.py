@@ -194,12 +194,12 @@ def _classifier_probe(model):
               max=1_000_000),
         Param("sweep", str, "", "thresholds to report the trade-off for (comma-separated; empty: a default set)"),
     ),
-    conflicts=("compile",),
+    conflicts={"compile": "early exit branches on data after every block; torch.compile would break the graph "
+                          "at every check (use one or the other)"},
     exportable="no",
     notes="A runtime policy over unchanged weights: export the base model. Mean blocks used is reported from "
           "calibration text and counted live during the benchmark and evaluation.",
-    extra={"conflict_reason": "early exit branches on data after every block; torch.compile would break the graph "
-                              "at every check (use one or the other)"},
+    cost=1.0,  # a calibration pass to set the exits
 )
 def apply_exit(model, params: dict, ctx) -> dict:
     import time

@@ -6,7 +6,7 @@ Each optimization module imports torch inside its apply function only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from workbench.core.errors import InputError
@@ -95,6 +95,30 @@ class Param:
         return kind
 
 
+# The tuner's cost class of a step by its stage (cheap and usually promising first, training last); an
+# optimization whose cost differs from its stage's sets ``cost`` itself.
+STAGE_COST = {"precision": 0.0, "quantize": 0.1, "runtime": 0.2, "prune": 1.0, "compile": 2.0, "train": 3.5}
+
+
+@dataclass(frozen=True)
+class WeightStorage:
+    """How a step stores the Linear weights it leaves behind: what the recommender's memory estimate counts for
+    them before anything runs (bytes per weight, plus scales per output row or per group)."""
+
+    format: str  # named in the estimate ("int8-dynamic:per-channel", "int4-weight-only", ...)
+    bytes_per_weight: float
+    bytes_per_row: float = 0.0  # scales / zero points per output row
+    bytes_per_group: float = 0.0  # scales / zero points per group of ``group_size`` weights (int4)
+    kept_fraction: float = 1.0  # share of the Linear weights stored this way; the rest stay in the float dtype
+    float_bytes: float | None = None  # bytes per element of the other weights where the step recasts them (bf16: 2)
+
+    def bytes_per_param(self, group_size: int = 128, row_len: int = 1024) -> float:
+        return self.bytes_per_weight + self.bytes_per_row / max(1, row_len) + self.bytes_per_group / group_size
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class OptSpec:
     name: str
@@ -107,13 +131,45 @@ class OptSpec:
     devices: tuple[str, ...] = ("cpu", "cuda")
     exportable: str = "yes"  # "yes": plain transformers; "custom": optbench format + loader; "no"
     exclusive_group: str | None = None  # at most one optimization of a group per recipe
-    conflicts: tuple[str, ...] = ()
+    # optimization name -> why the two cannot be in one recipe (either side may declare it). A tuple of names is
+    # accepted too (reason: extra["conflict_reason"], else "they are incompatible").
+    conflicts: dict[str, str] = field(default_factory=dict)
     requires: tuple[str, ...] = ()  # importable modules it needs (e.g. "torchao")
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    # Facts other modules decide by (instead of naming optimizations):
+    cost: float | None = None  # the tuner's cost class; None: STAGE_COST of its stage
+    quantizes_activations: bool = False  # rounds activations to a grid at run time: export checks use a looser bound
+    precision: str | None = None  # "bf16" | "fp16": the float dtype the model runs in after this step
+    # the Linear weights' storage after this step, or a function of the step's (given) params returning it
+    weights: WeightStorage | Callable[[dict], WeightStorage | None] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra", dict(self.extra))  # specs registered from one shared dict stay apart
+        if not isinstance(self.conflicts, dict):
+            reason = self.extra.get("conflict_reason") or "they are incompatible"
+            object.__setattr__(self, "conflicts", {name: reason for name in self.conflicts})
+        if self.cost is None:
+            object.__setattr__(self, "cost", STAGE_COST.get(self.stage, 0.0))
+        # For readers of extra["conflict_reason"] (recipe validation) until they ask conflict_reason().
+        reasons = set(self.conflicts.values())
+        if len(reasons) == 1 and "conflict_reason" not in self.extra:
+            self.extra["conflict_reason"] = reasons.pop()
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
+
+    def conflict_reason(self, other: OptSpec) -> str | None:
+        """Why this optimization and ``other`` cannot be in one recipe (declared by either), or None if they can."""
+        if other.name in self.conflicts:
+            return self.conflicts[other.name]
+        return other.conflicts.get(self.name)
+
+    def weight_storage(self, params: dict | None = None) -> WeightStorage | None:
+        """The Linear weights' storage after this step with ``params`` (as given: defaults are not filled in)."""
+        if callable(self.weights):
+            return self.weights(dict(params or {}))
+        return self.weights
 
     def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, every given value checked. Unknown names are an InputError."""
@@ -126,6 +182,7 @@ class OptSpec:
         return {p.name: (p.coerce(self.name, given[p.name]) if p.name in given else p.default) for p in self.params}
 
     def describe(self) -> dict:
+        storage = self.weight_storage({})
         return {
             "name": self.name,
             "family": self.family,
@@ -136,7 +193,12 @@ class OptSpec:
             "exportable": self.exportable,
             "exclusive_group": self.exclusive_group,
             "conflicts": list(self.conflicts),
+            "conflict_reasons": dict(self.conflicts),
             "requires": list(self.requires),
+            "cost": self.cost,
+            "quantizes_activations": self.quantizes_activations,
+            "precision": self.precision,
+            "weights": storage.describe() if storage is not None else None,
             "notes": self.notes,
             "params": [p.describe() for p in self.params],
         }
@@ -146,7 +208,7 @@ _REGISTRY: dict[str, OptSpec] = {}
 
 
 def register(*, name: str, family: str, stage: str, summary: str, params: tuple[Param, ...] = (), **kw: Any):
-    """Decorator over an ``apply(model, params, ctx) -> report`` function."""
+    """Decorator over an ``apply(model, params, ctx) -> report`` function; ``kw``: the other ``OptSpec`` fields."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
 

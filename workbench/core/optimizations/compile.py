@@ -39,14 +39,13 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
         Param("backend", str, "inductor", "inductor (generates kernels); aot_eager or eager (checking only)",
               choices=("inductor", "aot_eager", "eager")),
     ),
-    conflicts=("graph-decode",),
+    conflicts={"graph-decode": "graph-decode compiles and graphs its own decode step; early-exit branches on data "
+                               "after every block, which would break the compiled graph at every check"},
     exportable="yes",
     notes="The export is the uncompiled model (compilation is a runtime step). Needs a C++ compiler on CPU. "
           "Under HF generate's growing cache the forward recompiles for new shapes: on a Llama-3.1-8B-shaped model "
           "on an H200 one run (baseline, compile, benchmark, eval) had not finished after 250 s; for decoding "
           "use graph-decode (one compile, 155 s for that whole run with coordinate-descent tuning).",
-    extra={"conflict_reason": "graph-decode compiles and graphs its own decode step; early-exit branches on data "
-                              "after every block, which would break the compiled graph at every check"},
 )
 def apply(model, params: dict, ctx) -> dict:
     import functools

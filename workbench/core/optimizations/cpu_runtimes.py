@@ -18,13 +18,12 @@ This module is torch-free (the registry imports it); the work is in ``_cpu_runti
 
 from __future__ import annotations
 
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Param, WeightStorage, register
 
 FORMAT_ONNX = "optbench-onnx"
 FORMAT_OPENVINO = "optbench-openvino"
 RUNTIME_FORMATS = (FORMAT_ONNX, FORMAT_OPENVINO)
 RUNTIME_OPTS = ("onnx", "onnx-int8", "openvino", "openvino-int8")
-INT8_RUNTIME_OPTS = ("onnx-int8", "openvino-int8")  # activations rounded to an int8 grid: looser export bound
 
 # What a runtime cannot take: weights already in a torch-only format, reduced-precision casts (the runtimes choose
 # their own precision), and steps that change the forward at run time (a compiled forward, early exits, generation).
@@ -33,12 +32,15 @@ _CONFLICTS = ("int8-dynamic", "int8-dynamic-act", "int8-weight-only", "int4-weig
               "graph-decode", "kv-cache")
 _COMMON = dict(
     family="runtime", stage="runtime", tasks=("encoder", "seq-cls"), devices=("cpu",), exportable="custom",
-    exclusive_group="cpu-runtime", conflicts=_CONFLICTS,
-    extra={"conflict_reason": "an ONNX Runtime / OpenVINO step exports the float32 torch model as it is: torch-only "
-                              "quantized weights, half-precision casts and run-time changes to the forward (compile, "
-                              "early exit, generation settings) cannot be exported into it; use the runtime's own "
-                              "int8 or precision options instead"},
+    exclusive_group="cpu-runtime",
+    conflicts=dict.fromkeys(_CONFLICTS, "an ONNX Runtime / OpenVINO step exports the float32 torch model as it is: "
+                            "torch-only quantized weights, half-precision casts and run-time changes to the forward "
+                            "(compile, early exit, generation settings) cannot be exported into it; use the runtime's "
+                            "own int8 or precision options instead"),
+    cost=0.3,  # an export first
 )
+# int8 weights with one scale per channel; activations rounded to an int8 grid at run time
+_INT8 = dict(quantizes_activations=True, weights=WeightStorage("int8-dynamic:per-channel", 1.0, bytes_per_row=16))
 
 THREADS = Param("threads", int, 0, "intra-op threads; 0 = torch's thread count (what the baseline uses)", min=0,
                 max=1024)
@@ -112,7 +114,7 @@ def apply_onnx(model, params: dict, ctx) -> dict:
     requires=("onnxruntime", "onnx"),
     notes="Export folder: onnx/model.onnx (the quantized graph) + config.json + tokenizer. Accuracy delta is "
           "reported like any other quantization; the export bound is the dynamic-activation one.",
-    **_COMMON,
+    **_COMMON, **_INT8,
 )
 def apply_onnx_int8(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations import _cpu_runtimes
@@ -148,7 +150,8 @@ def apply_openvino(model, params: dict, ctx) -> dict:
     requires=("openvino", "nncf"),
     notes="Export folder: openvino/openvino_model.xml + .bin (int8 weights, fake-quantize nodes) + config.json + "
           "tokenizer. Int8 matmuls are one VNNI instruction with AVX512-VNNI / AVX-VNNI / AMX-INT8.",
-    **_COMMON,
+    **{**_COMMON, "cost": 1.5},  # export + NNCF calibration
+    **_INT8,
 )
 def apply_openvino_int8(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations import _cpu_runtimes

@@ -27,6 +27,7 @@ from workbench.core.optimizations.base import Param, register
     ),
     exportable="yes",
     notes="Changes how tokens are generated, not the weights: the export is the model itself. Greedy only.",
+    cost=1.0,  # one compile of the decode step, cheaper than a whole-forward compile
 )
 def apply(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations.fastgen import GraphedGreedy

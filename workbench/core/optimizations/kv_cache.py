@@ -25,10 +25,9 @@ from workbench.core.optimizations.base import Param, register
         Param("auto_compile", bool, True, "static on a GPU: let transformers compile the decode forward "
               "(false: plain eager decode with a static cache)"),
     ),
-    conflicts=("graph-decode",),
+    conflicts={"graph-decode": "graph-decode brings its own static cache and decode loop"},
     notes="On CPU transformers does not compile, and a static cache makes every decode step attend over the whole "
           "preallocated length: expect it to be slower than the dynamic cache unless combined with compile.",
-    extra={"conflict_reason": "graph-decode brings its own static cache and decode loop"},
 )
 def apply(model, params: dict, ctx) -> dict:
     gk = ctx.extra["generate_kwargs"]

@@ -68,11 +68,12 @@ def training_loss(model, teacher, task: str, batch: dict, kind: str):
         Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision"),
     ),
     requires=("torchao",),
-    conflicts=("fp16",),
+    conflicts={"fp16": "QAT trains from fp32 or bf16 weights; drop the fp16 cast"},
     exportable="yes",
     notes="On CPU the converted int4/int8 weights are stored unpacked in int8 (torchao 0.18): 1 byte per weight plus "
           "scales, and matmuls dequantize — expect little speedup. Exports in transformers' TorchAoConfig format.",
-    extra={"conflict_reason": "QAT trains from fp32 or bf16 weights; drop the fp16 cast"},
+    cost=3.0,  # training
+    quantizes_activations=True,
 )
 def apply(model, params: dict, ctx) -> dict:
     import copy

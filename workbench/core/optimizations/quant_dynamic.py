@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Param, WeightStorage, register
+
+HALF = "int8-dynamic quantizes from float32 Linear layers; drop the half-precision cast"
 
 
 @register(
@@ -15,11 +17,12 @@ from workbench.core.optimizations.base import Param, register
               search=("torch.ao", "torchao")),
         Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision"),
     ),
-    conflicts=("fp16", "bf16"),
+    conflicts={"fp16": HALF, "bf16": HALF},
     devices=("cpu",),
     exportable="custom",
     notes="torch.ao's quantize_dynamic is deprecated upstream in favour of torchao; both are offered and measured.",
-    extra={"conflict_reason": "int8-dynamic quantizes from float32 Linear layers; drop the half-precision cast"},
+    quantizes_activations=True,
+    weights=WeightStorage("int8-dynamic", 1.0),  # the estimate counts per-tensor scales: none per row
 )
 def apply(model, params: dict, ctx) -> dict:
     import torch

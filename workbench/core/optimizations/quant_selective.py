@@ -12,9 +12,18 @@ text, away from the evaluation text (core/optimizations/calibration.py).
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Param, WeightStorage, register
 
 SCHEMES = ("per-tensor", "per-channel", "torchao")
+HALF = "selective INT8 quantizes from float32 Linear layers; drop the half-precision cast"
+
+
+def _storage(params: dict) -> WeightStorage:
+    """int8 weights (per-tensor: no scales per row; per-channel and torchao: one per row); typically 10-25 % of the
+    layers (the heavy FFN ones) stay in float."""
+    if params.get("scheme") == "per-tensor":
+        return WeightStorage("int8-dynamic", 1.0, kept_fraction=0.8)
+    return WeightStorage("int8-dynamic:per-channel", 1.0, bytes_per_row=16, kept_fraction=0.8)
 
 
 def _quantized_copy(module, scheme: str):
@@ -79,14 +88,16 @@ def _half_twin(module, dtype):
         Param("calib_data", str, "builtin", "calibration text: builtin (end of the built-in text) or a .txt path"),
         Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision"),
     ),
-    conflicts=("fp16", "bf16"),
+    conflicts={"fp16": HALF, "bf16": HALF},
     exportable="custom",
     notes="per-tensor/per-channel use torch.ao's fbgemm kernels (CPU); torchao runs on CPU and CUDA (a bf16 model "
           "stays bf16 where layers are kept). Exports: torch.ao schemes in the optbench-int8-dynamic format, torchao "
           "in transformers' TorchAoConfig format. Memory: the search streams (a quantized twin exists only while "
           "its layer is quantized; on a GPU the originals of quantized layers wait in host memory, which needs up "
           "to the model's weight bytes of free RAM), so device memory stays near the model's own size.",
-    extra={"conflict_reason": "selective INT8 quantizes from float32 Linear layers; drop the half-precision cast"},
+    cost=2.0,  # a sensitivity search: one calibration pass per layer
+    quantizes_activations=True,
+    weights=_storage,
 )
 def apply(model, params: dict, ctx) -> dict:
     import time

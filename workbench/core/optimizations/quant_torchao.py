@@ -13,12 +13,11 @@ torchao can serialize; a reload needs torchao. What runs where (torchao 0.18):
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Param, WeightStorage, register
 
 SKIP_HEAD = Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision")
 COMMON = dict(family="quantization", stage="quantize", exclusive_group="weight-quantization", requires=("torchao",),
-              conflicts=("fp16",),
-              extra={"conflict_reason": "torchao quantization works from fp32 or bf16 weights; drop the fp16 cast"})
+              conflicts={"fp16": "torchao quantization works from fp32 or bf16 weights; drop the fp16 cast"})
 
 
 def _run(model, params: dict, ctx, opt: str, make_config, need_bf16: bool = False) -> dict:
@@ -67,7 +66,7 @@ def _run(model, params: dict, ctx, opt: str, make_config, need_bf16: bool = Fals
 
 @register(name="int8-weight-only", summary="torchao int8 weight-only: int8 per-channel weights, activations stay "
           "in float (halves/quarters weight bytes; helps memory-bound decode).",
-          params=(SKIP_HEAD,), **COMMON)
+          params=(SKIP_HEAD,), weights=WeightStorage("int8-weight-only", 1.0, bytes_per_row=4), **COMMON)
 def apply_int8_wo(model, params: dict, ctx) -> dict:
     def make():
         from torchao.quantization import Int8WeightOnlyConfig
@@ -82,7 +81,7 @@ def apply_int8_wo(model, params: dict, ctx) -> dict:
           params=(SKIP_HEAD,),
           notes="The torchao counterpart of int8-dynamic (torch.ao): per-token activation scales keep more "
                 "accuracy than torch.ao's per-tensor ones. Slow at batch-1 decode (memory-bound).",
-          **COMMON)
+          quantizes_activations=True, weights=WeightStorage("int8-dynamic-act", 1.0, bytes_per_row=4), **COMMON)
 def apply_int8_da(model, params: dict, ctx) -> dict:
     def make():
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
@@ -111,7 +110,8 @@ def refuse_int8_dynamic_act_compile(model, ctx, opt: str) -> None:
           devices=("cuda",),
           notes="Casts the model to bf16 first. Layers whose input size is not a multiple of group_size stay in "
                 "bf16. torchao 0.18 has no x86 CPU int4 layout, hence CUDA only.",
-          **COMMON)
+          # int4 + a bf16 scale and zero point per group (the estimate assumes group 128); the rest in bf16
+          weights=WeightStorage("int4-weight-only", 0.5, bytes_per_group=4.0, float_bytes=2.0), **COMMON)
 def apply_int4_wo(model, params: dict, ctx) -> dict:
     if not ctx.device.startswith("cuda"):
         raise InputError("int4-weight-only: needs a CUDA GPU; expected device cuda", param="opt")
@@ -137,7 +137,8 @@ def apply_int4_wo(model, params: dict, ctx) -> dict:
 
 @register(name="fp8-weight-only", summary="torchao float8 (e4m3) weight-only: 1-byte weights, dequantized per "
           "matmul.", params=(SKIP_HEAD,),
-          notes="Runs on CPU (dequantizing; expect no speedup) and CUDA.", **COMMON)
+          notes="Runs on CPU (dequantizing; expect no speedup) and CUDA.",
+          weights=WeightStorage("fp8-weight-only", 1.0, bytes_per_row=4), **COMMON)
 def apply_fp8_wo(model, params: dict, ctx) -> dict:
     def make():
         from torchao.quantization import Float8WeightOnlyConfig
@@ -151,7 +152,8 @@ def apply_fp8_wo(model, params: dict, ctx) -> dict:
           "(float8 tensor cores; CUDA compute capability >= 8.9).",
           params=(Param("granularity", str, "row", "scale granularity: row (per-row, more accurate) or tensor",
                         choices=("row", "tensor")), SKIP_HEAD),
-          devices=("cuda",), notes="Casts the model to bf16 first.", **COMMON)
+          devices=("cuda",), notes="Casts the model to bf16 first.", quantizes_activations=True,
+          weights=WeightStorage("fp8-dynamic", 1.0, bytes_per_row=4, float_bytes=2.0), **COMMON)
 def apply_fp8_dyn(model, params: dict, ctx) -> dict:
     import torch
 

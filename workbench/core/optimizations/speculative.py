@@ -61,16 +61,16 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
         Param("ngram", int, 3, "method=prompt-lookup: longest n-gram matched against the text so far", min=1,
               max=32),
     ),
-    conflicts=("graph-decode", "compile"),
+    conflicts=dict.fromkeys(("graph-decode", "compile"), "speculative runs transformers' assisted-generation loop; "
+                            "graph-decode and compile replace or recompile the decode step it calls (not combined "
+                            "yet)"),
     exportable="yes",
     notes="Changes how tokens are generated, not the weights: the export is the model itself (a built draft is "
           "not exported). Batch 1. The gain depends on the workload: prompt lookup pays where the output repeats "
           "the prompt (the benchmark's built-in prompt, Python reference text, is one such case; measure on your "
           "prompts with benchmarks/speculative.py), a draft pays when it agrees with the model (distill it). Memory: the model plus the draft (a draft of a quarter of the blocks shares "
           "nothing with the model, so it adds about a quarter of the block weights plus embeddings and head).",
-    extra={"max_batch": 1,
-           "conflict_reason": "speculative runs transformers' assisted-generation loop; graph-decode and "
-                              "compile replace or recompile the decode step it calls (not combined yet)"},
+    extra={"max_batch": 1},
 )
 def apply(model, params: dict, ctx) -> dict:
     import time
