@@ -83,3 +83,10 @@ def test_error_events_carry_the_parameter_an_input_error_names():
     assert error_fields(ValueError("boom"))["param"] is None
     err = next(e for e in collect(Job({"job": "selftest", "action": "raise"})) if e["type"] == "error")
     assert "param" in err and err["param"] is None
+
+
+def test_an_input_error_in_a_job_names_its_parameter():
+    events = collect(Job({"job": "inspect", "model": {"ref": "demo:nope"}, "device": "cpu"}), timeout=120)
+    err = next(e for e in events if e["type"] == "error")
+    assert err["kind"] == "input" and err["param"] == "model"
+    assert err["message"].startswith("demo:nope: unknown demo model") and "--" not in err["message"]

@@ -136,7 +136,7 @@ def test_causal_lm_is_refused_before_any_work(tiny_llama):
         with pytest.raises(InputError, match=rf"^{name}: .*causal LMs need a KV-cache export"):
             _cpu_runtimes.refuse(loaded.model, ctx, name)
         # and the recipe validator says so first, naming the input
-        with pytest.raises(InputError, match=rf"--opt {name}: does not apply to causal-lm"):
+        with pytest.raises(InputError, match=rf"^{name}: does not apply to causal-lm"):
             Recipe(ModelSpec("x"), [OptStep(name, {})]).validate(task="causal-lm", device="cpu")
         assert "causal-lm" not in spec.tasks
 

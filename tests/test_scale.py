@@ -255,7 +255,7 @@ def test_a_recipe_that_does_not_fit_is_refused_before_loading(tiny_llama, monkey
         pipeline.run(fast_recipe(str(tiny_llama)).validate(), lambda *a, **k: None)
     msg = str(err.value)
     assert "\n" not in msg and "estimated peak memory" in msg and "has 1 MB" in msg
-    assert "--opt int4-weight-only" in msg and "--device-map balanced" in msg
+    assert "optimization int4-weight-only" in msg and "device_map balanced" in msg and err.value.param == "model"
     est = memory_plan.estimate_for(fast_recipe(str(tiny_llama)), "cpu")
     memory_plan.check_fits(est, "cuda", est["run_peak_mb"] + 1, "m")  # fits: no error
     memory_plan.check_fits(est, "cuda", 1.0, "m", device_map="balanced")  # spread by accelerate: not judged here

@@ -59,3 +59,6 @@ def test_blank_optional_fields_are_not_given_and_the_recipe_is_checked():
         form.tune_config(dataclasses.replace(fast_recipe("demo:minilm"), eval=dataclasses.replace(
             fast_recipe("x").eval, source="none")))
     assert exc.value.param == "eval" and exc.value.message.startswith("none: a tune needs accuracy")
+    with pytest.raises(InputError) as exc:
+        form.tune_config(fast_recipe("demo:nope"))
+    assert exc.value.param == "model" and exc.value.message.startswith("demo:nope: unknown demo model")

@@ -78,9 +78,9 @@ def _rows_from_file(path: Path, where: str) -> tuple[list[dict], list[str]]:
     try:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise InputError(f"{where}: is not UTF-8 text; expected a .txt, .jsonl or .csv file") from None
+        raise InputError(f"{where}: is not UTF-8 text; expected a .txt, .jsonl or .csv file", param="eval") from None
     if not raw.strip():
-        raise InputError(f"{where}: is empty; expected text, JSON lines or CSV rows")
+        raise InputError(f"{where}: is empty; expected text, JSON lines or CSV rows", param="eval")
     if suffix == ".jsonl":
         rows = []
         for i, line in enumerate(raw.splitlines(), 1):
@@ -89,10 +89,10 @@ def _rows_from_file(path: Path, where: str) -> tuple[list[dict], list[str]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{where}: line {i} is not JSON ({exc.msg}); expected one JSON object per line") \
-                    from None
+                raise InputError(f"{where}: line {i} is not JSON ({exc.msg}); expected one JSON object per line",
+                                 param="eval") from None
             if not isinstance(obj, dict):
-                raise InputError(f"{where}: line {i} is not a JSON object; expected one object per line")
+                raise InputError(f"{where}: line {i} is not a JSON object; expected one object per line", param="eval")
             rows.append(obj)
         columns = sorted({k for r in rows for k in r})
         return rows, columns
@@ -100,7 +100,7 @@ def _rows_from_file(path: Path, where: str) -> tuple[list[dict], list[str]]:
         reader = csv.DictReader(raw.splitlines())
         rows = [dict(r) for r in reader]
         if not rows:
-            raise InputError(f"{where}: has a header but no rows; expected CSV rows")
+            raise InputError(f"{where}: has a header but no rows; expected CSV rows", param="eval")
         return rows, list(reader.fieldnames or [])
     return [], []
 
@@ -119,11 +119,12 @@ def load_eval(settings, task: str) -> EvalData:
     if source.startswith("hf:"):
         return _load_hf(settings, task)
     path = Path(source).expanduser()
-    where = f"--eval {source}"
+    where = source  # errors name the source; param="eval" names the setting
     if not path.is_file():
-        raise InputError(f"{where}: file does not exist; expected a .txt, .jsonl or .csv file, 'builtin' or hf:NAME")
+        raise InputError(f"{where}: file does not exist; expected a .txt, .jsonl or .csv file, 'builtin' or hf:NAME",
+                         param="eval")
     if path.suffix.lower() not in (".txt", ".jsonl", ".csv", ".md"):
-        raise InputError(f"{where}: unsupported file type {path.suffix!r}; expected .txt, .jsonl or .csv")
+        raise InputError(f"{where}: unsupported file type {path.suffix!r}; expected .txt, .jsonl or .csv", param="eval")
     rows, columns = _rows_from_file(path, where)
     if not rows:  # plain text
         text = path.read_text(encoding="utf-8")
@@ -131,17 +132,18 @@ def load_eval(settings, task: str) -> EvalData:
             return EvalData(source, text=text)
         texts = [p.strip() for p in text.split("\n\n") if p.strip()][: settings.max_samples]
         if len(texts) < 2:
-            raise InputError(f"{where}: has fewer than 2 paragraphs; expected blank-line separated texts")
+            raise InputError(f"{where}: has fewer than 2 paragraphs; expected blank-line separated texts", param="eval")
         return EvalData(source, texts=texts)
     return _from_rows(rows, columns, settings, task, where)
 
 
 def _column(rows: list[dict], columns: list[str], name: str, where: str, why: str) -> list:
     if name not in columns:
-        raise InputError(f"{where}: no column {name!r} ({why}); found columns: {', '.join(columns) or 'none'}")
+        raise InputError(f"{where}: no column {name!r} ({why}); found columns: {', '.join(columns) or 'none'}",
+                         param="eval")
     values = [r.get(name) for r in rows]
     if any(v is None or (isinstance(v, str) and not v.strip()) for v in values):
-        raise InputError(f"{where}: column {name!r} has empty values; expected a value in every row")
+        raise InputError(f"{where}: column {name!r} has empty values; expected a value in every row", param="eval")
     return values
 
 
@@ -167,18 +169,18 @@ def _from_rows(rows, columns, settings, task, where) -> EvalData:
 def _load_hf(settings, task: str) -> EvalData:
     spec = settings.source[3:]
     name, _, config = spec.partition(":")
-    where = f"--eval {settings.source}"
+    where = settings.source
     try:
         import datasets  # noqa: F401
     except ImportError:
         raise InputError(f"{where}: the 'datasets' package is not installed; expected `pip install datasets` "
-                         f"(and a network) or a local file") from None
+                         f"(and a network) or a local file", param="eval") from None
     try:
         ds = datasets.load_dataset(name, config or None, split=settings.split)
     except Exception as exc:  # datasets raises many types; all mean "could not get it"
-        raise InputError(f"{where}: could not load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") \
-            from None
+        raise InputError(f"{where}: could not load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                         param="eval") from None
     rows = [dict(r) for r in ds.select(range(min(len(ds), max(settings.max_samples, 2000))))]
     if not rows:
-        raise InputError(f"{where}: split {settings.split!r} is empty")
+        raise InputError(f"{where}: split {settings.split!r} is empty", param="eval")
     return _from_rows(rows, list(rows[0].keys()), settings, task, where)

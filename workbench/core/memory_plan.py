@@ -63,15 +63,15 @@ def check_fits(est: dict | None, device: str, total_mb: float | None, ref: str, 
                                                                 "int8-dynamic-act", "int8-selective")]
         i4 = recommend.estimate(est["_facts"], steps + [{"name": "int4-weight-only", "params": {}}], est["_hw"],
                                 est["_c"])
-        hints.append(f"--opt int4-weight-only (about {i4['run_peak_mb']:.0f} MB"
+        hints.append(f"the optimization int4-weight-only (about {i4['run_peak_mb']:.0f} MB"
                      f"{', fits' if i4['run_peak_mb'] <= total_mb else ', still too big'})")
     if gpus > 1:
-        hints.append(f"--device-map balanced over the {gpus} GPUs (about {need / gpus:.0f} MB each)")
+        hints.append(f"device_map balanced over the {gpus} GPUs (about {need / gpus:.0f} MB each)")
     else:
-        hints.append("--device-map balanced on a machine with more GPUs")
-    raise InputError(f"--model {ref}: the estimated peak memory is {need:.0f} MB ({est['weights_mb']:.0f} MB of "
+        hints.append("device_map balanced on a machine with more GPUs")
+    raise InputError(f"{ref}: the estimated peak memory is {need:.0f} MB ({est['weights_mb']:.0f} MB of "
                      f"{est['linear_format']} weights) and {device} has {total_mb:.0f} MB; expected a recipe that "
-                     f"fits: {' or '.join(hints)}")
+                     f"fits: {' or '.join(hints)}", param="model")
 
 
 def public(est: dict | None) -> dict | None:

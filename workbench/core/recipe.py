@@ -113,17 +113,17 @@ class Recipe:
         """
         task = task or self.model.task
         if task is not None and task not in TASKS:
-            raise InputError(f"--task {task}: unknown task; expected one of: {', '.join(TASKS)}")
+            raise InputError(f"{task}: unknown task; expected one of: {', '.join(TASKS)}", param="task")
         dev = device or self.device
         if dev.split(":")[0] not in DEVICES:
-            raise InputError(f"--device {dev}: unknown device; expected auto, cpu, cuda or cuda:N")
+            raise InputError(f"{dev}: unknown device; expected auto, cpu, cuda or cuda:N", param="device")
         if self.model.device_map is not None:
             if self.model.device_map not in DEVICE_MAPS:
-                raise InputError(f"--device-map {self.model.device_map}: unknown placement; expected one of: "
-                                 f"{', '.join(DEVICE_MAPS)}")
+                raise InputError(f"{self.model.device_map}: unknown placement; expected one of: "
+                                 f"{', '.join(DEVICE_MAPS)}", param="device_map")
             if self.device == "cpu" or self.device.startswith("cuda:"):
-                raise InputError(f"--device-map {self.model.device_map}: spreads the model over every visible GPU; "
-                                 f"expected --device cuda or auto, not {self.device}")
+                raise InputError(f"{self.model.device_map}: spreads the model over every visible GPU; expected "
+                                 f"device cuda or auto, not {self.device}", param="device_map")
         _check_limits(self.bench, "bench")
         _check_limits(self.eval, "eval")
         resolved: list[OptStep] = []
@@ -134,33 +134,34 @@ class Recipe:
             params = spec.resolve(step.params)
             if last is not None and STAGES[spec.stage] < STAGES[last.stage]:
                 raise InputError(
-                    f"--opt {spec.name}: must come before {last.name} ({spec.stage} steps apply before "
+                    f"{spec.name}: must come before {last.name} ({spec.stage} steps apply before "
                     f"{last.stage} steps: train/distill, then prune, then precision, then quantize, then runtime, "
-                    f"compile last)")
+                    f"compile last)", param="opt")
             if spec.exclusive_group:
                 other = groups.get(spec.exclusive_group)
                 if other:
-                    raise InputError(f"--opt {spec.name}: cannot be combined with {other} "
-                                     f"(both are {spec.exclusive_group}; pick one)")
+                    raise InputError(f"{spec.name}: cannot be combined with {other} "
+                                     f"(both are {spec.exclusive_group}; pick one)", param="opt")
                 groups[spec.exclusive_group] = spec.name
             for prev in resolved:
                 pspec = optimizations.get(prev.name)
                 if spec.name in pspec.conflicts or prev.name in spec.conflicts:
-                    raise InputError(f"--opt {spec.name}: cannot be combined with {prev.name}: "
-                                     f"{spec.extra.get('conflict_reason', pspec.extra.get('conflict_reason', 'they are incompatible'))}")
+                    reason = spec.extra.get("conflict_reason", pspec.extra.get("conflict_reason",
+                                                                              "they are incompatible"))
+                    raise InputError(f"{spec.name}: cannot be combined with {prev.name}: {reason}", param="opt")
             max_batch = spec.extra.get("max_batch")
             if max_batch is not None and (self.bench.batch or 1) > max_batch:
-                raise InputError(f"--opt {spec.name}: runs at most {max_batch} sequence(s) at a time; expected "
-                                 f"--batch {max_batch}, not {self.bench.batch}")
+                raise InputError(f"{spec.name}: runs at most {max_batch} sequence(s) at a time; expected "
+                                 f"batch {max_batch}, not {self.bench.batch}", param="opt")
             if self.model.device_map is not None and spec.stage not in DEVICE_MAP_STAGES:
-                raise InputError(f"--opt {spec.name}: not supported with --device-map (the model spans several "
-                                 f"GPUs); expected a {' or '.join(DEVICE_MAP_STAGES)} optimization")
+                raise InputError(f"{spec.name}: not supported with a device_map (the model spans several "
+                                 f"GPUs); expected a {' or '.join(DEVICE_MAP_STAGES)} optimization", param="opt")
             if task is not None and task not in spec.tasks:
-                raise InputError(f"--opt {spec.name}: does not apply to {task} models; "
-                                 f"expected a model of task {', '.join(spec.tasks)}")
+                raise InputError(f"{spec.name}: does not apply to {task} models; "
+                                 f"expected a model of task {', '.join(spec.tasks)}", param="opt")
             if dev.startswith("cuda") and "cuda" not in spec.devices or dev == "cpu" and "cpu" not in spec.devices:
-                raise InputError(f"--opt {spec.name}: does not run on {dev}; expected device "
-                                 f"{' or '.join(spec.devices)}")
+                raise InputError(f"{spec.name}: does not run on {dev}; expected device "
+                                 f"{' or '.join(spec.devices)}", param="opt")
             resolved.append(OptStep(spec.name, params))
             last = spec
         return Recipe(self.model, resolved, self.bench, self.eval, self.device)
@@ -182,8 +183,7 @@ def _check_limits(settings, section: str) -> None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            flag = name.replace("_", "-")
-            raise InputError(f"--{flag} {value!r}: out of range; expected a number in [{lo}, {hi}] ({section})")
+            raise InputError(f"{value!r}: out of range; expected a number in [{lo}, {hi}] ({section})", param=name)
 
 
 def precheck(recipe: Recipe) -> Recipe:

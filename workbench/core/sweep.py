@@ -21,9 +21,9 @@ def parse_batches(text: str) -> list[int]:
     try:
         values = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise InputError(f"--batches {text!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
+        raise InputError(f"{text!r}: expected comma-separated integers, e.g. 1,2,4,8", param="batches") from None
     if not values or values[0] < 1 or values[-1] > 4096:
-        raise InputError(f"--batches {text!r}: expected batch sizes in [1, 4096]")
+        raise InputError(f"{text!r}: expected batch sizes in [1, 4096]", param="batches")
     return values
 
 
@@ -103,7 +103,7 @@ def batch_sweep(model_ref: str, batches=DEFAULT_BATCHES, opts=(), task: str | No
     from workbench.core.recipe import BenchSettings, EvalSettings, ModelSpec, OptStep, Recipe
 
     if not 0 < knee_fraction <= 1:
-        raise InputError(f"--knee {knee_fraction}: expected a fraction in (0, 1]")
+        raise InputError(f"{knee_fraction}: expected a fraction in (0, 1]", param="knee")
     recipe = Recipe(ModelSpec(model_ref, task=task), [OptStep(n, dict(p)) for n, p in opts],
                     BenchSettings(seq_len=seq_len, new_tokens=new_tokens, warmup=warmup, min_iters=min_iters,
                                   min_seconds=min_seconds), EvalSettings(source="none"), device=device)
