@@ -100,7 +100,7 @@ def quantize(model, rung: str) -> dict:
 
     name, params = RUNG_OPTS[rung]
     spec = optimizations.get(name)
-    return spec.apply(model, spec.resolve(params), ApplyContext(device=DEVICE, task="causal-lm"))
+    return spec.apply(model, spec.resolve(params), ApplyContext(device=DEVICE, task="causal-lm")).report
 
 
 def bytes_per_token(model, cfg: dict, batch: int, prompt: int, new: int) -> float:

@@ -87,7 +87,7 @@ def main() -> int:
         ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
         ctx.extra["generate_kwargs"] = {}
         t0 = time.perf_counter()
-        rep = spec.apply(model, spec.resolve(params), ctx)
+        rep = spec.apply(model, spec.resolve(params), ctx).report
         rep["setup_seconds"] = time.perf_counter() - t0
         return rep, ctx.extra["generate_kwargs"]
 

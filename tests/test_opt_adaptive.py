@@ -35,7 +35,7 @@ def llama4(tmp_path_factory):
 def apply(loaded, name, **params):
     spec = optimizations.get(name)
     ctx = ApplyContext("cpu", loaded.task, loaded.tokenizer)
-    return {"name": name, "exportable": spec.exportable, **spec.apply(loaded.model, spec.resolve(params), ctx)}
+    return {"name": name, "exportable": spec.exportable, **spec.apply(loaded.model, spec.resolve(params), ctx).report}
 
 
 def test_drop_layers_choices(llama4):

@@ -30,8 +30,8 @@ def distill(path, events=None, **params):
     ctx = ApplyContext("cpu", loaded.task, loaded.tokenizer,
                        progress=(lambda f, **kw: events.append(kw)) if events is not None else (lambda f, **kw: None))
     spec = optimizations.get("distill")
-    rep = spec.apply(loaded.model, spec.resolve({**FAST, "checkpoint": "none", **params}), ctx)
-    return rep.pop("_model"), rep, loaded
+    applied = spec.apply(loaded.model, spec.resolve({**FAST, "checkpoint": "none", **params}), ctx)
+    return applied.model, applied.report, loaded
 
 
 def test_layer_subset_student_learns_from_the_teacher(llama4):

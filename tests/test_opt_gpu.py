@@ -46,7 +46,7 @@ def test_static_cache_plus_reduce_overhead_compiles_once_and_matches_eager(llama
     ids = torch.arange(5, 69, device="cuda")[None]
     ref = loaded.model.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False)
     apply(loaded, "kv-cache", cache="static")
-    rep = apply(loaded, "compile", mode="reduce-overhead")
+    rep = apply(loaded, "compile", mode="reduce-overhead").report
     assert rep["strategy"].startswith("transformers compile_config") and "forward" not in vars(loaded.model)
     for _ in range(4):  # repeated calls: the CUDA-graph replays must not hand out overwritten outputs
         out = loaded.model.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False,
@@ -62,7 +62,7 @@ def test_static_cache_plus_compile_through_the_pipeline(llama256):
 
 def test_reduce_overhead_with_dynamic_cache_falls_back(llama256):
     loaded = load(str(llama256), None, "cuda")
-    rep = apply(loaded, "compile", mode="reduce-overhead")
+    rep = apply(loaded, "compile", mode="reduce-overhead").report
     assert rep["mode_used"] == "default" and "static" in rep["note"]
     ids = torch.arange(5, 40, device="cuda")[None]
     assert loaded.model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
@@ -82,14 +82,14 @@ def test_torchao_kinds_on_cuda_export(llama256, tmp_path, name):
 
 def test_qat_on_cuda(llama256):
     loaded = load(str(llama256), None, "cuda")
-    rep = apply(loaded, "qat", steps=3, batch=2, seq_len=64)
+    rep = apply(loaded, "qat", steps=3, batch=2, seq_len=64).report
     assert rep["layers_quantized"] > 0 and rep["qat_heldout_error"] >= 0
 
 
 def test_distill_bf16_on_cuda(llama256):
     loaded = load(str(llama256), None, "cuda")
-    rep = apply(loaded, "distill", keep=1, steps=5, batch=2, seq_len=64, precision="bf16", checkpoint="none")
-    student = rep.pop("_model")
+    applied = apply(loaded, "distill", keep=1, steps=5, batch=2, seq_len=64, precision="bf16", checkpoint="none")
+    student, rep = applied.model, applied.report
     assert next(student.parameters()).is_cuda and rep["steps_done"] == 5
 
 

@@ -14,7 +14,7 @@ def apply(loaded, name, **params):
     spec = optimizations.get(name)
     ctx = ApplyContext("cpu", loaded.task, loaded.tokenizer)
     ctx.extra["generate_kwargs"] = loaded.generate_kwargs
-    return spec.apply(loaded.model, spec.resolve(params), ctx)
+    return spec.apply(loaded.model, spec.resolve(params), ctx).report
 
 
 def test_autocast_keeps_fp32_weights_and_computes_matmuls_in_bf16(tiny_llama):

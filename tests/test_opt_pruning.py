@@ -14,7 +14,7 @@ from workbench.core.optimizations.context import ApplyContext  # noqa: E402
 def apply(loaded, name, **params):
     spec = optimizations.get(name)
     ctx = ApplyContext("cpu", loaded.task, loaded.tokenizer)
-    rep = spec.apply(loaded.model, spec.resolve(params), ctx)
+    rep = spec.apply(loaded.model, spec.resolve(params), ctx).report
     return {"name": name, "exportable": spec.exportable, **rep}
 
 

@@ -20,7 +20,7 @@ def test_qat_trains_converts_and_reports_against_ptq(tiny_llama, tmp_path):
     ctx = ApplyContext("cpu", loaded.task, loaded.tokenizer,
                        progress=lambda f, **kw: events.append(kw))
     spec = optimizations.get("qat")
-    rep = spec.apply(loaded.model, spec.resolve({"steps": 4, "batch": 2, "seq_len": 32, "lr": 1e-3}), ctx)
+    rep = spec.apply(loaded.model, spec.resolve({"steps": 4, "batch": 2, "seq_len": 32, "lr": 1e-3}), ctx).report
     w = loaded.model.model.layers[0].mlp.up_proj.weight
     assert type(w).__name__ == "IntxUnpackedToInt8Tensor"
     assert rep["layers_quantized"] == 14 and rep["steps"] == 4

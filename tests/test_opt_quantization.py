@@ -20,7 +20,7 @@ def apply(loaded, name, device="cpu", **params):
     spec = optimizations.get(name)
     ctx = ApplyContext(device, loaded.task, loaded.tokenizer)
     ctx.extra["generate_kwargs"] = loaded.generate_kwargs
-    return spec.apply(loaded.model, spec.resolve(params), ctx)
+    return spec.apply(loaded.model, spec.resolve(params), ctx).report
 
 
 def test_int8_weight_only_shrinks_and_exports_with_torchao_config(tiny_llama, tmp_path):

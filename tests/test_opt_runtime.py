@@ -20,7 +20,7 @@ def setup(path):
 
 def apply(loaded, ctx, name, **params):
     spec = optimizations.get(name)
-    return spec.apply(loaded.model, spec.resolve(params), ctx)
+    return spec.apply(loaded.model, spec.resolve(params), ctx).report
 
 
 def generate(loaded, **kw):

@@ -14,7 +14,7 @@ from workbench.core.optimizations.context import ApplyContext, linear_modules  #
 def apply(loaded, **params):
     spec = optimizations.get("int8-selective")
     ctx = ApplyContext("cpu", loaded.task, loaded.tokenizer)
-    return spec.apply(loaded.model, spec.resolve({"calib_samples": 4, **params}), ctx)
+    return spec.apply(loaded.model, spec.resolve({"calib_samples": 4, **params}), ctx).report
 
 
 def kinds(model):

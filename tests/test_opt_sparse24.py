@@ -37,7 +37,7 @@ def test_semi_structured_on_cuda(tmp_path):
     path = build_llama(tmp_path / "llama", hidden=256, inter=512)
     loaded = load(str(path), None, "cuda")
     spec = optimizations.get("sparse-2of4")
-    rep = spec.apply(loaded.model, spec.resolve({}), ApplyContext("cuda", "causal-lm", loaded.tokenizer))
+    rep = spec.apply(loaded.model, spec.resolve({}), ApplyContext("cuda", "causal-lm", loaded.tokenizer)).report
     assert rep["layers_sparse"] > 0 and abs(rep["measured_sparsity"] - 0.5) < 1e-6
     w = loaded.model.model.layers[0].mlp.up_proj.weight
     assert "SparseSemiStructured" in type(w).__name__

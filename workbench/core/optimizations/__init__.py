@@ -12,9 +12,9 @@ import importlib
 import pkgutil
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import STAGES, OptSpec, Param, register, registry
+from workbench.core.optimizations.base import STAGES, Applied, OptSpec, Param, register, registry
 
-__all__ = ["OptSpec", "Param", "STAGES", "all_specs", "get", "parse_opt_arg", "register"]
+__all__ = ["Applied", "OptSpec", "Param", "STAGES", "all_specs", "get", "parse_opt_arg", "register"]
 
 _HELPERS = frozenset({"base", "calibration", "fastgen"})
 _loaded = False

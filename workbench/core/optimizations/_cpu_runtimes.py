@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from workbench.core.errors import InputError
+from workbench.core.optimizations.base import Applied
 from workbench.core.optimizations.cpu_runtimes import FORMAT_ONNX, FORMAT_OPENVINO, RUNTIME_OPTS
 
 ONNX_FILE = "onnx/model.onnx"
@@ -323,7 +324,7 @@ def _onnx_weight_choice(params: dict, feats: dict) -> tuple[str, bool, str]:
     return wt, reduce, kernels
 
 
-def apply_onnx(model, params: dict, ctx, quantize: bool) -> dict:
+def apply_onnx(model, params: dict, ctx, quantize: bool) -> Applied:
     name = "onnx-int8" if quantize else "onnx"
     refuse(model, ctx, name)
     import onnxruntime as ort
@@ -374,10 +375,9 @@ def apply_onnx(model, params: dict, ctx, quantize: bool) -> dict:
     report["apply_seconds"] = time.perf_counter() - t0
     report["runtime_settings"] = wrapper.runtime
     report["export_format"] = FORMAT_ONNX
-    report["_model"] = wrapper
     ctx.log(f"{name}: ONNX Runtime session ready ({report['onnx_mb']:.1f} MB, {threads} threads, "
             f"{report['exporter']} exporter)")
-    return report
+    return Applied(wrapper, report)
 
 
 def _build_onnx(folder: Path, config, task: str, names: list[str], params: dict, threads: int,
@@ -412,7 +412,7 @@ def _ov_config(params: dict, threads: int, precision: str) -> dict:
     return cfg
 
 
-def apply_openvino(model, params: dict, ctx, quantize: bool) -> dict:
+def apply_openvino(model, params: dict, ctx, quantize: bool) -> Applied:
     name = "openvino-int8" if quantize else "openvino"
     refuse(model, ctx, name)
     import openvino as ov
@@ -460,10 +460,9 @@ def apply_openvino(model, params: dict, ctx, quantize: bool) -> dict:
     sizes = {f: (folder / f).stat().st_size for f in (OV_XML, OV_BIN)}
     report.update({"files": sizes, "openvino_mb": sum(sizes.values()) / 1e6, "apply_seconds": time.perf_counter() - t0,
                    "runtime_settings": wrapper.runtime, "export_format": FORMAT_OPENVINO,
-                   "cpu": feats.get("summary"), "execution_precision": wrapper.runtime.get("execution_precision"),
-                   "_model": wrapper})
+                   "cpu": feats.get("summary"), "execution_precision": wrapper.runtime.get("execution_precision")})
     ctx.log(f"{name}: OpenVINO CPU model compiled ({report['openvino_mb']:.1f} MB, {threads} threads, {precision})")
-    return report
+    return Applied(wrapper, report)
 
 
 def _nncf_quantize(ovm, model, ctx, params: dict, names: list[str], name: str) -> dict:

@@ -19,7 +19,7 @@ for each, so the trade-off is visible; the running model counts the blocks it re
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 
 # ------------------------------------------------------------------ drop-layers
@@ -41,7 +41,7 @@ from workbench.core.optimizations.base import Param, register
     notes="Exports as plain transformers with num_hidden_layers = K. Accuracy drops without fine-tuning: "
           "distill (student = a layer subset) is the trained version of this.",
 )
-def apply_drop(model, params: dict, ctx) -> dict:
+def apply_drop(model, params: dict, ctx) -> Applied:
     from workbench.core.measure.memory import model_size_bytes, param_count
     from workbench.core.optimizations import _common
 
@@ -61,9 +61,10 @@ def apply_drop(model, params: dict, ctx) -> dict:
     p0, b0 = param_count(model), model_size_bytes(model)
     _common.keep_layers(model, sorted(keep))
     ctx.log(f"drop-layers: kept {len(keep)} of {n} blocks: {sorted(keep)}")
-    return {"layers_before": n, "layers_after": len(keep), "kept": sorted(keep), "which": params["which"],
-            "params_before": p0, "params_after": param_count(model), "bytes_before": b0,
-            "bytes_after": model_size_bytes(model), **getattr(model, "_optbench_drop_scores", {})}
+    report = {"layers_before": n, "layers_after": len(keep), "kept": sorted(keep), "which": params["which"],
+              "params_before": p0, "params_after": param_count(model), "bytes_before": b0,
+              "bytes_after": model_size_bytes(model), **getattr(model, "_optbench_drop_scores", {})}
+    return Applied(model, report)
 
 
 def _importance_keep(model, ctx, k: int, n: int, params: dict) -> list[int]:
@@ -201,7 +202,7 @@ def _classifier_probe(model):
           "calibration text and counted live during the benchmark and evaluation.",
     cost=1.0,  # a calibration pass to set the exits
 )
-def apply_exit(model, params: dict, ctx) -> dict:
+def apply_exit(model, params: dict, ctx) -> Applied:
     import time
 
     import torch
@@ -303,8 +304,9 @@ def apply_exit(model, params: dict, ctx) -> dict:
     live.update(state.runtime())
     ctx.log(f"early-exit: {mean_layers:.2f} of {n} blocks on average on calibration text ({params['criterion']}, "
             f"{knob} {params[knob]}); {chosen}")
-    return {"criterion": params["criterion"], knob: params[knob], "layers": n, "min_layers": min_layers,
-            "mean_layers_calibration": mean_layers, **{k + "_calibration": v for k, v in chosen.items()},
-            "full_ms_per_batch": full_ms, "ms_per_batch": ms, "tradeoff": tradeoff, "runtime": live,
-            "exportable": "no",
-            "export_note": "early exit is a runtime policy over the unchanged weights; export the base model"}
+    report = {"criterion": params["criterion"], knob: params[knob], "layers": n, "min_layers": min_layers,
+              "mean_layers_calibration": mean_layers, **{k + "_calibration": v for k, v in chosen.items()},
+              "full_ms_per_batch": full_ms, "ms_per_batch": ms, "tradeoff": tradeoff, "runtime": live,
+              "exportable": "no",
+              "export_note": "early exit is a runtime policy over the unchanged weights; export the base model"}
+    return Applied(model, report)

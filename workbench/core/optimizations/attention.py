@@ -4,7 +4,7 @@ flash_attention_2 (the flash-attn package; CUDA, fp16/bf16)."""
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 
 @register(
@@ -15,7 +15,7 @@ from workbench.core.optimizations.base import Param, register
                   search=("eager", "sdpa")),),
     notes="Changes no weights; the export records the implementation in config.json.",
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     import importlib.util
 
     import torch
@@ -41,4 +41,4 @@ def apply(model, params: dict, ctx) -> dict:
         raise InputError(f"attention:impl={impl}: {type(model).__name__} kept {after!r}; this model does not "
                          f"support switching its attention implementation", param="opt")
     ctx.log(f"attention: {before} -> {after}")
-    return {"before": before, "after": after}
+    return Applied(model, {"before": before, "after": after})

@@ -1,4 +1,4 @@
-"""Optimizations as data: a typed, bounded parameter list plus one apply function.
+"""Optimizations as data: a typed, bounded parameter list plus one apply function returning ``Applied``.
 
 This module must stay importable without torch: the UI process, the CLI's validation and the session reader use it.
 Each optimization module imports torch inside its apply function only.
@@ -119,6 +119,14 @@ class WeightStorage:
         return asdict(self)
 
 
+@dataclass
+class Applied:
+    """What an optimization's apply function returns."""
+
+    model: Any  # the model to continue with (the same object, or a replacement such as a student or a runtime wrapper)
+    report: dict = field(default_factory=dict)  # what the step did (bytes, sparsity, layers ...): its report
+
+
 @dataclass(frozen=True)
 class OptSpec:
     name: str
@@ -126,7 +134,7 @@ class OptSpec:
     stage: str
     summary: str
     params: tuple[Param, ...]
-    apply: Callable[..., dict]
+    apply: Callable[..., Applied]  # apply(model, params, ctx)
     tasks: tuple[str, ...] = TASKS
     devices: tuple[str, ...] = ("cpu", "cuda")
     exportable: str = "yes"  # "yes": plain transformers; "custom": optbench format + loader; "no"
@@ -208,11 +216,12 @@ _REGISTRY: dict[str, OptSpec] = {}
 
 
 def register(*, name: str, family: str, stage: str, summary: str, params: tuple[Param, ...] = (), **kw: Any):
-    """Decorator over an ``apply(model, params, ctx) -> report`` function; ``kw``: the other ``OptSpec`` fields."""
+    """Decorator over an ``apply(model, params, ctx) -> Applied(model, report)`` function; ``kw``: the other
+    ``OptSpec`` fields."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
 
-    def deco(fn: Callable[..., dict]) -> Callable[..., dict]:
+    def deco(fn: Callable[..., Applied]) -> Callable[..., Applied]:
         if name in _REGISTRY:
             raise ValueError(f"optimization {name!r} registered twice")
         _REGISTRY[name] = OptSpec(name=name, family=family, stage=stage, summary=summary, params=tuple(params),

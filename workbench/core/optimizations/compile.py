@@ -19,7 +19,7 @@ On CPU, CUDA-graph modes have no graphs to capture; inductor still compiles.
 
 from __future__ import annotations
 
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
@@ -47,7 +47,7 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
           "on an H200 one run (baseline, compile, benchmark, eval) had not finished after 250 s; for decoding "
           "use graph-decode (one compile, 155 s for that whole run with coordinate-descent tuning).",
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     import functools
 
     import torch
@@ -76,8 +76,9 @@ def apply(model, params: dict, ctx) -> dict:
         gk.pop("disable_compile", None)
         ctx.log(f"compile: static KV cache in use — one compile through transformers' compile_config (mode {mode}), "
                 f"not a second torch.compile around forward")
-        return {**report, "strategy": "transformers compile_config (static cache)", "mode_used": mode,
-                "what": "the decode forward inside generate(); prefill runs eagerly"}
+        report = {**report, "strategy": "transformers compile_config (static cache)", "mode_used": mode,
+                  "what": "the decode forward inside generate(); prefill runs eagerly"}
+        return Applied(model, report)
     used = mode
     note = None
     if ctx.task == "causal-lm" and mode in CUDAGRAPH_MODES and gpu:
@@ -100,5 +101,6 @@ def apply(model, params: dict, ctx) -> dict:
     else:
         forward = compiled
     model.forward = forward  # instance attribute: __call__ and generate() use it; the weights are untouched
-    return {**report, "strategy": "torch.compile(model.forward)", "mode_used": used,
-            **({"note": note} if note else {})}
+    report = {**report, "strategy": "torch.compile(model.forward)", "mode_used": used,
+              **({"note": note} if note else {})}
+    return Applied(model, report)

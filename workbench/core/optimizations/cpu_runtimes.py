@@ -18,7 +18,7 @@ This module is torch-free (the registry imports it); the work is in ``_cpu_runti
 
 from __future__ import annotations
 
-from workbench.core.optimizations.base import Param, WeightStorage, register
+from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 
 FORMAT_ONNX = "optbench-onnx"
 FORMAT_OPENVINO = "optbench-openvino"
@@ -89,7 +89,7 @@ CALIB_DATA = Param("calib_data", str, "builtin", "calibration text: builtin (end
           "ORTModel). ONNX Runtime's MLAS picks AVX2 / AVX-512 kernels from cpuid itself.",
     **_COMMON,
 )
-def apply_onnx(model, params: dict, ctx) -> dict:
+def apply_onnx(model, params: dict, ctx) -> Applied:
     from workbench.core.optimizations import _cpu_runtimes
 
     return _cpu_runtimes.apply_onnx(model, params, ctx, quantize=False)
@@ -116,7 +116,7 @@ def apply_onnx(model, params: dict, ctx) -> dict:
           "reported like any other quantization; the export bound is the dynamic-activation one.",
     **_COMMON, **_INT8,
 )
-def apply_onnx_int8(model, params: dict, ctx) -> dict:
+def apply_onnx_int8(model, params: dict, ctx) -> Applied:
     from workbench.core.optimizations import _cpu_runtimes
 
     return _cpu_runtimes.apply_onnx(model, params, ctx, quantize=True)
@@ -133,7 +133,7 @@ def apply_onnx_int8(model, params: dict, ctx) -> dict:
           "AVX512-BF16 or AMX.",
     **_COMMON,
 )
-def apply_openvino(model, params: dict, ctx) -> dict:
+def apply_openvino(model, params: dict, ctx) -> Applied:
     from workbench.core.optimizations import _cpu_runtimes
 
     return _cpu_runtimes.apply_openvino(model, params, ctx, quantize=False)
@@ -153,7 +153,7 @@ def apply_openvino(model, params: dict, ctx) -> dict:
     **{**_COMMON, "cost": 1.5},  # export + NNCF calibration
     **_INT8,
 )
-def apply_openvino_int8(model, params: dict, ctx) -> dict:
+def apply_openvino_int8(model, params: dict, ctx) -> Applied:
     from workbench.core.optimizations import _cpu_runtimes
 
     return _cpu_runtimes.apply_openvino(model, params, ctx, quantize=True)

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 PARAMS = (
     Param("student", str, "layers", "layers: a subset of the teacher's blocks (weights copied); config: a smaller "
@@ -341,7 +341,7 @@ def train(teacher, student, mapping, task: str, tokenizer, params: dict, device:
           "two moments, in the student's dtype) + both models' activations for one batch; an 8B bf16 teacher "
           "keeping half its blocks (a 9 GB student) needs roughly 16 + 4 x 9 = 52 GB before activations.",
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     from workbench.core.measure.memory import model_size_bytes, param_count
     from workbench.core.optimizations import _common
 
@@ -358,7 +358,7 @@ def apply(model, params: dict, ctx) -> dict:
     ctx.log(f"distill: student with {len(_common.blocks(student))} of {n_teacher} blocks, "
             f"{p_student / 1e6:.1f} M of {p_teacher / 1e6:.1f} M parameters")
     result = train(teacher, student, mapping, ctx.task, ctx.tokenizer, params, ctx.device, ctx.log, ctx.progress)
-    return {"_model": student, "student": params["student"], "teacher_layers": n_teacher,
-            "student_layers": len(_common.blocks(student)), "kept_layers": mapping,
-            "params_teacher": p_teacher, "params_student": p_student, "bytes_after": model_size_bytes(student),
-            **result}
+    return Applied(student, {"student": params["student"], "teacher_layers": n_teacher,
+                             "student_layers": len(_common.blocks(student)), "kept_layers": mapping,
+                             "params_teacher": p_teacher, "params_student": p_student,
+                             "bytes_after": model_size_bytes(student), **result})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 
 @register(
@@ -29,7 +29,7 @@ from workbench.core.optimizations.base import Param, register
     notes="Changes how tokens are generated, not the weights: the export is the model itself. Greedy only.",
     cost=1.0,  # one compile of the decode step, cheaper than a whole-forward compile
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     from workbench.core.optimizations.fastgen import GraphedGreedy
 
     from workbench.core.optimizations.quant_torchao import refuse_int8_dynamic_act_compile
@@ -47,5 +47,6 @@ def apply(model, params: dict, ctx) -> dict:
                              gemv=params["gemv"], fuse=params["fuse"])
 
     ctx.extra["generate_kwargs"]["optbench_generator"] = factory
-    return {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
-            "fuse": params["fuse"], "max_len": params["max_len"]}
+    report = {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
+              "fuse": params["fuse"], "max_len": params["max_len"]}
+    return Applied(model, report)

@@ -11,7 +11,7 @@ overwritten" (see compile.py).
 
 from __future__ import annotations
 
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 
 @register(
@@ -29,13 +29,13 @@ from workbench.core.optimizations.base import Param, register
     notes="On CPU transformers does not compile, and a static cache makes every decode step attend over the whole "
           "preallocated length: expect it to be slower than the dynamic cache unless combined with compile.",
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     gk = ctx.extra["generate_kwargs"]
     report = {"cache": params["cache"]}
     if params["cache"] == "dynamic":
         for k in ("cache_implementation", "max_cache_len", "disable_compile"):
             gk.pop(k, None)
-        return {**report, "note": "transformers' default dynamic cache"}
+        return Applied(model, {**report, "note": "transformers' default dynamic cache"})
     gk["cache_implementation"] = "static"
     if params["max_len"]:
         from transformers import GenerationConfig
@@ -52,4 +52,4 @@ def apply(model, params: dict, ctx) -> dict:
     report["transformers_compiles_forward"] = bool(gpu and params["auto_compile"])
     if not gpu:
         ctx.log("kv-cache: static cache on CPU runs eagerly (no auto-compile); expect slower decode than dynamic")
-    return report
+    return Applied(model, report)

@@ -9,7 +9,7 @@ when cast whole. Autocast saves no memory for weights and is a runtime setting, 
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 MODE = Param("mode", str, "cast", "cast: convert weights and activations; autocast: fp32 weights, half-precision "
              "matmuls with fp32 islands (softmax, norms)", choices=("cast", "autocast"), search=("cast", "autocast"))
@@ -71,17 +71,17 @@ def _autocast(model, ctx, dtype_name: str, name: str) -> dict:
           summary="float16 inference: cast weights and activations (half the bytes), or autocast with fp32 islands.",
           notes="On CPU, fp16 matmuls are often slower than fp32. mode=autocast keeps fp32 weights (no size change) "
                 "and is not exportable (a runtime setting).")
-def apply_fp16(model, params: dict, ctx) -> dict:
+def apply_fp16(model, params: dict, ctx) -> Applied:
     if params.get("mode") == "autocast":
-        return _autocast(model, ctx, "float16", "fp16")
-    return _cast(model, ctx, "float16")
+        return Applied(model, _autocast(model, ctx, "float16", "fp16"))
+    return Applied(model, _cast(model, ctx, "float16"))
 
 
 @register(name="bf16", family="precision", stage="precision", exclusive_group="precision", params=(MODE,),
           precision="bf16",
           summary="bfloat16 inference: cast (half the bytes, fp32's range), or autocast with fp32 islands.",
           notes="mode=autocast keeps fp32 weights (no size change) and is not exportable (a runtime setting).")
-def apply_bf16(model, params: dict, ctx) -> dict:
+def apply_bf16(model, params: dict, ctx) -> Applied:
     if params.get("mode") == "autocast":
-        return _autocast(model, ctx, "bfloat16", "bf16")
-    return _cast(model, ctx, "bfloat16")
+        return Applied(model, _autocast(model, ctx, "bfloat16", "bf16"))
+    return Applied(model, _cast(model, ctx, "bfloat16"))

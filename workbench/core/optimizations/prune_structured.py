@@ -21,7 +21,7 @@ predictions as targets for classifiers. Grouped-query attention is pruned by who
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 IMPORTANCE = Param("importance", str, "activation", "activation: mean |input| to the output projection x its "
                    "weight norm on calibration text (forward only); magnitude: weight norms; gradient: Taylor "
@@ -306,12 +306,12 @@ def _finish(model, before_params: int, before_bytes: int, rep: dict, ctx, name: 
           "BERT-style in the optbench-resized format. Accuracy drops without fine-tuning: follow with distill "
           "or measure the trade-off with small fractions.",
 )
-def apply_heads(model, params: dict, ctx) -> dict:
+def apply_heads(model, params: dict, ctx) -> Applied:
     from workbench.core.measure.memory import model_size_bytes, param_count
 
     p0, b0 = param_count(model), model_size_bytes(model)
     rep = prune_heads(model, ctx, params["fraction"], params["importance"], params)
-    return _finish(model, p0, b0, rep, ctx, "prune-heads")
+    return Applied(model, _finish(model, p0, b0, rep, ctx, "prune-heads"))
 
 
 @register(
@@ -322,9 +322,9 @@ def apply_heads(model, params: dict, ctx) -> dict:
                   search=(0.125, 0.25, 0.5)), IMPORTANCE, CALIB, CALIB_DATA),
     notes="Exports as plain transformers (intermediate_size updated). Accuracy drops without fine-tuning.",
 )
-def apply_ffn(model, params: dict, ctx) -> dict:
+def apply_ffn(model, params: dict, ctx) -> Applied:
     from workbench.core.measure.memory import model_size_bytes, param_count
 
     p0, b0 = param_count(model), model_size_bytes(model)
     rep = prune_ffn(model, ctx, params["fraction"], params["importance"], params)
-    return _finish(model, p0, b0, rep, ctx, "prune-ffn")
+    return Applied(model, _finish(model, p0, b0, rep, ctx, "prune-ffn"))

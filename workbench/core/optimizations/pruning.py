@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 
 def measured_sparsity(modules) -> dict:
@@ -29,7 +29,7 @@ def measured_sparsity(modules) -> dict:
     ),
     notes="Dense kernels do the same work on zeros: expect no speedup, only a compressible artifact.",
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     import torch
     from torch.nn.utils import prune
 
@@ -48,6 +48,7 @@ def apply(model, params: dict, ctx) -> dict:
             prune.remove(m, "weight")  # permanent: the mask is folded into the weight
     sparsity = measured_sparsity(targets)
     ctx.log(f"prune-l1: asked {amount:.3f}, measured {sparsity['overall']:.4f} over {len(targets)} layers")
-    return {"requested_sparsity": amount, "measured_sparsity": sparsity["overall"],
-            "per_layer_sparsity": sparsity["per_layer"], "layers": len(targets),
-            "weights_zeroed": sparsity["zeros"]}
+    report = {"requested_sparsity": amount, "measured_sparsity": sparsity["overall"],
+              "per_layer_sparsity": sparsity["per_layer"], "layers": len(targets),
+              "weights_zeroed": sparsity["zeros"]}
+    return Applied(model, report)

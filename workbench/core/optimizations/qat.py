@@ -11,7 +11,7 @@ so the report says what the training bought.
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 SCHEMES = ("8da4w", "8da8w", "4w", "fp8")
 
@@ -75,7 +75,7 @@ def training_loss(model, teacher, task: str, batch: dict, kind: str):
     cost=3.0,  # training
     quantizes_activations=True,
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     import copy
     import time
 
@@ -173,4 +173,4 @@ def apply(model, params: dict, ctx) -> dict:
         report["qat_vs_ptq"] = ("better" if qat_err < ptq_err else "worse" if qat_err > ptq_err else "equal")
         ctx.log(f"qat: held-out {_common.error_name(task)}: PTQ {ptq_err:.4g} -> QAT {qat_err:.4g}")
     report.update(_torchao.attach_export(model, cfg, done))
-    return report
+    return Applied(model, report)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, WeightStorage, register
+from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 
 HALF = "int8-dynamic quantizes from float32 Linear layers; drop the half-precision cast"
 
@@ -24,7 +24,7 @@ HALF = "int8-dynamic quantizes from float32 Linear layers; drop the half-precisi
     quantizes_activations=True,
     weights=WeightStorage("int8-dynamic", 1.0),  # the estimate counts per-tensor scales: none per row
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     import torch
 
     from workbench.core.measure.memory import model_size_bytes
@@ -79,4 +79,4 @@ def apply(model, params: dict, ctx) -> dict:
     }
     if params["backend"] == "torchao":
         report.update(export)  # transformers' TorchAoConfig format
-    return report
+    return Applied(model, report)

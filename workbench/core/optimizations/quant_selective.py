@@ -12,7 +12,7 @@ text, away from the evaluation text (core/optimizations/calibration.py).
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, WeightStorage, register
+from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 
 SCHEMES = ("per-tensor", "per-channel", "torchao")
 HALF = "selective INT8 quantizes from float32 Linear layers; drop the half-precision cast"
@@ -99,7 +99,7 @@ def _half_twin(module, dtype):
     quantizes_activations=True,
     weights=_storage,
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     import time
 
     import torch
@@ -264,4 +264,4 @@ def apply(model, params: dict, ctx) -> dict:
                                  "same model; use keep_dtype=fp32 for an exportable artifact")
     ctx.log(f"int8-selective: {len(done)}/{len(names)} layers quantized ({scheme}), {k} kept fp32; calibration "
             f"{_common.error_name(task)} = {calib_error:.4g} (target <= {tolerance:.4g})")
-    return report
+    return Applied(model, report)

@@ -13,7 +13,7 @@ torchao can serialize; a reload needs torchao. What runs where (torchao 0.18):
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, WeightStorage, register
+from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 
 SKIP_HEAD = Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision")
 COMMON = dict(family="quantization", stage="quantize", exclusive_group="weight-quantization", requires=("torchao",),
@@ -67,13 +67,13 @@ def _run(model, params: dict, ctx, opt: str, make_config, need_bf16: bool = Fals
 @register(name="int8-weight-only", summary="torchao int8 weight-only: int8 per-channel weights, activations stay "
           "in float (halves/quarters weight bytes; helps memory-bound decode).",
           params=(SKIP_HEAD,), weights=WeightStorage("int8-weight-only", 1.0, bytes_per_row=4), **COMMON)
-def apply_int8_wo(model, params: dict, ctx) -> dict:
+def apply_int8_wo(model, params: dict, ctx) -> Applied:
     def make():
         from torchao.quantization import Int8WeightOnlyConfig
 
         return Int8WeightOnlyConfig()
 
-    return _run(model, params, ctx, "int8-weight-only", make)
+    return Applied(model, _run(model, params, ctx, "int8-weight-only", make))
 
 
 @register(name="int8-dynamic-act", summary="torchao int8 dynamic activation (per token) + int8 weight (per "
@@ -82,7 +82,7 @@ def apply_int8_wo(model, params: dict, ctx) -> dict:
           notes="The torchao counterpart of int8-dynamic (torch.ao): per-token activation scales keep more "
                 "accuracy than torch.ao's per-tensor ones. Slow at batch-1 decode (memory-bound).",
           quantizes_activations=True, weights=WeightStorage("int8-dynamic-act", 1.0, bytes_per_row=4), **COMMON)
-def apply_int8_da(model, params: dict, ctx) -> dict:
+def apply_int8_da(model, params: dict, ctx) -> Applied:
     def make():
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
@@ -90,7 +90,7 @@ def apply_int8_da(model, params: dict, ctx) -> dict:
 
     report = _run(model, params, ctx, "int8-dynamic-act", make)
     model._optbench_int8_dynamic_act = True  # see refuse_int8_dynamic_act_compile
-    return report
+    return Applied(model, report)
 
 
 def refuse_int8_dynamic_act_compile(model, ctx, opt: str) -> None:
@@ -112,7 +112,7 @@ def refuse_int8_dynamic_act_compile(model, ctx, opt: str) -> None:
                 "bf16. torchao 0.18 has no x86 CPU int4 layout, hence CUDA only.",
           # int4 + a bf16 scale and zero point per group (the estimate assumes group 128); the rest in bf16
           weights=WeightStorage("int4-weight-only", 0.5, bytes_per_group=4.0, float_bytes=2.0), **COMMON)
-def apply_int4_wo(model, params: dict, ctx) -> dict:
+def apply_int4_wo(model, params: dict, ctx) -> Applied:
     if not ctx.device.startswith("cuda"):
         raise InputError("int4-weight-only: needs a CUDA GPU; expected device cuda", param="opt")
 
@@ -132,20 +132,20 @@ def apply_int4_wo(model, params: dict, ctx) -> dict:
         rep["padded_to_1024"] = len(padded)
         ctx.log(f"int4-weight-only: {len(padded)} layer(s) have an input size that is not a multiple of 1024; "
                 f"torchao pads them to one, so small layers save little or nothing")
-    return rep
+    return Applied(model, rep)
 
 
 @register(name="fp8-weight-only", summary="torchao float8 (e4m3) weight-only: 1-byte weights, dequantized per "
           "matmul.", params=(SKIP_HEAD,),
           notes="Runs on CPU (dequantizing; expect no speedup) and CUDA.",
           weights=WeightStorage("fp8-weight-only", 1.0, bytes_per_row=4), **COMMON)
-def apply_fp8_wo(model, params: dict, ctx) -> dict:
+def apply_fp8_wo(model, params: dict, ctx) -> Applied:
     def make():
         from torchao.quantization import Float8WeightOnlyConfig
 
         return Float8WeightOnlyConfig()
 
-    return _run(model, params, ctx, "fp8-weight-only", make)
+    return Applied(model, _run(model, params, ctx, "fp8-weight-only", make))
 
 
 @register(name="fp8-dynamic", summary="torchao float8 dynamic activation + float8 weight, per-row scales "
@@ -154,7 +154,7 @@ def apply_fp8_wo(model, params: dict, ctx) -> dict:
                         choices=("row", "tensor")), SKIP_HEAD),
           devices=("cuda",), notes="Casts the model to bf16 first.", quantizes_activations=True,
           weights=WeightStorage("fp8-dynamic", 1.0, bytes_per_row=4, float_bytes=2.0), **COMMON)
-def apply_fp8_dyn(model, params: dict, ctx) -> dict:
+def apply_fp8_dyn(model, params: dict, ctx) -> Applied:
     import torch
 
     if not ctx.device.startswith("cuda"):
@@ -173,4 +173,4 @@ def apply_fp8_dyn(model, params: dict, ctx) -> dict:
 
     rep = _run(model, params, ctx, "fp8-dynamic", make, need_bf16=True)
     rep["granularity"] = params["granularity"]
-    return rep
+    return Applied(model, rep)

@@ -8,7 +8,7 @@ tutorial sees them from batch 16). Without fine-tuning, 50 % magnitude sparsity 
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 
 def two_four_mask(weight):
@@ -42,7 +42,7 @@ def is_two_four(weight) -> bool:
     notes="Applies after precision (it needs fp16/bf16 weights; fp32 models are cast to bf16 first). The compressed "
           "tensors have no safetensors form: not exportable (re-apply after loading).",
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     import torch
 
     from workbench.core.measure.memory import model_size_bytes, tensor_bytes
@@ -93,4 +93,4 @@ def apply(model, params: dict, ctx) -> dict:
                    "bytes_before": before, "bytes_after": model_size_bytes(model),
                    "backend": "cutlass" if getattr(torch.sparse.SparseSemiStructuredTensor, "_FORCE_CUTLASS", False)
                    else "default (cuSPARSELt when available)"})
-    return report
+    return Applied(model, report)

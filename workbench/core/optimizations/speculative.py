@@ -23,7 +23,7 @@ several accepted tokens share one stamp. Batch 1 only (transformers' assisted ge
 from __future__ import annotations
 
 from workbench.core.errors import InputError
-from workbench.core.optimizations.base import Param, register
+from workbench.core.optimizations.base import Applied, Param, register
 
 METHODS = ("draft", "prompt-lookup")
 SCHEDULES = ("constant", "heuristic_transient", "heuristic")
@@ -72,7 +72,7 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
           "nothing with the model, so it adds about a quarter of the block weights plus embeddings and head).",
     extra={"max_batch": 1},
 )
-def apply(model, params: dict, ctx) -> dict:
+def apply(model, params: dict, ctx) -> Applied:
     import time
 
     from workbench.core.measure.memory import model_size_bytes, param_count
@@ -111,7 +111,7 @@ def apply(model, params: dict, ctx) -> dict:
     ctx.extra["generate_kwargs"]["optbench_generator"] = factory
     report["setup_seconds"] = time.perf_counter() - t0
     report["stats"] = stats.live  # the same dict: the benchmark's calls fill it in before the report is written
-    return report
+    return Applied(model, report)
 
 
 def _draft_model(model, params: dict, ctx):
