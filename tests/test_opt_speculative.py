@@ -17,7 +17,7 @@ def speculative(loaded, **params):
     spec = optimizations.get("speculative")
     ctx = ApplyContext("cpu", loaded.task, loaded.tokenizer)
     ctx.extra["generate_kwargs"] = {}
-    rep = spec.apply(loaded.model, spec.resolve(params), ctx)
+    rep = spec.apply(loaded.model, spec.resolve(params), ctx).report
     return rep, ctx.extra["generate_kwargs"]["optbench_generator"](1, 64)
 
 
