@@ -14,11 +14,8 @@ from workbench.core.errors import InputError
 from workbench.core.optimizations.base import STAGES
 from workbench.core.recipe import ModelSpec, OptStep, Recipe
 
-# Cost classes: cheap and usually promising first; training last.
-STAGE_COST = {"precision": 0.0, "quantize": 0.1, "runtime": 0.2, "prune": 1.0, "compile": 2.0, "train": 3.5}
+# Cost classes (cheap and usually promising first, training last) are each optimization's own ``OptSpec.cost``.
 EMULATED_COST = 4.0  # added to a step this CPU can only emulate: ordered after training-class trials
-NAME_COST = {"early-exit": 1.0, "graph-decode": 1.0, "int8-selective": 2.0, "qat": 3.0, "distill": 3.5,
-             "onnx": 0.3, "onnx-int8": 0.3, "openvino": 0.3, "openvino-int8": 1.5}  # export (+ calibration) first
 PHASES = ("single", "single", "pair", "triple")
 
 
@@ -57,7 +54,7 @@ def _label(name: str, params: dict, searched: tuple[str, ...]) -> str:
 
 
 def _step_cost(spec, params: dict) -> float:
-    cost = NAME_COST.get(spec.name, STAGE_COST[spec.stage])
+    cost = spec.cost
     if params.get("importance") == "gradient" or (spec.name == "drop-layers" and params.get("which") == "importance"):
         cost += 0.5
     if spec.name == "int8-selective" and params.get("keep") == -1:
