@@ -106,7 +106,7 @@ def test_int8_selective_streams_its_quantized_twins(tiny_llama, monkeypatch):
 
     spec = optimizations.get("int8-selective")
     ctx = ApplyContext(device="cpu", task="causal-lm", tokenizer=loaded.tokenizer, progress=progress)
-    rep = spec.apply(loaded.model, spec.resolve({"scheme": "per-channel", "calib_samples": 4}), ctx)
+    rep = spec.apply(loaded.model, spec.resolve({"scheme": "per-channel", "calib_samples": 4}), ctx).report
     assert ranking and max(ranking) <= 1, ranking
     assert max(overall) <= n_layers + 1
     assert len(live) == rep["layers_quantized"]  # what is left is exactly the model's quantized layers
@@ -122,7 +122,7 @@ def test_int8_selective_torchao_accepts_a_bf16_model(tiny_llama):
     loaded.model.to(torch.bfloat16)
     spec = optimizations.get("int8-selective")
     ctx = ApplyContext(device="cpu", task="causal-lm", tokenizer=loaded.tokenizer)
-    rep = spec.apply(loaded.model, spec.resolve({"scheme": "torchao", "calib_samples": 4, "keep": 1}), ctx)
+    rep = spec.apply(loaded.model, spec.resolve({"scheme": "torchao", "calib_samples": 4, "keep": 1}), ctx).report
     assert rep["layers_quantized"] == rep["layers"] - 1
     with pytest.raises(Exception, match="expected a float32 model"):
         fresh = load(str(tiny_llama), device="cpu").model.to(torch.bfloat16)

@@ -16,6 +16,9 @@ def add_bench_eval_args(p: argparse.ArgumentParser, suffix: str = "", eval_none:
     b.add_argument("--warmup", type=int)
     b.add_argument("--min-iters", type=int)
     b.add_argument("--min-seconds", type=float)
+    b.add_argument("--max-seconds", type=float,
+                   help="cap each benchmark at this many seconds, warm-up included; it ends early with what it has "
+                        "(at least one timed call) and the report says stopped_early")
     b.add_argument("--monitor-hz", type=float, help="background monitor sampling rate")
     e = p.add_argument_group("evaluation" + suffix)
     e.add_argument("--eval", dest="eval_source", metavar="SRC",
@@ -74,7 +77,7 @@ def recipe_from_args(args, base=None):
     if args.opt:
         recipe.optimizations = [OptStep(*optimizations.parse_opt_arg(o)) for o in args.opt]
     bench = BenchSettings(**vars(recipe.bench))
-    for name in ("batch", "seq_len", "new_tokens", "warmup", "min_iters", "min_seconds", "monitor_hz"):
+    for name in ("batch", "seq_len", "new_tokens", "warmup", "min_iters", "min_seconds", "max_seconds", "monitor_hz"):
         if getattr(args, name, None) is not None:
             setattr(bench, name, getattr(args, name))
     ev = EvalSettings(**vars(recipe.eval))

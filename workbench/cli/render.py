@@ -67,6 +67,10 @@ def print_report(r: dict, session: str | None = None) -> None:
     console.print(f"speedup (baseline p50 / optimized p50): [bold]{r['speedup']:.2f}×[/]  ·  size ratio "
                   f"{r['size_ratio']:.2f}  ·  {b['latency_ms']['count']}/{o['latency_ms']['count']} timed runs  ·  "
                   f"{r['seconds']:.0f} s total")
+    capped = [p for p in ("baseline", "optimized") if (r.get(p) or {}).get("stopped_early") == "max_seconds"]
+    if capped:
+        console.print(f"[yellow]the {' and '.join(capped)} bench hit --max-seconds: fewer timed calls than asked, a "
+                      f"rougher median[/]")
     if r.get("export"):
         e = r["export"]
         if e.get("verified"):

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(text, file=sys.stderr, flush=True)
 
         ctx = ApplyContext(device=device, task=loaded.task, tokenizer=loaded.tokenizer, log=log)
-        rep = spec.apply(loaded.model, params, ctx)
-        student = rep.pop("_model")
+        applied = spec.apply(loaded.model, params, ctx)
+        student, rep = applied.model, applied.report
         if dist.is_initialized():
             dist.barrier()
         if rank == 0:

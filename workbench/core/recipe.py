@@ -37,10 +37,12 @@ class BenchSettings:
     min_seconds: float = 3.0
     max_iters: int = 1000
     monitor_hz: float = 4.0
+    max_seconds: float | None = None  # cap per bench (warm-up included): ends early with what it has, marked so
 
     LIMITS = {
         "batch": (1, 4096), "seq_len": (1, 131072), "new_tokens": (2, 65536), "warmup": (0, 1000),
         "min_iters": (1, 100000), "min_seconds": (0.0, 3600.0), "max_iters": (1, 1000000), "monitor_hz": (0.1, 100.0),
+        "max_seconds": (0.01, 86400.0),
     }
 
 

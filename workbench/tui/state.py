@@ -15,7 +15,9 @@ from workbench.core.optimizations.base import STAGES
 from workbench.core.recipe import BenchSettings, EvalSettings, ModelSpec, OptStep, Recipe
 
 # Bench/eval fields offered in the settings panel (the rest keep the core's defaults).
-BENCH_FIELDS = ("batch", "seq_len", "new_tokens", "warmup", "min_iters", "min_seconds", "monitor_hz")
+BENCH_FIELDS = ("batch", "seq_len", "new_tokens", "warmup", "min_iters", "min_seconds", "max_seconds",
+                "monitor_hz")
+OPTIONAL_FIELDS = ("batch", "max_seconds")  # empty: None (the core's default per task; no cap)
 EVAL_FIELDS = ("source", "token_budget", "window", "max_samples")
 
 
@@ -144,10 +146,10 @@ def setting_fields(obj) -> list[tuple[str, type, Any]]:
 def coerce_setting(obj, name: str, raw: str) -> Any:
     """Check one bench/eval value against the core's limits; returns the value or raises InputError."""
     kind = dict((n, k) for n, k, _ in setting_fields(obj))[name]
-    flag = "--" + name.replace("_", "-")
+    flag = name.replace("_", " ")
     raw = raw.strip()
-    if raw == "" and name == "batch":
-        return None  # core default per task
+    if raw == "" and name in OPTIONAL_FIELDS:
+        return None
     try:
         value = kind(raw) if kind is not int else int(raw, 10)
     except ValueError:

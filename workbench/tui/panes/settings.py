@@ -22,6 +22,7 @@ HELP = {
     "warmup": "untimed calls first",
     "min_iters": "timed calls at least",
     "min_seconds": "timed seconds at least",
+    "max_seconds": "cap per bench, warm-up included (empty: none); a capped bench is marked",
     "monitor_hz": "monitor samples per second",
     "source": "builtin, none, a .txt/.jsonl/.csv file or hf:NAME[:CONFIG]",
     "token_budget": "causal LM: tokens scored",

@@ -39,7 +39,17 @@ def summary_table(report: dict, run_id=None) -> Table:
               Text.assemble(("peak RSS ", "bold"), f"{rss(base)} → {rss(opt)}"))
     t.add_row(Text.assemble(("dtype ", "bold"), f"{base.get('dtype', fmt.NA)} → {opt.get('dtype', fmt.NA)}",
                             f" · {report.get('task', '')} · {report.get('device', '')}"), art)
+    capped = capped_phases(report)
+    if capped:
+        t.add_row(Text(f"⚠ the {' and '.join(capped)} bench hit its time cap (max seconds): fewer timed calls, a "
+                       "rougher median", style="yellow"), "")
     return t
+
+
+def capped_phases(report: dict) -> list[str]:
+    """The phases whose bench ended early at its ``max_seconds`` cap."""
+    return [name for name in ("baseline", "optimized")
+            if (report.get(name) or {}).get("stopped_early") == "max_seconds"]
 
 
 class SummaryPane(Static):
