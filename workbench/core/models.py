@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from workbench.core.errors import InputError
 from workbench.core.modelref import ResolvedRef, resolve
@@ -142,9 +144,11 @@ def fingerprint(ref: ResolvedRef, config=None) -> str:
 
 
 def load(ref_text: str, task: str | None = None, device: str = "auto", trust_remote_code: bool = False,
-         revision: str | None = None, device_map: str | None = None) -> LoadedModel:
+         revision: str | None = None, device_map: str | None = None,
+         on_progress: Callable[[float], None] | None = None) -> LoadedModel:
     """Load a model for ``task`` onto ``device``. ``device_map`` (auto, balanced, ...) spreads it over every visible
-    GPU with accelerate instead; inputs then go to the device of the first module (the embeddings)."""
+    GPU with accelerate instead; inputs then go to the device of the first module (the embeddings).
+    ``on_progress(fraction)``: how far a GGUF file's tensors are dequantized (the slow part of loading one)."""
     import torch
     import transformers
 
@@ -177,7 +181,8 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
         # .to(cuda) stages the whole model in host memory first: an 8B model's 16 GB twice).
         placement = {"device_map": device_map} if device_map else \
             {"device_map": dev} if dev.startswith("cuda") else {}
-        model = auto_class(task).from_pretrained(source, config=config, dtype=dtype, **placement, **common)
+        with _gguf_progress(on_progress if ref.gguf_file else None):
+            model = auto_class(task).from_pretrained(source, config=config, dtype=dtype, **placement, **common)
         tokenizer = tok_future.result()
     except Exception as exc:  # safetensors, GGUF and pickle readers raise many types; all mean "bad weights"
         if isinstance(exc, (torch.OutOfMemoryError, MemoryError, InputError)):
@@ -196,6 +201,37 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
     else:
         model.to(dev)
     return LoadedModel(model, tokenizer, task, ref, dev, fingerprint(ref, config))
+
+
+@contextlib.contextmanager
+def _gguf_progress(on_progress: Callable[[float], None] | None):
+    """Report transformers' GGUF dequantization loop (its tqdm over the file's tensors) to ``on_progress``, in steps
+    of at least 1 %. Progress bars are off in optbench, so the loop is otherwise silent for the minutes a large file
+    takes."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        gguf_utils = None
+    if on_progress is None or gguf_utils is None or not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+    original = gguf_utils.tqdm
+
+    def tracked(iterable, *args, **kwargs):
+        items = list(iterable)
+        shown = 0.0
+        for i, item in enumerate(items, 1):
+            yield item
+            fraction = i / len(items)
+            if fraction - shown >= 0.01 or i == len(items):
+                shown = fraction
+                on_progress(fraction)
+
+    gguf_utils.tqdm = tracked
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def _strip_gguf_quantizer(model, task: str):

@@ -102,7 +102,8 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
     try:
         t0 = time.perf_counter()
         loaded = load(recipe.model.ref, recipe.model.task, recipe.device, recipe.model.trust_remote_code,
-                      recipe.model.revision, recipe.model.device_map)
+                      recipe.model.revision, recipe.model.device_map,
+                      on_progress=lambda f: _stage(emit, "loading", f))
         load_s = time.perf_counter() - t0
         info = loaded.info()
         emit("log", level="info", text=f"loaded {info['architecture']} ({info['parameters'] / 1e6:.1f} M params, "
