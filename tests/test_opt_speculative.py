@@ -78,7 +78,7 @@ def test_refusals_before_anything_runs(tiny_llama, tmp_path):
         r.bench.batch = batch
         return r.validate("causal-lm", "cpu")
 
-    with pytest.raises(InputError, match="--opt speculative: .*expected --batch 1"):
+    with pytest.raises(InputError, match="^speculative: .*expected batch 1"):
         recipe([("speculative", {})], batch=4)
     with pytest.raises(InputError, match="cannot be combined with"):
         recipe([("speculative", {}), ("graph-decode", {})])
