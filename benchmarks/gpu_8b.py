@@ -193,7 +193,7 @@ def memory_estimate(folder: str, steps: list[dict], device: str, batch: int, seq
 
 
 def section_opt(torch, folder: str, device: str, opt_text: str, scratch: Path, bench_kw: dict) -> None:
-    from workbench.cli.checks import precheck
+    from workbench.core.recipe import precheck
     from workbench.core import optimizations, pipeline
     from workbench.core.recipe import BenchSettings, EvalSettings, ModelSpec, OptStep, Recipe
 

@@ -5,6 +5,7 @@ import time
 import psutil
 import pytest
 
+from tests.fixtures.selftest_jobs import SELFTEST
 from workbench.core.jobs.client import Job
 
 
@@ -17,13 +18,13 @@ def kinds(events):
 
 
 def test_stray_prints_do_not_break_the_stream():
-    events = collect(Job({"job": "selftest", "action": "print"}))
+    events = collect(Job({"job": "selftest", "action": "print"}, module=SELFTEST))
     assert kinds(events)[-2:] == ["result", "done"]
     assert events[-1]["ok"] is True
 
 
 def test_exception_becomes_error_event():
-    events = collect(Job({"job": "selftest", "action": "raise"}))
+    events = collect(Job({"job": "selftest", "action": "raise"}, module=SELFTEST))
     err = next(e for e in events if e["type"] == "error")
     assert err["kind"] == "exception" and "ValueError: boom" in err["message"] and err["hint"]
     assert any(e["type"] == "log" and "Traceback" in e["text"] for e in events)
@@ -31,26 +32,26 @@ def test_exception_becomes_error_event():
 
 
 def test_out_of_memory_is_explained():
-    events = collect(Job({"job": "selftest", "action": "oom"}))
+    events = collect(Job({"job": "selftest", "action": "oom"}, module=SELFTEST))
     err = next(e for e in events if e["type"] == "error")
     assert err["kind"] == "oom" and "out of CPU memory" in err["message"]
 
 
 def test_killed_child_is_reported_as_killed():
-    events = collect(Job({"job": "selftest", "action": "kill"}))
+    events = collect(Job({"job": "selftest", "action": "kill"}, module=SELFTEST))
     err = next(e for e in events if e["type"] == "error")
     assert err["kind"] == "killed" and "SIGKILL" in err["message"] and "out-of-memory" in err["message"]
     assert events[-1]["type"] == "done" and events[-1]["ok"] is False
 
 
 def test_silent_exit_is_reported():
-    events = collect(Job({"job": "selftest", "action": "exit", "code": 3}))
+    events = collect(Job({"job": "selftest", "action": "exit", "code": 3}, module=SELFTEST))
     err = next(e for e in events if e["type"] == "error")
     assert err["kind"] == "crashed" and "code 3" in err["message"]
 
 
 def test_cancel_removes_the_process_within_two_seconds():
-    job = Job({"job": "selftest", "action": "sleep"})
+    job = Job({"job": "selftest", "action": "sleep"}, module=SELFTEST)
     first = next(job.events(timeout=30))
     assert first["type"] == "log"
     t0 = time.monotonic()
@@ -81,7 +82,8 @@ def test_error_events_carry_the_parameter_an_input_error_names():
     assert error_fields(InputError("demo:nope: unknown demo model", "try demo:minilm", param="model")) == {
         "kind": "input", "message": "demo:nope: unknown demo model", "hint": "try demo:minilm", "param": "model"}
     assert error_fields(ValueError("boom"))["param"] is None
-    err = next(e for e in collect(Job({"job": "selftest", "action": "raise"})) if e["type"] == "error")
+    events = collect(Job({"job": "selftest", "action": "raise"}, module=SELFTEST))
+    err = next(e for e in events if e["type"] == "error")
     assert "param" in err and err["param"] is None
 
 

@@ -9,6 +9,7 @@ import time
 from tests.tui.helpers import fast_app, screen_text, wait_for
 from workbench.core import userconfig
 from workbench.core.recipe import ModelSpec, Recipe
+from tests.fixtures.selftest_jobs import SELFTEST
 from workbench.tui.jobs import JobHandle
 from workbench.tui.panes.progress_log import ProgressPane
 from workbench.tui.screens.compare import CompareScreen
@@ -167,7 +168,7 @@ async def test_quit_asks_first_while_a_job_runs(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         session = app.store.create("busy", Recipe(ModelSpec("demo:minilm")), {})
         # A job that sleeps until killed stands in for a long run.
-        app.track(JobHandle("run", {"job": "selftest", "action": "sleep"}, session=session).start())
+        app.track(JobHandle("run", {"job": "selftest", "action": "sleep"}, session=session, module=SELFTEST).start())
         proc = app.run_handle.job.proc
         await pilot.press("escape")  # leave the model field so letters are keys
         await pilot.press("q")

@@ -15,6 +15,7 @@ from tests.conftest import ROOT
 from tests.tui.helpers import canned_report, fast_app, screen_text, wait_for
 from workbench.core.recipe import ModelSpec, OptStep, Recipe
 from workbench.tui import fmt
+from tests.fixtures.selftest_jobs import SELFTEST
 from workbench.tui.jobs import JobHandle
 from workbench.tui.panes.accuracy import AccuracyPane
 from workbench.tui.screens.dialogs import ConfirmDialog, PromptDialog
@@ -102,7 +103,7 @@ async def test_a_killed_job_is_a_notice_and_the_app_stays():
     app = fast_app(auto_inspect=False)
     async with app.run_test(size=(100, 30)) as pilot:
         session = app.store.create("k", Recipe(ModelSpec("demo:minilm")), {})
-        app.track(JobHandle("run", {"job": "selftest", "action": "kill"}, session=session).start())
+        app.track(JobHandle("run", {"job": "selftest", "action": "kill"}, session=session, module=SELFTEST).start())
         await wait_for(pilot, lambda: not app.run_handle.active, 30, what="the killed job")
         assert app.run_handle.error["kind"] == "killed"
         assert any(sev == "error" and "out-of-memory killer" in m for sev, m in app.notices)

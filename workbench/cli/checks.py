@@ -10,22 +10,6 @@ from workbench.core.errors import InputError, JobFailed
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def precheck(recipe) -> "Recipe":
-    """Every check that needs no torch: model reference, optimizations, ranges, eval file. Raises InputError."""
-    from workbench.core import data, modelref
-
-    ref = modelref.resolve(recipe.model.ref)
-    validated = recipe.validate(task=recipe.model.task or ref.task_hint)
-    if validated.eval.source not in ("builtin", "none") and not validated.eval.source.startswith("hf:"):
-        task = recipe.model.task or ref.task_hint
-        if task is None and ref.path:
-            from workbench.core.modelref import task_from_config_json
-
-            task = task_from_config_json(ref.path)
-        data.load_eval(validated.eval, task or "causal-lm")
-    return validated
-
-
 def hardware_warning(recipe) -> str | None:
     """bf16 (cast) on a CPU without native bf16 matmuls: said before the run, which still goes ahead."""
     from workbench.core.measure import nvml

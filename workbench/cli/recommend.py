@@ -10,7 +10,8 @@ import json
 import sys
 
 from workbench.cli.args import TASKS
-from workbench.cli.checks import EXIT_OK, check_positive, precheck, raise_job_error
+from workbench.cli.checks import EXIT_OK, check_positive, raise_job_error
+from workbench.core.recipe import precheck
 from workbench.cli.progress import Progress
 from workbench.core.errors import InputError
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from workbench.cli.args import add_recipe_args, add_sessions_dir_arg, open_named_session, recipe_from_args
-from workbench.cli.checks import EXIT_INTERRUPTED, EXIT_OK, exit_code, fail, hardware_warning, precheck
+from workbench.cli.checks import EXIT_INTERRUPTED, EXIT_OK, exit_code, fail, hardware_warning
+from workbench.core.recipe import precheck
 from workbench.cli.progress import Progress
 from workbench.core.errors import InputError
 

@@ -1,6 +1,6 @@
 """``optbench tune``: search the optimization registry for the best recipe within an accuracy budget.
 
-The search runs in this process (torch-free); every trial runs in a tune-worker job (workbench/core/tune.py).
+The search runs in this process (torch-free); every trial runs in a tune-worker job (workbench/core/tune/, docs/tune.md).
 
 Exit codes: 0 a recipe meets the budget (and improves the objective) · 3 none does (the report is still printed,
 ``"ok": false``) · 1 the tune failed · 2 bad usage or input · 130 interrupted.
@@ -12,8 +12,6 @@ import json
 
 from workbench.cli.args import (TASKS, add_bench_eval_args, add_sessions_dir_arg, open_named_session,
                                 recipe_from_args)
-from workbench.cli.checks import precheck
-from workbench.core.errors import InputError
 
 EXIT_NO_RECIPE = 3
 
@@ -52,43 +50,15 @@ def add_parser(sub) -> None:
 
 
 def config_from_args(args, base=None):
-    """A TuneConfig from the flags; every check that needs no torch. Raises InputError naming the input."""
-    from workbench.core import optimizations, tune
+    """A TuneConfig from the flags, through the core's tune form (the checks the TUI's tune form runs too). Raises
+    InputError naming the parameter; the CLI renders it as its flag."""
+    from workbench.core.tune import tune_config
 
-    accuracy = tune.parse_accuracy_budget(args.max_accuracy_drop)
-    budget_s = tune.parse_duration(args.budget, "--budget")
-    trial_timeout = tune.parse_duration(args.trial_timeout, "--trial-timeout") if args.trial_timeout else None
-    if args.memory_mb is not None and not args.memory_mb > 0:
-        raise InputError(f"--memory-mb {args.memory_mb}: expected a number of MB > 0")
-    if args.max_trials is not None and args.max_trials < 1:
-        raise InputError(f"--max-trials {args.max_trials}: expected an integer >= 1")
-    if not 0 <= args.min_gain <= 1000:
-        raise InputError(f"--min-gain {args.min_gain}: expected a percentage in [0, 1000]")
-    if not 0 <= args.max_contention <= 100:
-        raise InputError(f"--max-contention {args.max_contention}: expected a percentage in [0, 100]")
-    if args.max_space < 1:
-        raise InputError(f"--max-space {args.max_space}: expected an integer >= 1")
-    opts = None
-    if args.opts is not None:
-        opts = [o.strip() for o in args.opts.split(",") if o.strip()]
-        known = {s.name for s in optimizations.all_specs()}
-        for name in opts:
-            if name not in known:
-                raise InputError(f"--opts {name}: unknown optimization; expected one of: "
-                                 f"{', '.join(sorted(known))}")
-        if not opts:
-            raise InputError(f"--opts {args.opts!r}: empty; expected NAME[,NAME...]")
-    recipe = precheck(recipe_from_args(args, base))
-    if getattr(recipe.model, "device_map", None):
-        raise InputError(f"device_map {recipe.model.device_map}: tune rebuilds each trial's model on one device; "
-                         f"expected a recipe without device_map")
-    if recipe.eval.source == "none":
-        raise InputError("--eval none: a tune needs accuracy to hold a budget; expected builtin, a file or hf:NAME")
-    recipe.optimizations = []
-    return tune.TuneConfig(recipe=recipe, objective=args.objective, accuracy=accuracy, memory_mb=args.memory_mb,
-                           budget_s=budget_s, max_trials=args.max_trials, opts=opts, max_space=args.max_space,
-                           trial_timeout_s=trial_timeout, retry_failed=args.retry_failed,
-                           min_gain=args.min_gain / 100, contention_limit=args.max_contention / 100)
+    return tune_config(recipe_from_args(args, base), objective=args.objective,
+                       max_accuracy_drop=args.max_accuracy_drop, budget=args.budget, trial_timeout=args.trial_timeout,
+                       memory_mb=args.memory_mb, max_trials=args.max_trials, min_gain=args.min_gain,
+                       max_contention=args.max_contention, max_space=args.max_space, opts=args.opts,
+                       retry_failed=args.retry_failed)
 
 
 def cmd_tune(args) -> int:
@@ -118,7 +88,6 @@ def cmd_tune(args) -> int:
 
 
 def _save_session(store, session, name: str, cfg, report: dict) -> None:
-    from workbench.core import atomic
     from workbench.core.recipe import Recipe
 
     if report.get("chosen_recipe"):
@@ -130,6 +99,4 @@ def _save_session(store, session, name: str, cfg, report: dict) -> None:
     else:
         session.recipe, session.environment = recipe, report.get("environment") or session.environment
         session.save()
-    session._refuse_if_corrupt(session.results_path, json.loads)
-    session.results.setdefault("tunes", []).append(report)
-    atomic.write_json(session.results_path, session.results)
+    session.add_tune(report)

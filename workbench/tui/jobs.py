@@ -32,9 +32,10 @@ class JobHandle:
     ok: bool | None = None  # set by the ``done`` event
     cancelling: bool = False
     extra: dict = field(default_factory=dict)
+    module: str = "workbench.core.jobs.child"  # the job program (tests start their own)
 
     def start(self) -> "JobHandle":
-        self.job = Job(self.spec)
+        self.job = Job(self.spec, module=self.module)
         lower_priority(self.job.pid)
         return self
 

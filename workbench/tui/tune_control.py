@@ -1,7 +1,7 @@
 """The App's tunes: the tune screen, starting and cancelling a tune, its events, applying and exporting its best.
 
 A mixin of ``OptbenchApp``. The tune runs in a thread of the UI process (``tui/tuning.py`` says why), driving its
-worker job; its events are read from a timer that runs only while the tune does.
+worker job; its events arrive as ``TuneEvents`` messages posted by a thread worker (``TuneHandle.watch``).
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ from workbench.core.recipe import Recipe
 from workbench.tui import fmt
 from workbench.tui.panes.optimizations import OptimizationsPane
 from workbench.tui.panes.settings import SettingsPane
-from workbench.tui.tuning import TuneHandle, build_config, check_field
+from workbench.tui.tuning import END, TuneEvents, TuneHandle, build_config, check_field
 
-TUNE_POLL_S = 0.1
 
 
 class TuneControl:
     tune_handle: TuneHandle | None = None
-    _tune_timer = None
 
     def tune_screen(self):
         """The tune screen: installed once, so leaving it keeps its state and a running tune's view."""
@@ -77,8 +75,8 @@ class TuneControl:
             return
         self.cancel_inspect()
         self.tune_state.reset(self.wb.model_ref)
-        self.tune_handle = TuneHandle(cfg, cfg.recipe).start()
-        self._tune_timer = self.set_interval(TUNE_POLL_S, self._pump_tune)
+        h = self.tune_handle = TuneHandle(cfg, cfg.recipe).start()
+        self.run_worker(lambda: h.watch(self.post_message), thread=True, group="jobs", exit_on_error=False)
         self.jobs_changed()
         opts = ", ".join(cfg.opts) if cfg.opts else "every optimization that applies"
         self.tune_state.log.append(("info", f"tune: {cfg.recipe.model.ref} · objective {cfg.objective} · accuracy "
@@ -96,16 +94,12 @@ class TuneControl:
             self._show_tune({"log"})
             self.cancel_in_background(h)
 
-    def _pump_tune(self) -> None:
-        h = self.tune_handle
-        if h is None or h.finished:
-            self._stop_tune_timer()
-            return
-        events = h.poll()
-        if not events:
-            return
+    def on_tune_events(self, message: TuneEvents) -> None:
+        h = message.handle
         changes: set[str] = set()
-        for kind, payload in events:
+        for kind, payload in message.events:
+            if kind == END:
+                h.ended(payload)
             try:
                 changes |= self.tune_state.apply(kind, payload)
             except Exception as exc:  # a malformed event must not take the UI down
@@ -116,13 +110,7 @@ class TuneControl:
                 self._on_tune_end(h)
             self._show_tune(changes)
         if h.finished:
-            self._stop_tune_timer()
             self.jobs_changed()
-
-    def _stop_tune_timer(self) -> None:
-        if self._tune_timer is not None:
-            self._tune_timer.stop()
-            self._tune_timer = None
 
     def _on_tune_end(self, h: TuneHandle) -> None:
         st = self.tune_state

@@ -33,6 +33,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from textual.message import Message
+
 from workbench.core.errors import InputError, OptbenchError
 
 END = "_end"  # the handle's own last event: {status, report, error}
@@ -342,6 +344,7 @@ class TuneHandle:
         self.events.put((END, end))
 
     def poll(self, limit: int = 2000) -> list[tuple[str, dict]]:
+        """Non-blocking: the events since the last call (``watch`` is the app's way); END marks the handle finished."""
         out = []
         while len(out) < limit:
             try:
@@ -350,10 +353,27 @@ class TuneHandle:
                 break
             out.append(item)
             if item[0] == END:
-                self.status = item[1].get("status")
-                self.finished = True
+                self.ended(item[1])
                 break
         return out
+
+    def watch(self, post) -> None:
+        """Blocking, for a thread worker of the app: post each batch of events as a ``TuneEvents`` message, up to and
+        including END (the app marks the handle finished when it handles that batch: ``ended``)."""
+        while True:
+            batch = [self.events.get()]
+            while batch[-1][0] != END:
+                try:
+                    batch.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            post(TuneEvents(self, batch))
+            if batch[-1][0] == END:
+                return
+
+    def ended(self, end: dict) -> None:
+        self.status = end.get("status")
+        self.finished = True
 
     def cancel(self, wait: float = 1.8) -> None:
         """Blocking (about ``wait`` seconds at most, plus a kill): call it from a thread worker."""
@@ -378,3 +398,12 @@ class TuneHandle:
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class TuneEvents(Message):
+    """Events of a running tune, in order: (kind, payload) pairs, the last one END when the tune is over."""
+
+    def __init__(self, handle: TuneHandle, events: list[tuple[str, dict]]) -> None:
+        super().__init__()
+        self.handle = handle
+        self.events = events

@@ -31,53 +31,47 @@ def _on_term(signum, frame):
     raise KeyboardInterrupt
 
 
+def _run(spec: dict) -> dict:
+    from workbench.core import pipeline
+    from workbench.core.recipe import Recipe
+
+    return pipeline.run(Recipe.from_dict(spec["recipe"]), emit, artifact_dir=spec.get("artifact_dir"))
+
+
+def _inspect(spec: dict) -> dict:
+    from workbench.core.models import load
+
+    m = spec["model"]
+    loaded = load(m["ref"], m.get("task"), spec.get("device", "cpu"), m.get("trust_remote_code", False))
+    info = loaded.info()
+    emit("model", **info)
+    return info
+
+
+def _tune_worker(spec: dict) -> dict:  # long-lived: loads once, runs the trials sent to it (core/tune/worker.py)
+    from workbench.core.tune.worker import worker
+
+    return worker(spec, emit)
+
+
+def _verify(spec: dict) -> dict:
+    from workbench.core.export import copy_and_verify
+
+    check = copy_and_verify(spec["src"], spec["out"])
+    emit("result", phase="export", report=check)
+    return check
+
+
+# The job kinds, by the spec's ``job``. A program that runs ``main()`` with more kinds (the test suite's job
+# machinery tests: tests/fixtures/selftest_jobs.py) adds them here first.
+JOBS = {"run": _run, "inspect": _inspect, "tune-worker": _tune_worker, "verify": _verify}
+
+
 def run_job(spec: dict) -> dict | None:
-    job = spec.get("job")
-    if job == "run":
-        from workbench.core import pipeline
-        from workbench.core.recipe import Recipe
-
-        recipe = Recipe.from_dict(spec["recipe"])
-        return pipeline.run(recipe, emit, artifact_dir=spec.get("artifact_dir"))
-    if job == "inspect":
-        from workbench.core.models import load
-
-        m = spec["model"]
-        loaded = load(m["ref"], m.get("task"), spec.get("device", "cpu"), m.get("trust_remote_code", False))
-        info = loaded.info()
-        emit("model", **info)
-        return info
-    if job == "tune-worker":  # long-lived: loads once, runs tune trials sent to it (workbench/core/tune/worker.py)
-        from workbench.core.tune.worker import worker
-
-        return worker(spec, emit)
-    if job == "verify":
-        from workbench.core.export import copy_and_verify
-
-        check = copy_and_verify(spec["src"], spec["out"])
-        emit("result", phase="export", report=check)
-        return check
-    if job == "selftest":  # used by tests of the job machinery itself
-        import time
-
-        action = spec.get("action")
-        if action == "sleep":
-            emit("log", level="info", text="sleeping")
-            while True:
-                time.sleep(0.05)
-        if action == "raise":
-            raise ValueError("boom")
-        if action == "oom":
-            raise MemoryError()
-        if action == "print":
-            print("noise on stdout that must not break the event stream")
-            emit("result", phase="final", report={"ok": True})
-            return {"ok": True}
-        if action == "exit":
-            os._exit(int(spec.get("code", 3)))
-        if action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-    raise OptbenchError(f"unknown job {job!r}")
+    job = JOBS.get(spec.get("job"))
+    if job is None:
+        raise OptbenchError(f"unknown job {spec.get('job')!r}; expected one of: {', '.join(JOBS)}")
+    return job(spec)
 
 
 def main() -> int:

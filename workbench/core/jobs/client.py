@@ -24,7 +24,10 @@ _SIGNALS = {signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM", signal.SIGSEGV
 
 
 class Job:
-    def __init__(self, spec: dict, env: dict | None = None) -> None:
+    """One job process: ``python -m MODULE`` (``workbench.core.jobs.child``; tests name their own, which adds job
+    kinds to the child's ``JOBS``) reading ``spec`` on stdin."""
+
+    def __init__(self, spec: dict, env: dict | None = None, module: str = "workbench.core.jobs.child") -> None:
         self.spec = spec
         self.events_q: queue.Queue = queue.Queue()
         self.stderr_tail: deque[str] = deque(maxlen=60)
@@ -34,7 +37,7 @@ class Job:
         self._saw_error = False
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench.core.jobs.child"],
+            [sys.executable, "-m", module],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, env=full_env, text=True, encoding="utf-8", errors="replace", bufsize=1,
         )
