@@ -86,7 +86,9 @@ class MonitorPane(Vertical):
         self.query_one("#mon-status", Static).update(Text(text, style=style))
 
     def redraw_if_dirty(self) -> None:
-        if self._dirty:
+        # Hidden (another tab shown): keep the readings, draw them when the pane is back on screen, so a busy run
+        # does not spend the UI's time on sparklines nobody sees while the user works elsewhere.
+        if self._dirty and self.is_on_screen:
             self._dirty = False
             self.redraw()
 
