@@ -48,7 +48,7 @@ def test_valid_orders(opts):
     ([("fp16", {}), ("int8-weight-only", {})], "causal-lm", "cpu", "drop the fp16 cast"),
     ([("kv-cache", {}), ("graph-decode", {})], "causal-lm", "cpu", "own static cache"),
     ([("compile", {}), ("graph-decode", {})], "causal-lm", "cpu", "cannot be combined"),
-    ([("early-exit", {}), ("compile", {})], "encoder", "cpu", "break the compiled graph"),
+    ([("early-exit", {}), ("compile", {})], "encoder", "cpu", "would break the graph at every check"),
     ([("early-exit", {})], "causal-lm", "cpu", "does not apply to causal-lm"),
     ([("kv-cache", {})], "encoder", "cpu", "does not apply to encoder"),
     ([("int4-weight-only", {})], "causal-lm", "cpu", "does not run on cpu"),

@@ -147,9 +147,8 @@ class Recipe:
                 groups[spec.exclusive_group] = spec.name
             for prev in resolved:
                 pspec = optimizations.get(prev.name)
-                if spec.name in pspec.conflicts or prev.name in spec.conflicts:
-                    reason = spec.extra.get("conflict_reason", pspec.extra.get("conflict_reason",
-                                                                              "they are incompatible"))
+                reason = spec.conflict_reason(pspec)  # the reason written by whichever declared the conflict
+                if reason is not None:
                     raise InputError(f"{spec.name}: cannot be combined with {prev.name}: {reason}", param="opt")
             max_batch = spec.extra.get("max_batch")
             if max_batch is not None and (self.bench.batch or 1) > max_batch:

@@ -103,7 +103,8 @@ class Workbench:
             device = "cuda" if nvml.devices() else "cpu"
         return precision_warning(["bf16"], device, _cpu_isa())
 
-    def _problem(self, enabled: list[str]) -> str | None:
+    def problem(self, enabled: list[str]) -> str | None:
+        """Why the optimizations ``enabled`` (with the settings) do not make a valid recipe, or None."""
         recipe = Recipe(ModelSpec(self.model_ref or "unset"), self.steps(enabled), self.bench, self.eval, self.device)
         try:
             recipe.validate(task=self.task)
@@ -116,9 +117,9 @@ class Workbench:
 
         Only asked when the current recipe is valid, so the reason is about ``name`` and not something else.
         """
-        if name in self.enabled or self._problem(self.enabled) is not None:
+        if name in self.enabled or self.problem(self.enabled) is not None:
             return None
-        return self._problem(self.enabled + [name])
+        return self.problem(self.enabled + [name])
 
     def load_recipe(self, recipe: Recipe) -> None:
         """Take a saved recipe (opening a session)."""

@@ -57,10 +57,3 @@ def attach_export(model, config, quantized: list[str]) -> dict:
                                                 "metadata); reload needs torchao installed",
             "tensor_types": kinds}
 
-
-def detach_export(model) -> None:
-    """Undo ``attach_export`` (when a later step makes the model a different kind of thing)."""
-    if hasattr(model, "hf_quantizer"):
-        model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        delattr(model.config, "quantization_config")

@@ -159,10 +159,6 @@ class OptSpec:
             object.__setattr__(self, "conflicts", {name: reason for name in self.conflicts})
         if self.cost is None:
             object.__setattr__(self, "cost", STAGE_COST.get(self.stage, 0.0))
-        # For readers of extra["conflict_reason"] (recipe validation) until they ask conflict_reason().
-        reasons = set(self.conflicts.values())
-        if len(reasons) == 1 and "conflict_reason" not in self.extra:
-            self.extra["conflict_reason"] = reasons.pop()
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

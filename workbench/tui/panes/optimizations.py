@@ -254,7 +254,7 @@ class OptimizationsPane(Vertical):
         if problem and workbench.model_ref:
             check.update(Text("✗ " + problem, style="bold red"))
         elif problem and workbench.enabled:
-            own = workbench._problem(workbench.enabled)
+            own = workbench.problem(workbench.enabled)
             check.update(Text("✗ " + own, style="bold red") if own else Text("✓ combination is valid", "green"))
         elif workbench.model_ref:
             verdict = Text("✓ recipe is valid" + (f" for {workbench.task}" if workbench.task else ""),
