@@ -42,6 +42,9 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--device-map", choices=("auto", "balanced", "balanced_low_0", "sequential"),
                    help="spread the model over every visible GPU (accelerate); with precision/runtime optimizations")
+    p.add_argument("--tp", type=int, metavar="N",
+                   help="tensor parallelism: split every layer over N processes under torchrun (one per GPU; gloo "
+                        "processes with --device cpu); with bf16/fp16, kv-cache, attention and compile")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model's own Python code to run (off unless you ask)")
     add_bench_eval_args(p)
@@ -72,6 +75,8 @@ def recipe_from_args(args, base=None):
         recipe.model.trust_remote_code = True
     if getattr(args, "device_map", None):
         recipe.model.device_map = args.device_map
+    if getattr(args, "tp", None) is not None:
+        recipe.model.tp = args.tp
     if args.device:
         recipe.device = args.device
     if args.opt:

@@ -145,15 +145,18 @@ def fingerprint(ref: ResolvedRef, config=None) -> str:
 
 def load(ref_text: str, task: str | None = None, device: str = "auto", trust_remote_code: bool = False,
          revision: str | None = None, device_map: str | None = None,
-         on_progress: Callable[[float], None] | None = None) -> LoadedModel:
+         on_progress: Callable[[float], None] | None = None, tp: int | None = None) -> LoadedModel:
     """Load a model for ``task`` onto ``device``. ``device_map`` (auto, balanced, ...) spreads it over every visible
-    GPU with accelerate instead; inputs then go to the device of the first module (the embeddings).
+    GPU with accelerate instead; inputs then go to the device of the first module (the embeddings). ``tp`` (inside a
+    rank of a tensor-parallel job, core/parallel/) loads this rank's shards with transformers' own plan.
     ``on_progress(fraction)``: how far a GGUF file's tensors are dequantized (the slow part of loading one)."""
     import torch
     import transformers
 
+    from workbench.core.parallel import group
+
     ref = resolve(ref_text)
-    dev = pick_device(device)
+    dev = group.device() if tp else pick_device(device)
     if device_map is not None and not dev.startswith("cuda"):
         raise InputError(f"{device_map}: needs CUDA GPUs; expected device cuda on a GPU machine", param="device_map")
     source = ref.path if ref.path else ref.hub_id
@@ -168,6 +171,10 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
         raise InputError(f"{ref_text}: could not read its config ({_first_line(exc)}); expected a transformers "
                          f"model", param="model") from None
     task = task or ref.task_hint or detect_task(config)
+    if tp:
+        from workbench.core.parallel.gather import tp_placement
+
+        placement_kw = tp_placement(config, tp, ref_text)
     # CPU runs in float32 (half precision on CPU is an optimization the user picks); CUDA keeps the stored dtype.
     dtype = torch.float32 if dev == "cpu" else "auto"
     from concurrent.futures import ThreadPoolExecutor
@@ -179,13 +186,13 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
         tok_future = pool.submit(transformers.AutoTokenizer.from_pretrained, source, **common)
         # A single GPU: straight from the safetensors mmap onto the device in the stored dtype (a load to CPU then
         # .to(cuda) stages the whole model in host memory first: an 8B model's 16 GB twice).
-        placement = {"device_map": device_map} if device_map else \
+        placement = placement_kw if tp else {"device_map": device_map} if device_map else \
             {"device_map": dev} if dev.startswith("cuda") else {}
         with _gguf_progress(on_progress if ref.gguf_file else None):
             model = auto_class(task).from_pretrained(source, config=config, dtype=dtype, **placement, **common)
         tokenizer = tok_future.result()
     except Exception as exc:  # safetensors, GGUF and pickle readers raise many types; all mean "bad weights"
-        if isinstance(exc, (torch.OutOfMemoryError, MemoryError, InputError)):
+        if isinstance(exc, (torch.OutOfMemoryError, MemoryError, InputError)) or group.is_peer_loss(exc):
             raise
         raise InputError(f"{ref_text}: could not load its weights ({_first_line(exc)}); expected an intact model "
                          f"for task {task}", param="model") from None
@@ -198,9 +205,11 @@ def load(ref_text: str, task: str | None = None, device: str = "auto", trust_rem
     model.eval()
     if device_map:  # inputs go where the embeddings are
         dev = str(model.get_input_embeddings().weight.device)
-    else:
+    elif not tp:  # a tensor-parallel model's shards are on this rank's device already
         model.to(dev)
-    return LoadedModel(model, tokenizer, task, ref, dev, fingerprint(ref, config))
+    # the fingerprint keys rank 0's baseline cache; the other ranks need none (and would each read every weight)
+    fp = fingerprint(ref, config) if group.rank() == 0 else "rank"
+    return LoadedModel(model, tokenizer, task, ref, dev, fp)
 
 
 @contextlib.contextmanager

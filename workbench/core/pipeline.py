@@ -18,6 +18,7 @@ from workbench.core.measure import memory
 from workbench.core.measure.env import environment
 from workbench.core.measure.monitor import Monitor
 from workbench.core.measure.timing import bench
+from workbench.core.parallel import group
 from workbench.core.recipe import Recipe
 
 Emit = Callable[..., None]
@@ -41,6 +42,9 @@ def measure_phase(loaded, recipe: Recipe, data, monitor: Monitor, emit: Emit, ph
     cuda = memory.cuda_peaks(device)
     if getattr(recipe.model, "device_map", None):
         cuda["cuda_peak_allocated_per_device"] = memory.cuda_peaks_per_device()
+    from workbench.core.parallel.gather import rank_memory
+
+    ranks = rank_memory(model, device, cuda)  # tensor parallelism: every rank's share (a collective)
     _stage(emit, f"{phase}: evaluating")
     t0 = time.perf_counter()
     metrics, new_ref = evaluate(model, tok, task, data, recipe.eval, device, reference,
@@ -53,8 +57,11 @@ def measure_phase(loaded, recipe: Recipe, data, monitor: Monitor, emit: Emit, ph
             "rss_peak": peaks["rss_peak_mb"],
             **cuda,
             "nvml_used": sum(gpu_peak.values()) if gpu_peak else None,
+            **({"per_rank": ranks["ranks"]} if ranks else {}),
         },
-        "model_size_mb": memory.model_size_bytes(model) / 1e6,
+        # under tensor parallelism: what all ranks store together (each its shard; norms on every rank)
+        "model_size_mb": sum(r["shard_mb"] for r in ranks["ranks"]) if ranks else
+        memory.model_size_bytes(model) / 1e6,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "eval_seconds": time.perf_counter() - t0,
         "metrics": metrics,
@@ -97,26 +104,32 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
     started = time.time()
     plan = _memory_plan(recipe, emit)
     _stage(emit, "loading", **({"estimate_mb": round(plan["run_peak_mb"], 1)} if plan else {}))
-    monitor = Monitor(hz=recipe.bench.monitor_hz, on_sample=lambda s: emit("sample", **s))
-    monitor.start()
+    lead = group.rank() == 0  # tensor parallelism: rank 0 samples (NVML sees every GPU) and keeps the cache
+    monitor = Monitor(hz=recipe.bench.monitor_hz, on_sample=lambda s: emit("sample", **s), gpus=lead)
+    if lead:
+        monitor.start()
     try:
         t0 = time.perf_counter()
         loaded = load(recipe.model.ref, recipe.model.task, recipe.device, recipe.model.trust_remote_code,
                       recipe.model.revision, recipe.model.device_map,
-                      on_progress=lambda f: _stage(emit, "loading", f))
+                      on_progress=lambda f: _stage(emit, "loading", f), tp=recipe.model.tp)
         load_s = time.perf_counter() - t0
         info = loaded.info()
+        if recipe.model.tp:
+            info["tp"] = recipe.model.tp
         emit("log", level="info", text=f"loaded {info['architecture']} ({info['parameters'] / 1e6:.1f} M params, "
                                        f"{info['dtype']}, task {loaded.task}) on {loaded.device} in {load_s:.1f} s")
         emit("model", **info)
         recipe = recipe.validate(task=loaded.task, device=loaded.device)
         env = environment(loaded.device)
+        if recipe.model.tp:
+            env.update(tp=recipe.model.tp, tp_backend=group.backend(), tp_devices=group.gather(loaded.device))
         data = load_eval(recipe.eval, loaded.task)
 
         # Baseline: latency is always measured in this run (speedups are side-by-side ratios, never against an
         # old number); accuracy comes from the cache when this exact model, data and settings were seen before.
         key = baseline_cache_key(loaded, recipe, data, env)
-        hit = cache.load_baseline(key)
+        hit = group.from_rank0(lambda: cache.load_baseline(key))  # every rank takes the same path
         if hit is not None:
             emit("log", level="info", text=f"baseline accuracy from cache ({key[:12]})")
             cached_doc, reference = hit
@@ -124,7 +137,8 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
             base["metrics"] = cached_doc["metrics"]
         else:
             base, reference = measure_phase(loaded, recipe, data, monitor, emit, "baseline", None)
-            cache.save_baseline(key, {"metrics": base["metrics"], "model": loaded.fingerprint}, reference)
+            if lead:
+                cache.save_baseline(key, {"metrics": base["metrics"], "model": loaded.fingerprint}, reference)
         base["accuracy_cached"] = hit is not None
         emit("result", phase="baseline", report=_strip_samples(base))
 
@@ -165,8 +179,13 @@ def run(recipe: Recipe, emit: Emit, artifact_dir: str | None = None) -> dict:
         if artifact_dir:
             _stage(emit, "exporting")
             try:
-                report["export"] = export_mod.save(loaded.model, loaded.tokenizer, loaded.task, artifact_dir,
-                                                   recipe.to_dict(), opt_reports, loaded.device)
+                if recipe.model.tp:  # gathered into one ordinary folder (rank 0 writes it)
+                    from workbench.core.parallel import gather
+
+                    report["export"] = gather.export(loaded, artifact_dir, recipe.to_dict(), opt_reports)
+                else:
+                    report["export"] = export_mod.save(loaded.model, loaded.tokenizer, loaded.task, artifact_dir,
+                                                       recipe.to_dict(), opt_reports, loaded.device)
             except export_mod.ExportError as exc:
                 report["export"] = {"verified": False, "error": exc.message}
                 emit("log", level="warning", text=f"export skipped: {exc.message}")
@@ -183,10 +202,22 @@ def _memory_plan(recipe: Recipe, emit: Emit) -> dict | None:
     from workbench.core import memory_plan
     from workbench.core.models import pick_device
 
-    device = pick_device(recipe.device)
+    device = group.device() or pick_device(recipe.device)
     est = memory_plan.estimate_for(recipe, device)
     if est is None:
         return None
+    if recipe.model.tp:  # every rank computes the same plan: a refusal ends every rank alike
+        gpus = None
+        if device.startswith("cuda"):
+            import torch
+
+            gpus = torch.cuda.device_count()
+        plan = memory_plan.plan_tp(est, recipe.model.tp, memory_plan.device_memory_mb(device), gpus)
+        emit("log", level="info", text=f"memory estimate of the whole model: {est['run_peak_mb']:.0f} MB; "
+                                       + memory_plan.tp_text(plan))
+        memory_plan.check_fits_tp(plan, device, recipe.model.ref)
+        return {**memory_plan.public(est), "run_peak_mb": plan["run_peak_mb"], "whole_model_peak_mb":
+                est["run_peak_mb"], "tp": plan}
     emit("log", level="info", text=f"memory estimate: {est['run_peak_mb']:.0f} MB peak ({est['weights_mb']:.0f} MB "
                                    f"{est['linear_format']} weights, {est['kv_cache_mb']:.0f} MB KV cache, "
                                    f"{est['activations_mb']:.0f} MB activations)")

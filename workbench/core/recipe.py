@@ -19,6 +19,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     revision: str | None = None
     device_map: str | None = None  # place the model across every visible GPU with accelerate (see DEVICE_MAPS)
+    tp: int | None = None  # tensor-parallel degree: every layer split over this many processes (core/parallel/)
 
 
 # accelerate's placement strategies for a model spread over several GPUs.
@@ -126,6 +127,10 @@ class Recipe:
             if self.device == "cpu" or self.device.startswith("cuda:"):
                 raise InputError(f"{self.model.device_map}: spreads the model over every visible GPU; expected "
                                  f"device cuda or auto, not {self.device}", param="device_map")
+        if self.model.tp is not None:
+            from workbench.core.parallel import rules
+
+            rules.check_recipe(self)
         _check_limits(self.bench, "bench")
         _check_limits(self.eval, "eval")
         resolved: list[OptStep] = []
@@ -194,6 +199,13 @@ def precheck(recipe: Recipe) -> Recipe:
 
     ref = modelref.resolve(recipe.model.ref)
     validated = recipe.validate(task=recipe.model.task or ref.task_hint)
+    if validated.model.tp is not None:
+        from workbench.core.measure import nvml
+        from workbench.core.parallel import rules
+
+        rules.check_model(validated, ref)
+        if validated.device != "cpu" and nvml.available():
+            rules.check_gpus(validated, len(nvml.devices()))
     if validated.eval.source not in ("builtin", "none") and not validated.eval.source.startswith("hf:"):
         task = recipe.model.task or ref.task_hint
         if task is None and ref.path:

@@ -2,6 +2,10 @@
 
 Its real stdout is reserved for events: fd 1 is pointed at stderr so that prints from libraries cannot corrupt the
 stream. Every failure becomes an ``error`` event with a plain-language message and a hint, then ``done``.
+
+Under torchrun (a tensor-parallel job, core/parallel/launch.py) every rank runs ``main()`` on the spec file: rank 0
+writes the events; a failing rank other than 0, or rank 0 failing because a peer is gone, writes its error as one
+marker line on stderr and exits, and the job client makes the job's one error event from the ranks' markers.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import traceback
 
 from workbench.core.errors import OptbenchError, error_fields
 from workbench.core.jobs.protocol import encode
+from workbench.core.parallel import launch
 
 _out = None
 _lock = threading.Lock()
@@ -79,24 +84,47 @@ def main() -> int:
     event_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints go to stderr
     sys.stdout = sys.stderr
-    _out = os.fdopen(event_fd, "w", buffering=1, encoding="utf-8")
-    signal.signal(signal.SIGTERM, _on_term)
+    rank = None
+    if os.environ.get(launch.ENV_TP):  # one rank of a tensor-parallel job
+        from workbench.core.parallel import group
+
+        rank = group.rank_setup()
+    if rank:  # only rank 0 speaks on the event stream
+        os.close(event_fd)
+        _out = open(os.devnull, "w", encoding="utf-8")
+    else:
+        _out = os.fdopen(event_fd, "w", buffering=1, encoding="utf-8")
+    if rank is None:
+        signal.signal(signal.SIGTERM, _on_term)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from workbench.core.quiet import quiet_libraries
 
     quiet_libraries()  # the stderr tail feeds error hints: keep it to what matters
     ok = False
     try:
-        spec = json.loads(sys.stdin.read())
+        if rank is None:
+            spec = json.loads(sys.stdin.read())
+        else:
+            with open(os.environ[launch.ENV_SPEC], encoding="utf-8") as fh:
+                spec = json.load(fh)
+            group.init(group.spec_device(spec))
         run_job(spec)
+        if rank is not None:
+            group.finish()
         ok = True
     except BaseException as exc:  # noqa: BLE001 - every failure must become an event
         fields = error_fields(exc)
+        if rank is not None and (rank != 0 or group.is_peer_loss(exc)):
+            traceback.print_exception(exc, file=sys.stderr)
+            print(launch.rank_error_line(rank, fields, group.is_peer_loss(exc)), file=sys.stderr, flush=True)
+            os._exit(1)  # no teardown of a process group whose peers may be gone
         if fields["kind"] == "exception":
             emit("log", level="error", text="".join(traceback.format_exception(exc))[-4000:])
         emit("error", **fields)
     emit("done", ok=ok)
     _out.flush()
+    if rank is not None and not ok:
+        os._exit(1)
     return 0 if ok else 1
 
 

@@ -2,6 +2,9 @@
 
 A job that dies without saying so (killed, segfault, out-of-memory killer) still ends with an ``error`` event
 and a ``done`` event synthesized here, so a front end has one code path for every ending.
+
+A tensor-parallel job (core/parallel/launch.py) is torchrun and its N ranks; it is still one ``Job``: rank 0's events,
+every rank's stderr, one error event when a rank fails, and cancel ends torchrun and every rank.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections import deque
 from typing import Iterator
 
 from workbench.core.jobs.protocol import decode, encode
+from workbench.core.parallel import launch
 
 _SIGNALS = {signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM", signal.SIGSEGV: "SIGSEGV",
             signal.SIGABRT: "SIGABRT", signal.SIGBUS: "SIGBUS"}
@@ -25,7 +29,8 @@ _SIGNALS = {signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM", signal.SIGSEGV
 
 class Job:
     """One job process: ``python -m MODULE`` (``workbench.core.jobs.child``; tests name their own, which adds job
-    kinds to the child's ``JOBS``) reading ``spec`` on stdin."""
+    kinds to the child's ``JOBS``) reading ``spec`` on stdin; under torchrun with one process per rank when the spec
+    asks for a tensor-parallel degree (``launch.degree``)."""
 
     def __init__(self, spec: dict, env: dict | None = None, module: str = "workbench.core.jobs.child") -> None:
         self.spec = spec
@@ -35,14 +40,21 @@ class Job:
         self.finished = False
         self._saw_done = False
         self._saw_error = False
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.tp = launch.degree(spec)
+        self._watch = launch.RankWatch(self.tp) if self.tp else None
+        self._spec_file = None
+        cmd, extra = [sys.executable, "-m", module], {}
+        if self.tp:
+            cmd, extra, self._spec_file = launch.prepare(spec, module, self.tp)
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra, **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, env=full_env, text=True, encoding="utf-8", errors="replace", bufsize=1,
+            cmd, stdin=subprocess.DEVNULL if self.tp else subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, env=full_env, text=True, encoding="utf-8",
+            errors="replace", bufsize=1,
         )
-        self.proc.stdin.write(json.dumps(spec))
-        self.proc.stdin.close()
+        if not self.tp:
+            self.proc.stdin.write(json.dumps(spec))
+            self.proc.stdin.close()
         self._out_thread = threading.Thread(target=self._read_stdout, daemon=True)
         self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._out_thread.start()
@@ -63,6 +75,11 @@ class Job:
                 self._saw_error = True
             self.events_q.put(event)
         self.proc.wait()
+        if self._spec_file:
+            try:
+                os.unlink(self._spec_file)
+            except OSError:
+                pass
         if not self._saw_done:
             self._err_thread.join(timeout=1)
             if not self._saw_error:
@@ -73,12 +90,16 @@ class Job:
     def _read_stderr(self) -> None:
         for line in self.proc.stderr:
             self.stderr_tail.append(line.rstrip("\n"))
+            if self._watch is not None:
+                self._watch.feed(line)
 
     def _death_event(self) -> dict:
         code = self.proc.returncode
         if self.cancelled:
             return json.loads(encode("error", kind="cancelled", message="the job was cancelled", hint="",
                                      param=None))
+        if self._watch is not None:  # a tensor-parallel job: which rank failed first, and how
+            return json.loads(encode("error", **self._watch.error_event(code, list(self.stderr_tail))))
         if code is not None and code < 0:
             sig = _SIGNALS.get(-code, f"signal {-code}")
             if -code == signal.SIGKILL:
@@ -119,23 +140,27 @@ class Job:
         return out
 
     def cancel(self, grace: float = 1.5) -> None:
-        """SIGTERM the job's process group; SIGKILL after ``grace`` seconds. Returns when it is gone."""
+        """SIGTERM the job's process group; SIGKILL after ``grace`` seconds. Returns when it is gone. A
+        tensor-parallel job's ranks (each torchrun started in its own process group) are signalled alongside."""
         if self.proc.poll() is not None:
             return
         self.cancelled = True
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        ranks = launch.rank_pids(self.proc.pid) if self.tp else []
+        for group in [self.proc.pid, *ranks]:
+            try:
+                os.killpg(group, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc.poll() is not None and not launch.alive(ranks):
                 return
             time.sleep(0.02)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for group in [self.proc.pid, *ranks]:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self.proc.wait(timeout=5)
 
     def wait(self, timeout: float | None = None) -> int:

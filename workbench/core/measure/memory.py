@@ -8,8 +8,9 @@ def tensor_bytes(t) -> int:
     import torch
 
     if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
+        # a DTensor (tensor parallelism) flattens to its local shard and its device mesh: this rank's shard counts
         names, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, n)) for n in names)
+        return sum(tensor_bytes(x) for x in (getattr(t, n) for n in names) if isinstance(x, torch.Tensor))
     if t.is_quantized:
         size = t.numel() * t.element_size()
         if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,

@@ -68,7 +68,13 @@ def _loop(run_once: Callable[[], dict], settings, on_progress: Callable[..., Non
 
     ``settings.max_seconds`` (None: no cap) ends the timed loop early, with at least one timed call, once warm-up and
     timing together took that long; the phase then says ``stopped_early: "max_seconds"``. ``on_progress(fraction,
-    calls=, seconds_per_call=, eta_s=)`` after every call: what the Live pane shows."""
+    calls=, seconds_per_call=, eta_s=)`` after every call: what the Live pane shows.
+
+    Under tensor parallelism every rank runs this loop and each call's collectives pair up across ranks, so every
+    decision read from a clock is rank 0's, broadcast (``group.agree``): ranks that stopped at different calls would
+    wait for each other forever."""
+    from workbench.core.parallel.group import agree
+
     cap = getattr(settings, "max_seconds", None)
     began = time.perf_counter()
     cold = None
@@ -80,7 +86,7 @@ def _loop(run_once: Callable[[], dict], settings, on_progress: Callable[..., Non
         if i == 0:
             cold = elapsed
         warm_ms.append(elapsed)
-        if cap is not None and time.perf_counter() - began >= cap:
+        if cap is not None and agree(time.perf_counter() - began >= cap):
             break
     results = []
     stopped = None
@@ -98,12 +104,17 @@ def _loop(run_once: Callable[[], dict], settings, on_progress: Callable[..., Non
             frac_time = spent / settings.min_seconds if settings.min_seconds > 0 else 1.0
             on_progress(min(1.0, min(frac_iters, frac_time)), calls=len(results), seconds_per_call=per_call,
                         eta_s=left)
+        code = 0  # 0: go on, 1: done, 2: capped by max_seconds
         if len(results) >= settings.min_iters and spent >= settings.min_seconds:
-            break
-        if len(results) >= settings.max_iters:
-            break
-        if cap is not None and time.perf_counter() - began >= cap:
+            code = 1
+        elif len(results) >= settings.max_iters:
+            code = 1
+        elif cap is not None and time.perf_counter() - began >= cap:
+            code = 2
+        code = agree(code)
+        if code == 2:
             stopped = "max_seconds"
+        if code:
             break
     meta = {"cold_start_ms": cold, "warmup_runs": len(warm_ms), "timed_seconds": time.perf_counter() - start}
     if stopped:

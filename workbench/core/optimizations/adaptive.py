@@ -26,6 +26,7 @@ from workbench.core.optimizations.base import Applied, Param, register
 
 @register(
     name="drop-layers", family="adaptive", stage="prune",
+    tp_reason=("it scores and removes transformer blocks in one process; not built for a model split over ranks"),
     summary="Static layer dropping: keep K of the N transformer blocks (evenly spread, first K, a list, or the most "
             "important by measured removal error).",
     params=(
@@ -182,6 +183,8 @@ def _classifier_probe(model):
 
 @register(
     name="early-exit", family="adaptive", stage="runtime", tasks=("encoder", "seq-cls"),
+    tp_reason=("it runs its own layer loop with an exit test after each block; not built for a model split over "
+               "ranks"),
     summary="Early exit for encoders/classifiers: stop at the first block whose prediction is confident enough "
             "(or after a budget set by input complexity); rows that exit skip the remaining blocks.",
     params=(

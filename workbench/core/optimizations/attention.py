@@ -8,7 +8,7 @@ from workbench.core.optimizations.base import Applied, Param, register
 
 
 @register(
-    name="attention", family="runtime", stage="runtime",
+    name="attention", tp_ok=True, family="runtime", stage="runtime",
     summary="Choose the attention kernel: eager, sdpa (fused, default in transformers) or flash_attention_2.",
     params=(Param("impl", str, "sdpa", "eager | sdpa | flash_attention_2 (needs the flash-attn package, a CUDA GPU "
                   "and fp16/bf16 weights)", choices=("eager", "sdpa", "flash_attention_2"),

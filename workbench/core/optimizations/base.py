@@ -151,6 +151,10 @@ class OptSpec:
     precision: str | None = None  # "bf16" | "fp16": the float dtype the model runs in after this step
     # the Linear weights' storage after this step, or a function of the step's (given) params returning it
     weights: WeightStorage | Callable[[dict], WeightStorage | None] | None = None
+    # tensor parallelism (every layer split over processes as DTensor shards: core/parallel/): whether this step
+    # composes with it, and when it does not, why (the refusal before launching says it)
+    tp_ok: bool = False
+    tp_reason: str = "not verified on a tensor-parallel model (DTensor shards)"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra", dict(self.extra))  # specs registered from one shared dict stay apart
@@ -203,6 +207,8 @@ class OptSpec:
             "quantizes_activations": self.quantizes_activations,
             "precision": self.precision,
             "weights": storage.describe() if storage is not None else None,
+            "tp_ok": self.tp_ok,
+            "tp_reason": None if self.tp_ok else self.tp_reason,
             "notes": self.notes,
             "params": [p.describe() for p in self.params],
         }

@@ -25,7 +25,7 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @register(
-    name="compile", family="compile", stage="compile",
+    name="compile", tp_ok=True, family="compile", stage="compile",
     summary="torch.compile the forward (default / reduce-overhead / max-autotune); compile time is reported as cold "
             "start, outside steady-state latency.",
     params=(

@@ -82,6 +82,7 @@ CALIB_DATA = Param("calib_data", str, "builtin", "calibration text: builtin (end
 
 @register(
     name="onnx",
+    tp_reason="it exports the model to one ONNX Runtime graph that runs in one process",
     summary="Export to ONNX (torch.onnx) and run with ONNX Runtime (graph optimization level, threads, providers).",
     params=(LEVEL, FUSION, ATTENTION, THREADS, PROVIDERS, ORT_MODE, INTER, EXPORTER, OPSET),
     requires=("onnxruntime", "onnx"),
@@ -97,6 +98,7 @@ def apply_onnx(model, params: dict, ctx) -> Applied:
 
 @register(
     name="onnx-int8",
+    tp_reason="it exports the model to one ONNX Runtime graph that runs in one process",
     summary="ONNX Runtime dynamic INT8 (onnxruntime.quantization.quantize_dynamic): int8 weights, per-batch uint8 "
             "activations; the weight type chosen for the CPU (VNNI: s8 weights; AVX2-only: u8).",
     params=(
@@ -124,6 +126,7 @@ def apply_onnx_int8(model, params: dict, ctx) -> Applied:
 
 @register(
     name="openvino",
+    tp_reason="it exports the model to one OpenVINO graph that runs in one process",
     summary="Convert with openvino.convert_model and run on OpenVINO's CPU plugin (threads, LATENCY/THROUGHPUT hint, "
             "f32 or bf16 inference precision).",
     params=(PRECISION, THREADS, HINT, STREAMS, SOURCE, EXPORTER, OPSET),
@@ -141,6 +144,7 @@ def apply_openvino(model, params: dict, ctx) -> Applied:
 
 @register(
     name="openvino-int8",
+    tp_reason="it exports the model to one OpenVINO graph that runs in one process",
     summary="OpenVINO with NNCF post-training static INT8 (nncf.quantize, model_type TRANSFORMER) calibrated on the "
             "built-in text or your file.",
     params=(CALIB_SAMPLES, CALIB_SEQ, CALIB_DATA,

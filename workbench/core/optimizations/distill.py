@@ -331,6 +331,8 @@ def train(teacher, student, mapping, task: str, tokenizer, params: dict, device:
 
 @register(
     name="distill", family="distillation", stage="train",
+    tp_reason=("it trains a student in one process (or data-parallel under its own launcher, "
+               "workbench.core.distill_run), not on a tensor-parallel model"),
     summary="Knowledge distillation into a smaller student (a subset of the teacher's blocks, or a smaller config): "
             "alpha*T^2*KL + (1-alpha)*hard loss, optional hidden-state MSE; checkpoints and resumes.",
     params=PARAMS,

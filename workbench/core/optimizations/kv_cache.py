@@ -15,7 +15,7 @@ from workbench.core.optimizations.base import Applied, Param, register
 
 
 @register(
-    name="kv-cache", family="runtime", stage="runtime", tasks=("causal-lm",),
+    name="kv-cache", tp_ok=True, family="runtime", stage="runtime", tasks=("causal-lm",),
     summary="Generation KV cache: dynamic (grows per token) or static (preallocated max length; transformers "
             "compiles the decode step itself on GPUs).",
     params=(

@@ -67,6 +67,7 @@ def _autocast(model, ctx, dtype_name: str, name: str) -> dict:
 
 
 @register(name="fp16", family="precision", stage="precision", exclusive_group="precision", params=(MODE,),
+          tp_ok=True,
           precision="fp16",
           summary="float16 inference: cast weights and activations (half the bytes), or autocast with fp32 islands.",
           notes="On CPU, fp16 matmuls are often slower than fp32. mode=autocast keeps fp32 weights (no size change) "
@@ -78,6 +79,7 @@ def apply_fp16(model, params: dict, ctx) -> Applied:
 
 
 @register(name="bf16", family="precision", stage="precision", exclusive_group="precision", params=(MODE,),
+          tp_ok=True,
           precision="bf16",
           summary="bfloat16 inference: cast (half the bytes, fp32's range), or autocast with fp32 islands.",
           notes="mode=autocast keeps fp32 weights (no size change) and is not exportable (a runtime setting).")

@@ -298,6 +298,8 @@ def _finish(model, before_params: int, before_bytes: int, rep: dict, ctx, name: 
 
 @register(
     name="prune-heads", family="pruning", stage="prune",
+    tp_reason=("it rebuilds the attention projections at new shapes, and the shards of the tensor-parallel plan are "
+               "laid out for the old ones"),
     summary="Structured attention-head pruning: the least important heads (or KV groups) of every layer are "
             "physically removed (smaller Q/K/V/O matrices: real speedup).",
     params=(Param("fraction", float, 0.25, "fraction of heads removed in every layer", min=0.0, max=0.95,
@@ -316,6 +318,8 @@ def apply_heads(model, params: dict, ctx) -> Applied:
 
 @register(
     name="prune-ffn", family="pruning", stage="prune",
+    tp_reason=("it rebuilds the MLP projections at new shapes, and the shards of the tensor-parallel plan are laid "
+               "out for the old ones"),
     summary="Structured FFN-neuron pruning: the least important intermediate neurons of every layer are "
             "physically removed (narrower MLP matrices: real speedup).",
     params=(Param("fraction", float, 0.25, "fraction of FFN neurons removed in every layer", min=0.0, max=0.95,

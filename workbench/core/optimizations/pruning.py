@@ -19,6 +19,8 @@ def measured_sparsity(modules) -> dict:
 
 @register(
     name="prune-l1", family="pruning", stage="prune",
+    tp_reason=("it writes zeros into the weights in place, which DTensor refuses for a sharded weight (in-place "
+               "index_put_ on Shard(0))"),
     summary="Unstructured L1 magnitude pruning of Linear weights (zeros; no speedup on dense kernels).",
     params=(
         Param("sparsity", float, 0.5, "fraction of weights set to zero", min=0.0, max=0.99,

@@ -50,6 +50,8 @@ def training_loss(model, teacher, task: str, batch: dict, kind: str):
 
 @register(
     name="qat", family="quantization", stage="quantize", exclusive_group="weight-quantization",
+    tp_reason=("it fine-tunes with fake-quantized torchao weights in one process; training under tensor parallelism "
+               "is not built"),
     summary="Quantization-aware training (torchao): fake-quantize, fine-tune N steps on built-in or user text, "
             "convert; reported against post-training quantization of the same kind.",
     params=(

@@ -10,6 +10,8 @@ HALF = "int8-dynamic quantizes from float32 Linear layers; drop the half-precisi
 
 @register(
     name="int8-dynamic", family="quantization", stage="quantize", exclusive_group="weight-quantization",
+    tp_reason=("torch.ao swaps each nn.Linear for its own quantized module, which cannot take a DTensor shard (its "
+               "convert step fails)"),
     summary="Dynamic INT8 quantization of Linear layers (int8 weights, per-batch int8 activations).",
     params=(
         Param("backend", str, "torch.ao", "torch.ao: quantize_dynamic (fbgemm kernels, CPU only); torchao: "

@@ -68,6 +68,8 @@ def _half_twin(module, dtype):
 
 @register(
     name="int8-selective", family="quantization", stage="quantize", exclusive_group="weight-quantization",
+    tp_reason=("it quantizes layers with torch.ao, which swaps each nn.Linear for its own quantized module and "
+               "cannot take a DTensor shard"),
     summary="INT8 dynamic quantization of every Linear layer except the most sensitive ones (measured one by one "
             "on calibration text), which stay fp32 until the accuracy target holds.",
     params=(

@@ -17,7 +17,11 @@ from workbench.core.optimizations.base import Applied, Param, WeightStorage, reg
 
 SKIP_HEAD = Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision")
 COMMON = dict(family="quantization", stage="quantize", exclusive_group="weight-quantization", requires=("torchao",),
-              conflicts={"fp16": "torchao quantization works from fp32 or bf16 weights; drop the fp16 cast"})
+              conflicts={"fp16": "torchao quantization works from fp32 or bf16 weights; drop the fp16 cast"},
+              # measured on CPU, torchao 0.18, transformers 5.24 (int8/fp8 weight-only, int8-dynamic-act; int4 and
+              # fp8-dynamic take the same quantize_ path on CUDA and were not run)
+              tp_reason="torchao replaces each weight with a quantized tensor that is not a DTensor, and the split "
+                        "layers' matmuls then fail (aten.mm got mixed torch.Tensor and DTensor)")
 
 
 def _run(model, params: dict, ctx, opt: str, make_config, need_bf16: bool = False) -> dict:

@@ -31,6 +31,7 @@ def is_two_four(weight) -> bool:
 
 @register(
     name="sparse-2of4", family="pruning", stage="quantize", exclusive_group="weight-quantization",
+    tp_reason=("it replaces weights with semi-structured sparse tensors, which DTensor cannot shard"),
     summary="2:4 semi-structured sparsity on sparse tensor cores (to_sparse_semi_structured; GPU, fp16/bf16).",
     params=(
         Param("skip_head", bool, True, "leave the output head dense"),

@@ -114,6 +114,9 @@ def tune_config(recipe: Recipe, *, objective: str = "latency", max_accuracy_drop
     if getattr(checked.model, "device_map", None):
         raise InputError(f"{checked.model.device_map}: tune rebuilds each trial's model on one device; expected a "
                          f"recipe without device_map", param="device_map")
+    if getattr(checked.model, "tp", None) is not None:
+        raise InputError(f"{checked.model.tp}: tune rebuilds each trial's model in one worker process; expected a "
+                         f"recipe without tensor parallelism", param="tp")
     if checked.eval.source == "none":
         raise InputError("none: a tune needs accuracy to hold a budget; expected builtin, a file or hf:NAME",
                          param="eval")
