@@ -34,6 +34,13 @@ def print_report(r: dict, session: str | None = None) -> None:
                   f"{r['task']} · {r['device']} ({env.get('device_name', '')}) · torch {env.get('torch')} · "
                   f"transformers {env.get('transformers')}")
     console.print(f"optimizations: {opts}")
+    if env.get("tp"):
+        plan = (r.get("memory_estimate") or {}).get("tp") or {}
+        fit = plan.get("smallest_fitting_degree")
+        console.print(f"tp: {env['tp']} ranks over {env.get('tp_backend')} ({', '.join(env.get('tp_devices') or [])})"
+                      + (f" · estimated peak per rank {plan['run_peak_mb']:.0f} MB ({plan['weights_mb']:.0f} MB "
+                         f"weights, {plan['kv_cache_mb']:.0f} MB KV cache)" if plan else "")
+                      + (f" · smallest degree that fits: {fit}" if fit else ""))
     b, o = r["baseline"], r["optimized"]
     t = Table(show_header=True, header_style="bold")
     for col in ("metric", "baseline", "optimized", "change"):

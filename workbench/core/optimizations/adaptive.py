@@ -26,7 +26,7 @@ from workbench.core.optimizations.base import Applied, Param, register
 
 @register(
     name="drop-layers", family="adaptive", stage="prune",
-    tp_reason=("it scores and removes transformer blocks in one process; not built for a model split over ranks"),
+    tp_ok=True,  # the blocks are whole on every rank; under tp the kept set is rank 0's (see below)
     summary="Static layer dropping: keep K of the N transformer blocks (evenly spread, first K, a list, or the most "
             "important by measured removal error).",
     params=(
@@ -59,6 +59,10 @@ def apply_drop(model, params: dict, ctx) -> Applied:
             keep = list(range(k))
         else:
             keep = _importance_keep(model, ctx, k, n, params)
+            from workbench.core.parallel import group
+
+            # tensor parallelism: every rank scored the blocks (the forwards are collective); all keep rank 0's set
+            keep = group.from_rank0(lambda: keep)
     p0, b0 = param_count(model), model_size_bytes(model)
     _common.keep_layers(model, sorted(keep))
     ctx.log(f"drop-layers: kept {len(keep)} of {n} blocks: {sorted(keep)}")

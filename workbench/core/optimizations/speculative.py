@@ -31,8 +31,8 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
 
 @register(
     name="speculative", family="runtime", stage="runtime", tasks=("causal-lm",),
-    tp_reason=("its draft model (or lookup loop) runs in one process beside the target; a draft under the same split"
-               " is not built"),
+    tp_reason=("its draft model and lookup loop run in one process beside the target; on a tp 2 CPU run it "
+               "failed (copy_() on an invalid python storage)"),
     summary="Speculative decoding (greedy, batch 1): a drafter proposes tokens — a small model with the same "
             "vocabulary, or n-grams from the prompt — and one forward of the model verifies them; the output is "
             "the model's own, token for token.",
