@@ -26,6 +26,10 @@ CONFIGS = {
     "llama-8b": ("llama", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False,
                                rope_theta=500000.0, max_position_embeddings=8192, rms_norm_eps=1e-5)),
+    # meta-llama/Llama-3.1-70B's shape (70.6 B parameters, untied head; 64 heads / 8 KV heads: tp 2, 4 or 8)
+    "llama-70b": ("llama", dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                                num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False,
+                                rope_theta=500000.0, max_position_embeddings=8192, rms_norm_eps=1e-5)),
     # Qwen/Qwen2.5-7B's shape (7.6 B parameters, attention bias on q/k/v, untied head)
     "qwen-7b": ("qwen2", dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                               num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False,
