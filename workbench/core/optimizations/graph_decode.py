@@ -9,7 +9,7 @@ from workbench.core.optimizations.base import Applied, Param, register
     name="graph-decode", family="runtime", stage="compile", tasks=("causal-lm",),
     tp_reason=("its CUDA graph would capture a step with NCCL all-reduces inside, and fuse=true concatenates "
                "weights that are DTensor shards; neither is verified (mode=eager ran under tp 2 on CPU; "
-               "kv-cache:cache=static with compile is the verified alternative)"),
+               "kv-cache:cache=static with compile is the alternative verified on CPU)"),
     summary="Greedy decode loop with a static KV cache and the whole step replayed as one CUDA graph "
             "(what closes the launch- and host-bound gap at small batch).",
     params=(
