@@ -125,6 +125,8 @@ class Memory(_Typed):
     cuda_peak_allocated: float | None = doc("torch's peak allocated CUDA memory")
     cuda_peak_reserved: float | None = doc("torch's peak reserved CUDA memory")
     nvml_used: float | None = doc("NVML's used GPU memory, summed over GPUs")
+    cuda_peak_allocated_per_device: dict | None = doc("device_map runs: torch's peak per GPU; absent otherwise")
+    per_rank: list | None = doc("tensor-parallel runs: each rank's peaks (rank 0 first); absent otherwise")
     extra: dict = field(default_factory=dict)
 
 
@@ -167,11 +169,12 @@ class RunReport(_Typed):
 
     schema: int = doc("report format version")
     model: dict = doc("ref, source, path, gguf_file, architecture, model_type, task, parameters, dtype, size_mb, "
-                      "layers, hidden_size, heads, vocab_size, device, fingerprint")
+                      "layers, hidden_size, heads, vocab_size, device, fingerprint (and tp in tensor-parallel runs)")
     task: str = doc('"causal-lm", "encoder" or "seq-cls"')
     device: str = doc('"cpu", "cuda" or "cuda:N"')
     environment: dict = doc("optbench, python, platform, cpu, cpu_isa, cpu_count, memory_gb, torch, transformers, "
-                            "torchao, driver, device, device_name, torch_threads, cuda, gpus, compute_capability")
+                            "torchao, driver, device, device_name, torch_threads, cuda, gpus, compute_capability; tp, "
+                            "tp_backend, tp_devices in tensor-parallel runs")
     optimizations: list = doc("[{name, params}] in apply order")
     optimization_reports: list = doc("[{name, params, seconds, exportable, ... what changed: bytes, sparsity, "
                                      "layers}]")
