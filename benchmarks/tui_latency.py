@@ -134,6 +134,16 @@ def by_key(samples: list[tuple[str, float]]) -> dict:
     return {names[k]: stats([ms for kk, ms in samples if kk == k]) for k in names}
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def torch_mapped(pid: int) -> bool:
     try:
         return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
@@ -246,8 +256,10 @@ def main() -> int:
     term.close()
 
     result = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+                    "python": platform.python_version(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    # PYTHONDONTWRITEBYTECODE=1 (set on some machines) makes every launch compile from source
+                    "bytecode_written": not os.environ.get("PYTHONDONTWRITEBYTECODE")},
         "terminal": "pty 120x40, TERM=xterm-256color",
         "run": {"model": args.model, "optimization": args.opt, "bench": "defaults"},
         "first_frame_ms": {**stats(first), "runs": [round(v, 1) for v in first]},
