@@ -329,10 +329,7 @@ def run_app(model: str | None = None, mouse: bool = True) -> int:
         for h in (app.run_handle, app.inspect_handle, app.export_handle):
             if h is not None and h.active:
                 h.cancelling = True
-                try:
-                    os.killpg(h.job.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                h.job.signal(sig)
         if app.tune_handle is not None and app.tune_handle.active:
             app.tune_handle.kill_now(sig)
 

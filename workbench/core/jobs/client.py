@@ -139,28 +139,30 @@ class Job:
             out.append(event)
         return out
 
+    def signal(self, sig: int, ranks: list[int] | None = None) -> list[int]:
+        """Send ``sig`` to the job's process group and, for a tensor-parallel job, to every rank's (torchrun starts
+        each rank in its own; ``ranks``: those found before); no waiting, so a signal handler may call it. Returns
+        the rank pids it signalled."""
+        ranks = sorted(set(ranks or []) | set(launch.rank_pids(self.proc.pid) if self.tp else []))
+        for group in [self.proc.pid, *ranks]:
+            try:
+                os.killpg(group, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return ranks
+
     def cancel(self, grace: float = 1.5) -> None:
-        """SIGTERM the job's process group; SIGKILL after ``grace`` seconds. Returns when it is gone. A
-        tensor-parallel job's ranks (each torchrun started in its own process group) are signalled alongside."""
+        """SIGTERM the job (``signal``); SIGKILL after ``grace`` seconds. Returns when it is gone."""
         if self.proc.poll() is not None:
             return
         self.cancelled = True
-        ranks = launch.rank_pids(self.proc.pid) if self.tp else []
-        for group in [self.proc.pid, *ranks]:
-            try:
-                os.killpg(group, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
+        ranks = self.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if self.proc.poll() is not None and not launch.alive(ranks):
                 return
             time.sleep(0.02)
-        for group in [self.proc.pid, *ranks]:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        self.signal(signal.SIGKILL, ranks)
         self.proc.wait(timeout=5)
 
     def wait(self, timeout: float | None = None) -> int:
