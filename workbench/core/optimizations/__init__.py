@@ -16,7 +16,7 @@ from workbench.core.optimizations.base import STAGES, Applied, OptSpec, Param, r
 
 __all__ = ["Applied", "OptSpec", "Param", "STAGES", "all_specs", "get", "parse_opt_arg", "register"]
 
-_HELPERS = frozenset({"base", "calibration", "fastgen"})
+_HELPERS = frozenset({"base", "calibration", "fastgen", "quant_calibrate"})
 _loaded = False
 
 

@@ -5,8 +5,7 @@ Exports go through transformers' ``TorchAoConfig`` path (safetensors + torchao m
 torchao can serialize; a reload needs torchao. What runs where (torchao 0.18):
 - int8-weight-only, int8-dynamic-act, fp8-weight-only: CPU and CUDA (on CPU the fp8/int8 weight-only matmuls
   dequantize on the fly: smaller, rarely faster).
-- int4-weight-only: CUDA only (tinygemm ``tile_packed_to_4d`` layout, bf16 activations). torchao 0.18 has no x86
-  CPU int4 layout and aten's CPU int4 kernel measured ~20x slower than fp32 matmul here, so it is not offered.
+- int4-weight-only: its own module (``quant_int4``: the rtn / hqq / awq / gptq algorithms).
 - fp8-dynamic: CUDA with compute capability >= 8.9 (Ada, Hopper) — float8 tensor-core matmuls.
 """
 
@@ -106,37 +105,6 @@ def refuse_int8_dynamic_act_compile(model, ctx, opt: str) -> None:
         raise InputError(f"{opt}: int8-dynamic-act cannot be compiled on CUDA (torch._int_mm needs more than "
                          f"16 rows per matmul; pooler and decode matmuls have fewer); expected int8-dynamic-act "
                          f"without {opt}, or int8-weight-only with {opt}", param="opt")
-
-
-@register(name="int4-weight-only", summary="torchao int4 weight-only with per-group scales (tinygemm, bf16; CUDA).",
-          params=(Param("group_size", int, 128, "weights per scale/zero-point group (smaller: more accurate, "
-                        "bigger)", choices=(32, 64, 128, 256), search=(64, 128)), SKIP_HEAD),
-          devices=("cuda",),
-          notes="Casts the model to bf16 first. Layers whose input size is not a multiple of group_size stay in "
-                "bf16. torchao 0.18 has no x86 CPU int4 layout, hence CUDA only.",
-          # int4 + a bf16 scale and zero point per group (the estimate assumes group 128); the rest in bf16
-          weights=WeightStorage("int4-weight-only", 0.5, bytes_per_group=4.0, float_bytes=2.0), **COMMON)
-def apply_int4_wo(model, params: dict, ctx) -> Applied:
-    if not ctx.device.startswith("cuda"):
-        raise InputError("int4-weight-only: needs a CUDA GPU; expected device cuda", param="opt")
-
-    def make():
-        from torchao.quantization import Int4WeightOnlyConfig
-
-        return Int4WeightOnlyConfig(group_size=params["group_size"], int4_packing_format="tile_packed_to_4d")
-
-    # torchao's tile-packed int4 layout pads every layer's input size up to a multiple of 1024 (and the
-    # activations with it at run time): a 256-wide layer stores as many bytes as in bf16. Say so.
-    from workbench.core.optimizations.context import linear_modules
-
-    padded = [n for n, m in linear_modules(model, skip_head=params["skip_head"]) if m.in_features % 1024]
-    rep = _run(model, params, ctx, "int4-weight-only", make, need_bf16=True)
-    rep["group_size"] = params["group_size"]
-    if padded:
-        rep["padded_to_1024"] = len(padded)
-        ctx.log(f"int4-weight-only: {len(padded)} layer(s) have an input size that is not a multiple of 1024; "
-                f"torchao pads them to one, so small layers save little or nothing")
-    return Applied(model, rep)
 
 
 @register(name="fp8-weight-only", summary="torchao float8 (e4m3) weight-only: 1-byte weights, dequantized per "

@@ -1,0 +1,197 @@
+"""int4 weight-only quantization with a choice of how the int4 values are picked: round to nearest (rtn), HQQ
+(half-quadratic optimisation of scales and zeros, no data), AWQ (activation-aware scales folded into the model)
+or GPTQ (Hessian-based error compensation); the last two calibrate on text (``quant_calibrate``).
+
+Kernels and layouts (torchao 0.18):
+- CUDA: tinygemm's ``Int4TilePackedTo4dTensor`` (bf16 activations, asymmetric groups with a float zero). Every
+  algorithm ends in this one layout, so speed does not depend on the algorithm.
+- CPU: torchao's ``IntxUnpackedToInt8Tensor`` (symmetric int4 groups, one int8 byte per weight, dequantized per
+  matmul): the accuracy of int4 and an export that reloads, but not the bytes or the speed of packed int4; torchao
+  0.18 has no packed x86 int4 kernel that beats a float matmul here. rtn and hqq use torchao's own qparams
+  (``hqq`` on CPU is torchao's scale-only HQQ, as the symmetric layout has no zero point).
+
+Exports are transformers' TorchAoConfig format (safetensors + torchao metadata; reloading needs torchao). AWQ's
+scales live in the RMSNorm and v_proj / up_proj weights, which export as ordinary tensors.
+"""
+
+from __future__ import annotations
+
+from workbench.core.errors import InputError
+from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
+from workbench.core.optimizations.quant_torchao import COMMON, SKIP_HEAD, _run
+
+ALGORITHMS = ("rtn", "hqq", "awq", "gptq")
+CALIB_SAMPLES = Param("calib_samples", int, 16, "calibration windows (awq, gptq)", min=1, max=4096)
+CALIB_SEQ = Param("calib_seq_len", int, 512, "tokens per calibration window (awq, gptq)", min=16, max=8192)
+CALIB_DATA = Param("calib_data", str, "builtin", "calibration text (awq, gptq): builtin (end of the built-in text, "
+                   "away from the evaluation text) or a .txt path")
+
+
+def _config(device: str, group: int, algorithm: str):
+    """The torchao config whose tensor type the result has (what transformers records for the export)."""
+    import torch
+
+    if device.startswith("cuda"):
+        from torchao.quantization import Int4WeightOnlyConfig
+
+        return Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d",
+                                    int4_choose_qparams_algorithm="hqq" if algorithm == "hqq" else "tinygemm")
+    from torchao.quantization import IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerGroup
+
+    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group),
+                                intx_choose_qparams_algorithm="hqq_scale_only" if algorithm == "hqq" else "affine")
+
+
+def calibration_batches(params: dict, ctx, what: str, instead: str) -> list[dict]:
+    """``calib_samples`` windows of ``calib_seq_len`` tokens of the calibration text, on the model's device."""
+    from workbench.core.optimizations.calibration import overlap_note, token_batches
+
+    if ctx.task != "causal-lm" or ctx.tokenizer is None:
+        raise InputError(f"{what}: calibrates a causal LM on text; this model's task is {ctx.task}; expected "
+                         f"{instead}", param="opt")
+    note = overlap_note(ctx.eval_settings, ctx.task)
+    if note:
+        ctx.warning(f"{what}: {note}")
+    return token_batches(ctx.tokenizer, "causal-lm", n_batches=params["calib_samples"], batch=1,
+                         seq_len=params["calib_seq_len"], source=params["calib_data"], device=ctx.device)
+
+
+def _calibrated(model, params: dict, ctx) -> dict:
+    """awq / gptq: block by block on the calibration text, the block's Linears replaced by int4 tensors before
+    the next block sees its outputs."""
+    import statistics
+
+    import torch
+
+    from workbench.core.measure.memory import model_size_bytes, tensor_bytes
+    from workbench.core.optimizations import _torchao
+    from workbench.core.optimizations import quant_calibrate as qc
+    from workbench.core.optimizations._common import layers_path
+    from workbench.core.optimizations.context import linear_modules
+
+    algorithm, group = params["algorithm"], params["group_size"]
+    grid = qc.Grid("asym" if ctx.device.startswith("cuda") else "sym", group)
+    prefix = layers_path(model)
+    if algorithm == "awq":  # the layout check, before any calibration work
+        qc.fold_groups(model, model.get_submodule(prefix)[0])
+    targets = linear_modules(model, skip_head=params["skip_head"])
+    bad = [n for n, m in targets if m.in_features % group]
+    if bad:
+        raise InputError(f"int4-weight-only:group_size={group}: layer {bad[0]} has {dict(targets)[bad[0]].in_features}"
+                         f" inputs, not a multiple of the group size; expected a group size dividing every layer's "
+                         f"input size (32 or 64)", param="opt")
+    before = model_size_bytes(model)
+    linear_before = sum(tensor_bytes(m.weight) for _, m in targets)
+    batches = calibration_batches(params, ctx, f"int4-weight-only:algorithm={algorithm}",
+                                  "algorithm rtn or hqq")
+    ratios: list[float] = []  # output error against round to nearest, per Linear (gptq) / per group (awq)
+    done: list[str] = []
+    exponents: list[float] = []
+
+    def per_block(idx, block, stats):
+        if algorithm == "awq":
+            name_of = {m: n for n, m in block.named_modules()}
+            for group_ in qc.fold_groups(model, block):
+                x = stats.sample[name_of[group_.linears[0][1]]]
+                s, a, loss, rtn_loss = qc.awq_search(x, [lin.weight for _, lin in group_.linears], grid)
+                qc.fold(group_, s)
+                exponents.append(a)
+                ratios.append(loss / rtn_loss if rtn_loss > 0 else 1.0)
+        for name, lin in block.named_modules():
+            if not isinstance(lin, torch.nn.Linear):
+                continue
+            if algorithm == "gptq":
+                w = lin.weight.detach()
+                q = qc.gptq(w, stats.h[name], grid)
+                x = stats.sample[name]
+                base = qc.output_error(x, w, qc.rtn(w, grid).dequantize())
+                ratios.append(qc.output_error(x, w, q.dequantize()) / base if base > 0 else 1.0)
+            else:
+                q = qc.rtn(lin.weight, grid)
+            qc.install(lin, q)
+            done.append(f"{prefix}.{idx}.{name}")
+
+    timing = qc.calibrate_blocks(model, batches, per_block, log=ctx.log, progress=ctx.progress,
+                                 hessian=algorithm == "gptq",
+                                 sample_tokens=2048 if algorithm == "awq" else 512)
+    head = [(n, m) for n, m in targets if n not in set(done)]
+    for name, lin in head:  # the output head (skip_head=false) and any Linear outside the blocks: round to nearest
+        qc.install(lin, qc.rtn(lin.weight, grid))
+        done.append(name)
+    config = _config(ctx.device, group, algorithm)
+    modules = dict(model.named_modules())
+    rep = {
+        "config": type(config).__name__, "algorithm": algorithm, "group_size": group, "layout": grid.kind,
+        "layers_quantized": len(done), "layers_skipped": [],
+        "round_to_nearest_layers": [n for n, _ in head],
+        "linear_bytes_before": linear_before,
+        "linear_bytes_after": sum(tensor_bytes(modules[n].weight) for n, _ in targets),
+        "bytes_before": before, "bytes_after": model_size_bytes(model),
+        "output_error_vs_rtn_median": round(statistics.median(ratios), 4) if ratios else None,
+        "output_error_vs_rtn_max": round(max(ratios), 4) if ratios else None,
+        **timing,
+    }
+    if exponents:
+        rep["awq_exponent_median"] = statistics.median(exponents)
+    ctx.log(f"int4-weight-only:algorithm={algorithm}: {len(done)} layers in {timing['calibration_seconds']:.1f} s; "
+            f"output error {rep['output_error_vs_rtn_median']:.2f}x round-to-nearest's (median over layers)")
+    rep.update(_torchao.attach_export(model, config, done))
+    return rep
+
+
+@register(name="int4-weight-only", summary="torchao int4 weight-only with per-group scales; round to nearest, "
+          "HQQ, AWQ or GPTQ (CUDA: tinygemm kernel; CPU: accuracy and export, stored one byte per weight).",
+          params=(Param("group_size", int, 128, "weights per scale/zero-point group (smaller: more accurate, "
+                        "bigger)", choices=(32, 64, 128, 256), search=(64, 128)),
+                  Param("algorithm", str, "rtn", "how the int4 values are chosen: rtn (round to nearest), hqq "
+                        "(optimised scales/zeros, no data), awq (activation-aware scales, calibrates), gptq "
+                        "(error compensation, calibrates)", choices=ALGORITHMS, search=("rtn", "hqq", "gptq")),
+                  SKIP_HEAD, CALIB_SAMPLES, CALIB_SEQ, CALIB_DATA),
+          notes="On CUDA casts the model to bf16 first. Layers whose input size is not a multiple of group_size stay in "
+                "bf16 (rtn, hqq) or are refused (awq, gptq). awq needs Llama-style blocks (llama, mistral, qwen2, "
+                "qwen3); gptq any model whose decoder blocks are called in order. On CUDA every algorithm runs "
+                "the same tinygemm kernel: fastest at batch 1-4 decode; at larger batches it can fall behind bf16. "
+                "On CPU the weights are stored one byte each (torchao 0.18 has no fast packed x86 int4 kernel).",
+          # int4 + a bf16 scale and zero point per group (the estimate assumes group 128); the rest in bf16
+          weights=WeightStorage("int4-weight-only", 0.5, bytes_per_group=4.0, float_bytes=2.0), **COMMON)
+def apply_int4_wo(model, params: dict, ctx) -> Applied:
+    import time
+
+    from workbench.core.optimizations.context import linear_modules
+
+    algorithm = params["algorithm"]
+    t0 = time.perf_counter()
+    padded = ([n for n, m in linear_modules(model, skip_head=params["skip_head"]) if m.in_features % 1024]
+              if ctx.device.startswith("cuda") else [])
+    if algorithm in ("rtn", "hqq"):
+        rep = _run(model, params, ctx, "int4-weight-only",
+                   lambda: _config(ctx.device, params["group_size"], algorithm),
+                   need_bf16=ctx.device.startswith("cuda"))
+        rep.update({"algorithm": algorithm, "group_size": params["group_size"],
+                    "layout": "asym" if ctx.device.startswith("cuda") else "sym"})
+    else:
+        import torch
+
+        from workbench.core.optimizations import _torchao
+        from workbench.core.optimizations._common import cast
+
+        _torchao.require("int4-weight-only")
+        if next(model.parameters()).dtype == torch.float16:
+            raise InputError("int4-weight-only: the model is float16; expected float32 or bfloat16 weights",
+                             param="opt")
+        if ctx.device.startswith("cuda") and next(model.parameters()).dtype != torch.bfloat16:
+            ctx.log("int4-weight-only: casting the model to bfloat16 first (the kernel takes bf16 activations)")
+            cast(model, torch.bfloat16)
+            rep = {"cast_to": "bfloat16"}
+        else:
+            rep = {}
+        rep.update(_calibrated(model, params, ctx))
+    rep["quantize_seconds"] = round(time.perf_counter() - t0, 3)
+    if padded:
+        # torchao's tile-packed int4 layout pads every layer's input size up to a multiple of 1024 (and the
+        # activations with it at run time): a 256-wide layer stores as many bytes as in bf16. Say so.
+        rep["padded_to_1024"] = len(padded)
+        ctx.log(f"int4-weight-only: {len(padded)} layer(s) have an input size that is not a multiple of 1024; "
+                f"torchao pads them to one, so small layers save little or nothing")
+    return Applied(model, rep)
