@@ -51,7 +51,6 @@ def test_valid_orders(opts):
     ([("early-exit", {}), ("compile", {})], "encoder", "cpu", "would break the graph at every check"),
     ([("early-exit", {})], "causal-lm", "cpu", "does not apply to causal-lm"),
     ([("kv-cache", {})], "encoder", "cpu", "does not apply to encoder"),
-    ([("int4-weight-only", {})], "causal-lm", "cpu", "does not run on cpu"),
     ([("fp8-dynamic", {})], "causal-lm", "cpu", "does not run on cpu"),
     ([("sparse-2of4", {}), ("int8-weight-only", {})], "causal-lm", "cuda", "both are weight-quantization"),
     ([("qat", {"scheme": "int2"})], "causal-lm", "cpu", "scheme='int2' is not allowed"),

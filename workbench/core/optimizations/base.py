@@ -137,6 +137,9 @@ class OptSpec:
     apply: Callable[..., Applied]  # apply(model, params, ctx)
     tasks: tuple[str, ...] = TASKS
     devices: tuple[str, ...] = ("cpu", "cuda")
+    # where tune searches it (None: every device it runs on) and why not elsewhere (runs there, but cannot win)
+    tune_devices: tuple[str, ...] | None = None
+    tune_reason: str = ""
     exportable: str = "yes"  # "yes": plain transformers; "custom": optbench format + loader; "no"
     exclusive_group: str | None = None  # at most one optimization of a group per recipe
     # optimization name -> why the two cannot be in one recipe (either side may declare it). A tuple of names is

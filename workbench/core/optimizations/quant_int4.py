@@ -153,6 +153,8 @@ def _calibrated(model, params: dict, ctx) -> dict:
                 "qwen3); gptq any model whose decoder blocks are called in order. On CUDA every algorithm runs "
                 "the same tinygemm kernel: fastest at batch 1-4 decode; at larger batches it can fall behind bf16. "
                 "On CPU the weights are stored one byte each (torchao 0.18 has no fast packed x86 int4 kernel).",
+          tune_devices=("cuda",), tune_reason="on CPU int4 is stored one byte per weight (torchao 0.18) and "
+          "dequantized per matmul: no size or speed gain over int8-weight-only",
           # int4 + a bf16 scale and zero point per group (the estimate assumes group 128); the rest in bf16
           weights=WeightStorage("int4-weight-only", 0.5, bytes_per_group=4.0, float_bytes=2.0), **COMMON)
 def apply_int4_wo(model, params: dict, ctx) -> Applied:

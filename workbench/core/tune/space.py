@@ -122,6 +122,8 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
             reason = f"does not apply to {task} models (only {', '.join(spec.tasks)})"
         elif dev_kind not in spec.devices:
             reason = f"does not run on {dev_kind} (only {', '.join(spec.devices)})"
+        elif spec.tune_devices is not None and dev_kind not in spec.tune_devices:
+            reason = f"not searched on {dev_kind}: {spec.tune_reason}"
         else:
             missing = _requires_missing(spec)
             if missing:
