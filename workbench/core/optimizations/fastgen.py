@@ -27,6 +27,14 @@ q/k/v become one projection and gate/up another, over one concatenated weight wh
 original parameters (views: no extra memory, the state dict keeps its names), and the decode attention becomes a
 grouped-query product against the cached keys without expanding them to every head (transformers' sdpa path
 copies K and V once per head group when a mask is present). Prefill and batches keep the library's attention.
+
+The fusion also takes torchao-quantized weights (``_quantized_concat``): every format used here quantizes per output
+row (per-row scales, or groups of input channels within a row), so the rows of the parts' quantized data and scales,
+concatenated, *are* the quantization of the concatenated matrix. The fused tensor holds the concatenation and each
+projection's weight becomes a tensor of the same type over row slices of it (one copy). torchao's tile-packed int4
+(tinygemm) keeps its scales as [groups, rows, 2], so a projection's slice is not contiguous, which its matmul and
+``save_pretrained`` refuse: such a projection computes, and appears in ``state_dict()``, through a transient
+contiguous copy of its own scales (``_standalone``), while the fused tensor's copy is the only one kept.
 """
 
 from __future__ import annotations
@@ -86,33 +94,159 @@ def _fused_rest(self, x):
     shared = self._optbench_shared
     if shared.x is x:
         return shared.parts[self._optbench_index]
-    return _linear(x, self.weight, self.bias, self._optbench_gemv)  # called on another input: compute it
+    return _linear(x, _part_weight(self), self.bias, self._optbench_gemv)  # called on another input: compute it
+
+
+# torchao (0.18) tensor types whose inner tensors run along the weight's output rows: name -> (the dim they run
+# along, output rows per entry: tinygemm packs 8 rows per n-tile). An inner tensor of another name makes the part
+# unfusable unless it is on the input side (_QUANT_INPUT_SIDE: one value per input channel or per tensor), where
+# the parts must hold equal ones and the fused tensor shares the first's.
+_QUANT_ROWS = {
+    "IntxUnpackedToInt8Tensor": {"qdata": (0, 1), "scale": (0, 1), "zero_point": (0, 1)},
+    "Int8Tensor": {"qdata": (0, 1), "scale": (0, 1), "zero_point": (0, 1)},
+    "Float8Tensor": {"qdata": (0, 1), "scale": (0, 1)},
+    "Int4TilePackedTo4dTensor": {"qdata": (0, 8), "scale_and_zero": (1, 1)},  # act_pre_scale: not fused
+}
+_QUANT_INPUT_SIDE = {"Int8Tensor": ("act_quant_scale", "act_quant_zero_point", "act_pre_scale")}
+
+
+def _rebuild(cls, inner: dict, attrs: dict, size):
+    import torch
+
+    attrs = dict(attrs)
+    if "shape" in attrs:  # tile-packed int4 keeps the unpadded shape as an attribute
+        attrs["shape"] = torch.Size(size)
+    t = cls.__tensor_unflatten__(inner, attrs, torch.Size(size), None)
+    return t if t.shape == torch.Size(size) else None
+
+
+def _quantized_concat(weights: list):
+    """(fused tensor, one same-type tensor over its row slices per part) for torchao weights quantized per output
+    row, else None: another type, mixed types, any non-tensor attribute that differs (block size, activation
+    quantization, kernel preference ...), scales that are not per row (per-tensor fp8/int8: each part has its own
+    scale), unequal input-side tensors, or tile-packed parts whose rows are not whole n-tiles of 8."""
+    import torch
+
+    cls = type(weights[0])
+    rows = _QUANT_ROWS.get(cls.__name__) if cls.__module__.split(".")[0] == "torchao" else None
+    if rows is None or any(type(w) is not cls or w.dim() != 2 for w in weights):
+        return None
+    flat = [w.__tensor_flatten__() for w in weights]
+    names = flat[0][0]
+    try:
+        plain = [{k: v for k, v in a.items() if k != "shape"} for _, a in flat]
+        if any(list(n) != list(names) or a != plain[0] for (n, _), a in zip(flat, plain)):
+            return None
+    except Exception:  # noqa: BLE001 - attributes that cannot be compared are not known to agree
+        return None
+    input_side = _QUANT_INPUT_SIDE.get(cls.__name__, ())
+    if any(n not in rows and n not in input_side for n in names):
+        return None
+    for name in names:
+        ts = [getattr(w, name) for w in weights]
+        ref = ts[0]
+        if any(not isinstance(t, torch.Tensor) or type(t) is not torch.Tensor or t.dtype != ref.dtype
+               or t.device != ref.device or t.dim() != ref.dim() for t in ts):
+            return None
+        if name in rows:
+            dim, per = rows[name]
+            if ref.dim() <= dim or any(w.shape[0] % per or t.shape[dim] * per != w.shape[0]
+                                       or t.shape[:dim] != ref.shape[:dim] or t.shape[dim + 1:] != ref.shape[dim + 1:]
+                                       for w, t in zip(weights, ts)):
+                return None
+        elif any(t.shape != ref.shape or not torch.equal(t, ref) for t in ts):
+            return None
+    try:  # nothing is changed yet: a constructor that refuses the result means no fusion, as before
+        with torch.no_grad():
+            inner = {n: torch.cat([getattr(w, n) for w in weights], dim=rows[n][0]) if n in rows
+                     else getattr(weights[0], n) for n in names}
+        fused = _rebuild(cls, inner, flat[0][1], (sum(w.shape[0] for w in weights), weights[0].shape[1]))
+        views, start = [], 0
+        for w, (_, attrs) in zip(weights, flat):
+            n = w.shape[0]
+            views.append(_rebuild(cls, {k: v.narrow(rows[k][0], start // rows[k][1], n // rows[k][1]) if k in rows
+                                        else v for k, v in inner.items()}, attrs, w.shape))
+            start += n
+    except Exception:  # noqa: BLE001
+        return None
+    if fused is None or any(v is None or v.dtype != w.dtype for v, w in zip(views, weights)):
+        return None
+    return fused, views
+
+
+def _standalone(weight):
+    """The weight with contiguous inner tensors: a tile-packed projection's slice of the fused scales is strided
+    (torchao's matmul asserts contiguity, safetensors refuses it), so it computes and is saved through this
+    transient copy of its own scales (its packed rows are contiguous slices and stay shared)."""
+    names, attrs = weight.__tensor_flatten__()
+    return _rebuild(type(weight), {n: getattr(weight, n).contiguous() for n in names}, attrs, weight.shape)
+
+
+def _part_weight(m):
+    return _standalone(m.weight) if getattr(m, "_optbench_standalone", False) else m.weight
+
+
+def _standalone_forward(self, x):
+    return _linear(x, _standalone(self.weight), self.bias, False)
+
+
+def _standalone_state(module, state_dict, prefix, local_metadata) -> None:
+    key = prefix + "weight"
+    if key in state_dict:
+        state_dict[key] = _standalone(state_dict[key])
+
+
+def _set_part(m, view) -> None:
+    """Make the quantized ``view`` (row slices of a fused tensor) ``m``'s weight; a strided one computes and is
+    saved through ``_standalone``."""
+    import torch
+
+    m.weight = torch.nn.Parameter(view, requires_grad=False)
+    if not all(getattr(view, n).is_contiguous() for n in view.__tensor_flatten__()[0]):
+        m._optbench_standalone = True
+        m.register_state_dict_post_hook(_standalone_state)
 
 
 def _fuse_group(linears: list, gemv: bool) -> bool:
-    """One weight for Linear layers that always see the same input; their parameters become row views of it."""
+    """One weight for Linear layers that always see the same input; their parameters become row views of it
+    (torchao-quantized weights: see ``_quantized_concat``)."""
     import types
 
     import torch
 
-    if any(type(m) is not torch.nn.Linear or type(m.weight.data) is not torch.Tensor for m in linears):
+    if any(type(m) is not torch.nn.Linear for m in linears):
         return False
     if len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in linears}) != 1:
         return False
+    views = None
+    if all(type(m.weight.data) is torch.Tensor for m in linears):
+        with torch.no_grad():
+            weight = torch.cat([m.weight.data for m in linears])
+    else:
+        quantized = _quantized_concat([m.weight.data for m in linears])
+        if quantized is None:
+            return False
+        weight, views = quantized
     with torch.no_grad():
-        weight = torch.cat([m.weight.data for m in linears])
         bias = torch.cat([m.bias.data for m in linears]) if linears[0].bias is not None else None
     first, shared, start = linears[0], _Shared(), 0
-    first.register_buffer("_optbench_fused_weight", weight, persistent=False)
+    if views is None:
+        first.register_buffer("_optbench_fused_weight", weight, persistent=False)
+    else:  # not a buffer: model_size_bytes counts a tensor subclass by its own bytes, already held by the views
+        first._optbench_fused_weight = weight
     first.register_buffer("_optbench_fused_bias", bias, persistent=False)
     first._optbench_sizes = [m.out_features for m in linears]
     for i, m in enumerate(linears):
         n = m.out_features
-        m.weight.data = weight[start:start + n]  # the parameter now lives inside the fused weight
+        if views is None:
+            m.weight.data = weight[start:start + n]  # the parameter now lives inside the fused weight
+        else:
+            _set_part(m, views[i])
         if bias is not None:
             m.bias.data = bias[start:start + n]
         start += n
-        m._optbench_shared, m._optbench_index, m._optbench_gemv = shared, i, gemv
+        # the GEMV rewrite multiplies by the weight itself: plain weights only
+        m._optbench_shared, m._optbench_index, m._optbench_gemv = shared, i, gemv and views is None
         m.forward = types.MethodType(_fused_first if i == 0 else _fused_rest, m)
     return True
 
@@ -126,9 +260,13 @@ class plain_forward:
         self.model, self.swapped = model, []
 
     def __enter__(self):
+        import types
+
         for m in self.model.modules():
             if "_optbench_shared" in vars(m) and "forward" in vars(m):
                 self.swapped.append((m, m.__dict__.pop("forward")))
+                if getattr(m, "_optbench_standalone", False):  # nn.Linear's forward, on a contiguous copy
+                    m.forward = types.MethodType(_standalone_forward, m)
         return bool(self.swapped)
 
     def __exit__(self, *exc):
