@@ -38,9 +38,10 @@ def test_gptq_has_lower_output_error_than_round_to_nearest_on_held_out_inputs(ki
     grid = qc.Grid(kind, 32)
     w = torch.randn(96, 128, generator=torch.Generator().manual_seed(0))
     calib, held = correlated_inputs(1024, 128, 1), correlated_inputs(512, 128, 1, draw=1)
-    q = qc.gptq(w, calib.t() @ calib, grid)
     rtn = qc.rtn(w, grid)
-    assert qc.output_error(held, w, q.dequantize()) < 0.8 * qc.output_error(held, w, rtn.dequantize())
+    for act_order in (False, True):
+        q = qc.gptq(w, calib.t() @ calib, grid, act_order=act_order)
+        assert qc.output_error(held, w, q.dequantize()) < 0.8 * qc.output_error(held, w, rtn.dequantize())
     # every code is on the grid and every group's values are what the scales say
     lo, hi = (0, 15) if kind == "asym" else (-8, 7)
     assert q.codes.min() >= lo and q.codes.max() <= hi and torch.equal(q.codes, q.codes.round())
@@ -135,13 +136,13 @@ def test_awq_and_gptq_have_lower_block_error_than_round_to_nearest(wide_llama):
     base = load(str(wide_llama), None, "cpu")
     batches = held_out(base.tokenizer)
     errors, reports = {}, {}
-    for algorithm in ("rtn", "awq", "gptq"):
+    for algorithm in ("rtn", "awq", "gptq", "awq-gptq"):
         loaded = load(str(wide_llama), None, "cpu")
         reports[algorithm] = apply(loaded, "int4-weight-only", algorithm=algorithm, group_size=32, calib_samples=32,
                                    calib_seq_len=256)
         assert type(loaded.model.model.layers[1].mlp.down_proj.weight).__name__ == "IntxUnpackedToInt8Tensor"
         errors[algorithm] = block_errors(base.model, loaded.model, batches)
-    for algorithm in ("awq", "gptq"):
+    for algorithm in ("awq", "gptq", "awq-gptq"):
         assert all(e < r for e, r in zip(errors[algorithm], errors["rtn"])), errors
         rep = reports[algorithm]
         assert rep["layers_quantized"] == 14 and rep["blocks"] == 2 and rep["calibration_tokens"] == 32 * 256

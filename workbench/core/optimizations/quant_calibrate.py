@@ -91,8 +91,13 @@ def rtn(weight, grid: Grid) -> QuantWeight:
     return QuantWeight(q.view(n, k), s.squeeze(-1), None if z is None else z.squeeze(-1), grid)
 
 
-def gptq(weight, hessian, grid: Grid, percdamp: float = 0.01, block: int = 128) -> QuantWeight:
-    """GPTQ on one Linear weight [N, K] with the Hessian ``X^T X`` [K, K] of its inputs (float32)."""
+def gptq(weight, hessian, grid: Grid, percdamp: float = 0.01, block: int = 128,
+         act_order: bool = False) -> QuantWeight:
+    """GPTQ on one Linear weight [N, K] with the Hessian ``X^T X`` [K, K] of its inputs (float32).
+
+    ``act_order``: sweep the columns in order of decreasing Hessian diagonal (the inputs with the most energy first,
+    while the most columns are left to absorb their error), with every group's qparams fitted beforehand on the
+    weight as it is ("static groups": the groups stay contiguous, as the kernel's layout needs)."""
     import torch
 
     w = weight.detach().float().clone()
@@ -105,14 +110,21 @@ def gptq(weight, hessian, grid: Grid, percdamp: float = 0.01, block: int = 128) 
     w[:, dead] = 0
     damp = percdamp * torch.mean(torch.diag(h))
     h += damp * torch.eye(k, device=h.device)
+    scales = torch.zeros(n, k // g, device=w.device)
+    zeros = torch.zeros(n, k // g, device=w.device) if grid.kind == "asym" else None
+    perm = None
+    if act_order:
+        fitted = rtn(w, grid)
+        scales, zeros = fitted.scale, fitted.zero
+        perm = torch.argsort(torch.diag(h), descending=True)
+        w, h = w[:, perm], h[perm][:, perm]
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except RuntimeError:  # not positive definite even damped: more damping, once
         h += 10 * damp * torch.eye(k, device=h.device)
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     codes = torch.zeros_like(w)
-    scales = torch.zeros(n, k // g, device=w.device)
-    zeros = torch.zeros(n, k // g, device=w.device) if grid.kind == "asym" else None
+    group_of = (perm if perm is not None else torch.arange(k, device=w.device)) // g
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
         w1 = w[:, i1:i2].clone()
@@ -120,7 +132,10 @@ def gptq(weight, hessian, grid: Grid, percdamp: float = 0.01, block: int = 128) 
         h1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if col % g == 0:  # fit the group's qparams on the columns as updated so far
+            if perm is not None:  # static groups: this column's group's qparams
+                j = int(group_of[col])
+                s, z = scales[:, j:j + 1], None if zeros is None else zeros[:, j:j + 1]
+            elif col % g == 0:  # fit the group's qparams on the columns as updated so far
                 s, z = grid.fit(w1[:, i:i + g])
                 scales[:, col // g] = s.squeeze(-1)
                 if zeros is not None:
@@ -132,6 +147,8 @@ def gptq(weight, hessian, grid: Grid, percdamp: float = 0.01, block: int = 128) 
             w1[:, i:] -= err @ h1[i:i + 1, i:]
             err1[:, i:i + 1] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    if perm is not None:
+        codes = codes[:, torch.argsort(perm)]
     return QuantWeight(codes, scales, zeros, grid)
 
 

@@ -20,7 +20,7 @@ from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 from workbench.core.optimizations.quant_torchao import COMMON, SKIP_HEAD, _run
 
-ALGORITHMS = ("rtn", "hqq", "awq", "gptq")
+ALGORITHMS = ("rtn", "hqq", "awq", "gptq", "awq-gptq")
 CALIB_SAMPLES = Param("calib_samples", int, 16, "calibration windows (awq, gptq)", min=1, max=4096)
 CALIB_SEQ = Param("calib_seq_len", int, 512, "tokens per calibration window (awq, gptq)", min=16, max=8192)
 CALIB_DATA = Param("calib_data", str, "builtin", "calibration text (awq, gptq): builtin (end of the built-in text, "
@@ -73,7 +73,7 @@ def _calibrated(model, params: dict, ctx) -> dict:
     algorithm, group = params["algorithm"], params["group_size"]
     grid = qc.Grid("asym" if ctx.device.startswith("cuda") else "sym", group)
     prefix = layers_path(model)
-    if algorithm == "awq":  # the layout check, before any calibration work
+    if algorithm.startswith("awq"):  # the layout check, before any calibration work
         qc.fold_groups(model, model.get_submodule(prefix)[0])
     targets = linear_modules(model, skip_head=params["skip_head"])
     bad = [n for n, m in targets if m.in_features % group]
@@ -90,31 +90,39 @@ def _calibrated(model, params: dict, ctx) -> dict:
     exponents: list[float] = []
 
     def per_block(idx, block, stats):
-        if algorithm == "awq":
+        scale_of = {}  # Linear name -> the AWQ scales folded into its input
+        if algorithm in ("awq", "awq-gptq"):
             name_of = {m: n for n, m in block.named_modules()}
             for group_ in qc.fold_groups(model, block):
                 x = stats.sample[name_of[group_.linears[0][1]]]
                 s, a, loss, rtn_loss = qc.awq_search(x, [lin.weight for _, lin in group_.linears], grid)
                 qc.fold(group_, s)
                 exponents.append(a)
-                ratios.append(loss / rtn_loss if rtn_loss > 0 else 1.0)
+                scale_of.update({name_of[lin]: s for _, lin in group_.linears})
+                if algorithm == "awq":
+                    ratios.append(loss / rtn_loss if rtn_loss > 0 else 1.0)
         for name, lin in block.named_modules():
             if not isinstance(lin, torch.nn.Linear):
                 continue
-            if algorithm == "gptq":
+            if algorithm in ("gptq", "awq-gptq"):
                 w = lin.weight.detach()
-                q = qc.gptq(w, stats.h[name], grid)
-                x = stats.sample[name]
-                base = qc.output_error(x, w, qc.rtn(w, grid).dequantize())
-                ratios.append(qc.output_error(x, w, q.dequantize()) / base if base > 0 else 1.0)
+                h, x = stats.h[name], stats.sample[name]
+                s = scale_of.get(name)
+                if s is not None:  # the Linear now reads x / s: its Hessian is D^-1 H D^-1
+                    h = h / s[:, None] / s[None, :]
+                q = qc.gptq(w, h, grid, act_order=params["act_order"])
+                # output error on the original inputs, against round to nearest of the original weight
+                w0, eff = (w, q.dequantize()) if s is None else (w / s, q.dequantize() / s)
+                base = qc.output_error(x, w0, qc.rtn(w0, grid).dequantize())
+                ratios.append(qc.output_error(x, w0, eff) / base if base > 0 else 1.0)
             else:
                 q = qc.rtn(lin.weight, grid)
             qc.install(lin, q)
             done.append(f"{prefix}.{idx}.{name}")
 
     timing = qc.calibrate_blocks(model, batches, per_block, log=ctx.log, progress=ctx.progress,
-                                 hessian=algorithm == "gptq",
-                                 sample_tokens=2048 if algorithm == "awq" else 512)
+                                 hessian=algorithm in ("gptq", "awq-gptq"),
+                                 sample_tokens=2048 if algorithm.startswith("awq") else 512)
     head = [(n, m) for n, m in targets if n not in set(done)]
     for name, lin in head:  # the output head (skip_head=false) and any Linear outside the blocks: round to nearest
         qc.install(lin, qc.rtn(lin.weight, grid))
@@ -146,7 +154,10 @@ def _calibrated(model, params: dict, ctx) -> dict:
                         "bigger)", choices=(32, 64, 128, 256), search=(64, 128)),
                   Param("algorithm", str, "rtn", "how the int4 values are chosen: rtn (round to nearest), hqq "
                         "(optimised scales/zeros, no data), awq (activation-aware scales, calibrates), gptq "
-                        "(error compensation, calibrates)", choices=ALGORITHMS, search=("rtn", "hqq", "gptq")),
+                        "(error compensation, calibrates), awq-gptq (AWQ's scales, then GPTQ)", choices=ALGORITHMS,
+                        search=("rtn", "hqq", "gptq")),
+                  Param("act_order", bool, True, "gptq: quantize the inputs with the most energy first (groups "
+                        "stay contiguous: their scales are fitted before the sweep)"),
                   SKIP_HEAD, CALIB_SAMPLES, CALIB_SEQ, CALIB_DATA),
           notes="On CUDA casts the model to bf16 first. Layers whose input size is not a multiple of group_size stay in "
                 "bf16 (rtn, hqq) or are refused (awq, gptq). awq needs Llama-style blocks (llama, mistral, qwen2, "
