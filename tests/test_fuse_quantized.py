@@ -16,6 +16,14 @@ from workbench.core.measure.memory import model_size_bytes
 from workbench.core.models import load
 from workbench.core.optimizations.fastgen import GraphedGreedy, _fuse_group, fuse_projections, plain_forward
 
+@pytest.fixture(autouse=True)
+def _cuda_fusion_opt_in(monkeypatch):
+    """Quantized fusion on CUDA is opt-in until a GPU has run these tests (fastgen.QUANTIZED_CUDA_FLAG)."""
+    from workbench.core.optimizations.fastgen import QUANTIZED_CUDA_FLAG
+
+    monkeypatch.setenv(QUANTIZED_CUDA_FLAG, "1")
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (int4 tinygemm / float8 kernels); "
                                                                 "run on the GPU machine with pytest -m gpu")
 CPU_KINDS = [("int4-weight-only", {"group_size": 32}, "IntxUnpackedToInt8Tensor"),

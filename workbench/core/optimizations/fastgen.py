@@ -39,6 +39,8 @@ contiguous copy of its own scales (``_standalone``), while the fused tensor's co
 
 from __future__ import annotations
 
+import os
+
 from typing import Callable
 
 MODES = ("graph", "reduce-overhead", "eager")
@@ -207,6 +209,12 @@ def _set_part(m, view) -> None:
         m.register_state_dict_post_hook(_standalone_state)
 
 
+# Fusing torchao-quantized projections on CUDA (tinygemm int4, rowwise fp8) is written and has GPU tests
+# (tests/test_fuse_quantized.py -m gpu), but no GPU has run them yet: until one has, it needs this variable set to 1;
+# without it quantized groups on a GPU stay unfused, as before (CPU types are tested and always fuse).
+QUANTIZED_CUDA_FLAG = "OPTBENCH_FUSE_QUANTIZED_CUDA"
+
+
 def _fuse_group(linears: list, gemv: bool) -> bool:
     """One weight for Linear layers that always see the same input; their parameters become row views of it
     (torchao-quantized weights: see ``_quantized_concat``)."""
@@ -222,6 +230,8 @@ def _fuse_group(linears: list, gemv: bool) -> bool:
     if all(type(m.weight.data) is torch.Tensor for m in linears):
         with torch.no_grad():
             weight = torch.cat([m.weight.data for m in linears])
+    elif linears[0].weight.device.type != "cpu" and os.environ.get(QUANTIZED_CUDA_FLAG) != "1":
+        return False  # written for CUDA (tile-packed int4, rowwise fp8) but not yet run on a GPU: opt-in only
     else:
         quantized = _quantized_concat([m.weight.data for m in linears])
         if quantized is None:
