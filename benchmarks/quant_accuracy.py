@@ -13,6 +13,7 @@ Usage:  python benchmarks/quant_accuracy.py --model demo:smollm2 --device cuda -
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -84,7 +85,8 @@ def main() -> int:
     rows.append({"opt": "baseline", "dtype": str(next(loaded.model.parameters()).dtype), **base,
                  "eval_seconds": time.perf_counter() - t0})
     print(json.dumps(rows[-1]), flush=True)
-    del loaded
+    pristine = copy.deepcopy(loaded.model).to("cpu")  # every method starts from this copy: one load (a GGUF
+    # dequantizes for seconds on every load), and no method sees another's changes
 
     def write() -> None:
         (out / f"{args.stem}.json").write_text(json.dumps({"environment": env, "model": args.model,
@@ -97,7 +99,7 @@ def main() -> int:
         try:
             name, params = optimizations.parse_opt_arg(text)
             spec = optimizations.get(name)
-            loaded = load(args.model, None, args.device)
+            loaded.model = copy.deepcopy(pristine).to(args.device)
             ctx = ApplyContext(args.device, loaded.task, loaded.tokenizer, eval_settings=settings)
             t1 = time.perf_counter()
             rep = spec.apply(loaded.model, spec.resolve(params), ctx).report
@@ -113,7 +115,7 @@ def main() -> int:
                         "tensor_types", "exportable", "alpha"):
                 if key in rep:
                     row[key] = rep[key]
-            del loaded
+            loaded.model = None
         except Exception as exc:  # one failing method is a row, not the end of the run
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             traceback.print_exc()
