@@ -124,7 +124,10 @@ def apply_fp8_wo(model, params: dict, ctx) -> Applied:
           "(float8 tensor cores; CUDA compute capability >= 8.9).",
           params=(Param("granularity", str, "row", "scale granularity: row (per-row, more accurate) or tensor",
                         choices=("row", "tensor")), SKIP_HEAD),
-          devices=("cuda",), notes="Casts the model to bf16 first.", quantizes_activations=True,
+          devices=("cuda",), notes="Casts the model to bf16 first. Pays where matmuls are compute-bound (prefill, "
+          "large batches): at batch-1 decode of a Llama-3.1-8B shape on an H200 it ran at 0.92x the best bf16 step "
+          "(the per-token activation quantization costs more than the weight bytes saved).",
+          quantizes_activations=True,
           weights=WeightStorage("fp8-dynamic", 1.0, bytes_per_row=4, float_bytes=2.0), **COMMON)
 def apply_fp8_dyn(model, params: dict, ctx) -> Applied:
     import torch
