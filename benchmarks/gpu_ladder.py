@@ -46,7 +46,7 @@ class FixedTok:
 
 
 RUNGS = ["hf-eager", "hf-sdpa", "static-cache", "graph-decode", "int8-wo", "int4-wo", "float8-wo", "float8-dyn"]
-QUANT_RUNGS = ("int8-wo", "int4-wo", "float8-wo", "float8-dyn")
+QUANT_RUNGS = ("int8-wo", "int4-wo", "float8-wo", "float8-dyn", "int4-gl", "int4-hqq")
 # Compile variants of graph-decode; any rung may take one as a suffix, e.g. "int8-wo+cdt".
 VARIANTS = {"": {}, "cdt": {"tuning": "coordinate-descent"},
             "gemv": {"tuning": "coordinate-descent", "gemv": True},
@@ -90,7 +90,11 @@ def build(torch, name: str, attn: str):
 
 # ladder rung -> the catalogue optimization (and parameters) it applies
 RUNG_OPTS = {"int8-wo": ("int8-weight-only", {}), "int4-wo": ("int4-weight-only", {"group_size": 128}),
-             "float8-wo": ("fp8-weight-only", {}), "float8-dyn": ("fp8-dynamic", {})}
+             "float8-wo": ("fp8-weight-only", {}), "float8-dyn": ("fp8-dynamic", {}),
+             # the same int4 bytes through GemLite's Triton kernels (torchao's path: HQQ qparams), and HQQ through
+             # tinygemm for an equal-accuracy comparison
+             "int4-gl": ("int4-weight-only", {"group_size": 128, "algorithm": "hqq", "kernel": "gemlite"}),
+             "int4-hqq": ("int4-weight-only", {"group_size": 128, "algorithm": "hqq"})}
 
 
 def quantize(model, rung: str) -> dict:

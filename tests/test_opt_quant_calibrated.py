@@ -191,6 +191,8 @@ def test_bad_input_is_refused_with_the_reason(tiny_llama, tiny_bert):
         apply(bert, "int4-weight-only", algorithm="awq", group_size=32)
     with pytest.raises(InputError, match="calibrates a causal LM"):
         apply(bert, "int4-weight-only", algorithm="gptq", group_size=32)
+    with pytest.raises(InputError, match="kernel=gemlite: GemLite's kernels are Triton on CUDA"):
+        apply(loaded, "int4-weight-only", algorithm="hqq", kernel="gemlite", group_size=32)
 
 
 @pytest.mark.gpu
@@ -204,3 +206,25 @@ def test_tinygemm_tensor_from_calibrated_codes_computes_the_dequantized_matmul()
     got = torch.nn.functional.linear(xb, t).float()
     want = xb.float() @ q.dequantize().t()
     assert float((got - want).abs().max() / want.abs().max()) < 2e-2
+
+
+@pytest.mark.gpu
+@CUDA
+def test_gemlite_kernel_matches_the_hqq_weights_it_packs():
+    pytest.importorskip("gemlite")
+    from tests.fixtures.tiny import build_llama
+    import tempfile
+    from pathlib import Path
+
+    path = build_llama(Path(tempfile.mkdtemp()) / "llama", hidden=1024, heads=8, inter=2048)
+    loaded = load(str(path), None, "cuda")
+    ids = torch.arange(3, 40, device="cuda")[None]
+    rep = apply(loaded, "int4-weight-only", device="cuda", algorithm="hqq", kernel="gemlite", group_size=128)
+    w = loaded.model.model.layers[0].mlp.up_proj.weight
+    assert type(w).__name__ == "UIntxBitPackedTensor" and rep["exportable"] == "no"
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
+    got = torch.nn.functional.linear(x, w).float()
+    want = x.float() @ w.dequantize().float().t()
+    assert float((got - want).abs().max() / want.abs().max()) < 2e-2
+    with torch.inference_mode():
+        assert torch.isfinite(loaded.model(input_ids=ids).logits).all()
