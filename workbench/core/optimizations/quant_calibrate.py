@@ -16,7 +16,8 @@
   exponent ``a`` of per-channel scales ``s = mean|x|^a`` that minimises the group's output error after
   ``quant(W * s) / s``; then fold ``1/s`` into the op that produces the input (the RMSNorm's weight, v_proj's or
   up_proj's output rows), so the stored model is an ordinary int4 model with no extra runtime multiply and its
-  export is the plain torchao format. (AWQ's weight-clipping search is not done.)
+  export is the plain torchao format; then AWQ's clipping search (``clip_search``; not for q/k_proj,
+  whose errors the attention scores amplify).
 - **SmoothQuant** (Xiao et al. 2022): ``s = max|x|^a / max|W|^(1-a)`` per input channel, folded the same way, before
   int8 dynamic activation + int8 weight quantization.
 
@@ -177,6 +178,47 @@ def awq_search(x, weights: list, grid: Grid, n_grid: int = 20) -> tuple:
         if losses[-1] <= min(losses):
             best_s, best_a = s, a
     return best_s, best_a, min(losses), losses[0]
+
+
+def clip_search(x, weight, grid: Grid, n_grid: int = 20, max_shrink: float = 0.5, tokens: int = 512,
+                rows: int = 64):
+    """AWQ's weight clipping: per output row and group, the clamp ``|w| <= m`` (``m`` from the group's max down to
+    ``max_shrink`` of it) whose round-to-nearest gives the group's partial outputs on ``x`` [T, K] the least error.
+    Returns the clamp bounds [N, K // group, 1]."""
+    import torch
+
+    w = weight.detach().float()
+    n, k = w.shape
+    g = grid.group
+    groups = k // g
+    xg = x[:tokens].float().reshape(-1, groups, g)
+    bounds = torch.empty(n, groups, 1, device=w.device)
+    for r0 in range(0, n, rows):
+        wr = w[r0:r0 + rows].reshape(-1, groups, g)
+        top = wr.abs().amax(-1, keepdim=True)
+        ref = torch.einsum("tgc,rgc->trg", xg, wr)
+        best_err = torch.full(top.shape[:2], float("inf"), device=w.device)
+        best = top.clone()
+        for step in range(int(max_shrink * n_grid)):
+            m = top * (1 - step / n_grid)
+            clipped = torch.maximum(torch.minimum(wr, m), -m)
+            q = rtn(clipped.reshape(wr.shape[0], k), grid).dequantize().reshape(wr.shape)
+            err = ((torch.einsum("tgc,rgc->trg", xg, q) - ref) ** 2).mean(0)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better.unsqueeze(-1), m, best)
+        bounds[r0:r0 + rows] = best
+    return bounds
+
+
+def apply_clip(linear, bounds) -> None:
+    import torch
+
+    with torch.no_grad():
+        n, k = linear.weight.shape
+        w = linear.weight.view(n, bounds.shape[1], -1)
+        b = bounds.to(w.dtype)
+        w.copy_(torch.maximum(torch.minimum(w, b), -b))
 
 
 def smooth_scales(act_absmax, weights: list, alpha: float):

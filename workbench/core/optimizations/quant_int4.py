@@ -108,6 +108,11 @@ def _calibrated(model, params: dict, ctx) -> dict:
                 scale_of.update({name_of[lin]: s for _, lin in group_.linears})
                 if algorithm == "awq":
                     ratios.append(loss / rtn_loss if rtn_loss > 0 else 1.0)
+            if params["awq_clip"]:
+                for name, lin in block.named_modules():
+                    if isinstance(lin, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in ("q_proj", "k_proj"):
+                        x = stats.sample[name] / scale_of[name] if name in scale_of else stats.sample[name]
+                        qc.apply_clip(lin, qc.clip_search(x, lin.weight, grid))
         for name, lin in block.named_modules():
             if not isinstance(lin, torch.nn.Linear):
                 continue
@@ -183,6 +188,8 @@ def _check_gemlite(algorithm: str, device: str) -> None:
                   Param("kernel", str, "tinygemm", "CUDA kernel: tinygemm (torchao's int4 matmul; exports) or "
                         "gemlite (GemLite's Triton kernels through torchao, with HQQ qparams: algorithm=hqq; not "
                         "exportable)", choices=KERNELS),
+                  Param("awq_clip", bool, True, "awq, awq-gptq: also search each group's clipping range on the "
+                        "calibration inputs (not for q/k_proj)"),
                   Param("act_order", bool, True, "gptq: quantize the inputs with the most energy first (groups "
                         "stay contiguous: their scales are fitted before the sweep)"),
                   SKIP_HEAD, CALIB_SAMPLES, CALIB_SEQ, CALIB_DATA),
