@@ -33,9 +33,30 @@ import time
 from dataclasses import dataclass, field
 
 from workbench.core.errors import InputError
+from workbench.core.optimizations.base import Param
 
 # model types whose decoder blocks have the Llama layout and a norm of the form weight * normalized(x)
 FOLDABLE = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2")
+
+
+CALIB_SAMPLES = Param("calib_samples", int, 16, "calibration windows (the methods that calibrate)", min=1, max=4096)
+CALIB_SEQ = Param("calib_seq_len", int, 512, "tokens per calibration window", min=16, max=8192)
+CALIB_DATA = Param("calib_data", str, "builtin", "calibration text: builtin (end of the built-in text, "
+                   "away from the evaluation text) or a .txt path")
+
+
+def calibration_batches(params: dict, ctx, what: str, instead: str) -> list[dict]:
+    """``calib_samples`` windows of ``calib_seq_len`` tokens of the calibration text, on the model's device."""
+    from workbench.core.optimizations.calibration import overlap_note, token_batches
+
+    if ctx.task != "causal-lm" or ctx.tokenizer is None:
+        raise InputError(f"{what}: calibrates a causal LM on text; this model's task is {ctx.task}; expected "
+                         f"{instead}", param="opt")
+    note = overlap_note(ctx.eval_settings, ctx.task)
+    if note:
+        ctx.warning(f"{what}: {note}")
+    return token_batches(ctx.tokenizer, "causal-lm", n_batches=params["calib_samples"], batch=1,
+                         seq_len=params["calib_seq_len"], source=params["calib_data"], device=ctx.device)
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,10 @@ from __future__ import annotations
 
 from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
-from workbench.core.optimizations.quant_torchao import COMMON, SKIP_HEAD, _run
+from workbench.core.optimizations.quant_calibrate import CALIB_DATA, CALIB_SAMPLES, CALIB_SEQ, calibration_batches
+from workbench.core.optimizations.quant_torchao import COMMON, SKIP_HEAD, quantize_linears
 
 ALGORITHMS = ("rtn", "hqq", "awq", "gptq", "awq-gptq")
-CALIB_SAMPLES = Param("calib_samples", int, 16, "calibration windows (awq, gptq)", min=1, max=4096)
-CALIB_SEQ = Param("calib_seq_len", int, 512, "tokens per calibration window (awq, gptq)", min=16, max=8192)
-CALIB_DATA = Param("calib_data", str, "builtin", "calibration text (awq, gptq): builtin (end of the built-in text, "
-                   "away from the evaluation text) or a .txt path")
-
 
 KERNELS = ("tinygemm", "gemlite")
 
@@ -48,20 +44,6 @@ def _config(device: str, group: int, algorithm: str, kernel: str = "tinygemm"):
 
     return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group),
                                 intx_choose_qparams_algorithm="hqq_scale_only" if algorithm == "hqq" else "affine")
-
-
-def calibration_batches(params: dict, ctx, what: str, instead: str) -> list[dict]:
-    """``calib_samples`` windows of ``calib_seq_len`` tokens of the calibration text, on the model's device."""
-    from workbench.core.optimizations.calibration import overlap_note, token_batches
-
-    if ctx.task != "causal-lm" or ctx.tokenizer is None:
-        raise InputError(f"{what}: calibrates a causal LM on text; this model's task is {ctx.task}; expected "
-                         f"{instead}", param="opt")
-    note = overlap_note(ctx.eval_settings, ctx.task)
-    if note:
-        ctx.warning(f"{what}: {note}")
-    return token_batches(ctx.tokenizer, "causal-lm", n_batches=params["calib_samples"], batch=1,
-                         seq_len=params["calib_seq_len"], source=params["calib_data"], device=ctx.device)
 
 
 def _calibrated(model, params: dict, ctx) -> dict:
@@ -87,54 +69,51 @@ def _calibrated(model, params: dict, ctx) -> dict:
     if bad:
         raise InputError(f"int4-weight-only:group_size={group}: layer {bad[0]} has {dict(targets)[bad[0]].in_features}"
                          f" inputs, not a multiple of the group size; expected a group size dividing every layer's "
-                         f"input size (32 or 64)", param="opt")
+                         f"input size", param="opt")
     before = model_size_bytes(model)
     linear_before = sum(tensor_bytes(m.weight) for _, m in targets)
     batches = calibration_batches(params, ctx, f"int4-weight-only:algorithm={algorithm}",
                                   "algorithm rtn or hqq")
-    ratios: list[float] = []  # output error against round to nearest, per Linear (gptq) / per group (awq)
+    ratios: list[float] = []  # per Linear: output error of what is stored against round to nearest
     done: list[str] = []
     exponents: list[float] = []
 
     def per_block(idx, block, stats):
+        linears = {n: m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+        original = {n: m.weight.detach().float().clone() for n, m in linears.items()}  # one block's worth
         scale_of = {}  # Linear name -> the AWQ scales folded into its input
         if algorithm in ("awq", "awq-gptq"):
-            name_of = {m: n for n, m in block.named_modules()}
+            name_of = {m: n for n, m in linears.items()}
             for group_ in qc.fold_groups(model, block):
                 x = stats.sample[name_of[group_.linears[0][1]]]
-                s, a, loss, rtn_loss = qc.awq_search(x, [lin.weight for _, lin in group_.linears], grid)
+                s, a, _, _ = qc.awq_search(x, [lin.weight for _, lin in group_.linears], grid)
                 qc.fold(group_, s)
                 exponents.append(a)
                 scale_of.update({name_of[lin]: s for _, lin in group_.linears})
-                if algorithm == "awq":
-                    ratios.append(loss / rtn_loss if rtn_loss > 0 else 1.0)
             if params["awq_clip"]:
-                for name, lin in block.named_modules():
-                    if isinstance(lin, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in ("q_proj", "k_proj"):
+                for name, lin in linears.items():
+                    if name.rsplit(".", 1)[-1] not in ("q_proj", "k_proj"):
                         x = stats.sample[name] / scale_of[name] if name in scale_of else stats.sample[name]
                         qc.apply_clip(lin, qc.clip_search(x, lin.weight, grid))
-        for name, lin in block.named_modules():
-            if not isinstance(lin, torch.nn.Linear):
-                continue
+        for name, lin in linears.items():
+            s = scale_of.get(name)
             if algorithm in ("gptq", "awq-gptq"):
-                w = lin.weight.detach()
-                h, x = stats.h[name], stats.sample[name]
-                s = scale_of.get(name)
+                h = stats.h[name]
                 if s is not None:  # the Linear now reads x / s: its Hessian is D^-1 H D^-1
                     h = h / s[:, None] / s[None, :]
-                q = qc.gptq(w, h, grid, act_order=params["act_order"])
-                # output error on the original inputs, against round to nearest of the original weight
-                w0, eff = (w, q.dequantize()) if s is None else (w / s, q.dequantize() / s)
-                base = qc.output_error(x, w0, qc.rtn(w0, grid).dequantize())
-                ratios.append(qc.output_error(x, w0, eff) / base if base > 0 else 1.0)
+                q = qc.gptq(lin.weight, h, grid, act_order=params["act_order"])
             else:
                 q = qc.rtn(lin.weight, grid)
+            # on the original inputs: the stored weight (scales undone) against round to nearest of the original
+            x, w0 = stats.sample[name], original[name]
+            eff = q.dequantize() if s is None else q.dequantize() / s
+            base = qc.output_error(x, w0, qc.rtn(w0, grid).dequantize())
+            ratios.append(qc.output_error(x, w0, eff) / base if base > 0 else 1.0)
             qc.install(lin, q)
             done.append(f"{prefix}.{idx}.{name}")
 
     timing = qc.calibrate_blocks(model, batches, per_block, log=ctx.log, progress=ctx.progress,
-                                 hessian=algorithm in ("gptq", "awq-gptq"),
-                                 sample_tokens=2048 if algorithm.startswith("awq") else 512)
+                                 hessian=algorithm in ("gptq", "awq-gptq"), sample_tokens=2048)
     head = [(n, m) for n, m in targets if n not in set(done)]
     for name, lin in head:  # the output head (skip_head=false) and any Linear outside the blocks: round to nearest
         qc.install(lin, qc.rtn(lin.weight, grid))
@@ -214,7 +193,7 @@ def apply_int4_wo(model, params: dict, ctx) -> Applied:
     padded = ([n for n, m in linear_modules(model, skip_head=params["skip_head"]) if m.in_features % 1024]
               if ctx.device.startswith("cuda") and kernel == "tinygemm" else [])
     if algorithm in ("rtn", "hqq"):
-        rep = _run(model, params, ctx, "int4-weight-only",
+        rep = quantize_linears(model, params, ctx, "int4-weight-only",
                    lambda: _config(ctx.device, params["group_size"], algorithm, kernel),
                    need_bf16=ctx.device.startswith("cuda"))
         rep.update({"algorithm": algorithm, "group_size": params["group_size"], "kernel": kernel,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
-from workbench.core.optimizations.quant_int4 import CALIB_DATA, CALIB_SAMPLES, CALIB_SEQ
+from workbench.core.optimizations.quant_calibrate import CALIB_DATA, CALIB_SAMPLES, CALIB_SEQ, calibration_batches
 from workbench.core.optimizations.quant_torchao import COMMON
 
 
@@ -35,7 +35,6 @@ def apply_smoothquant(model, params: dict, ctx) -> Applied:
     from workbench.core.optimizations import quant_calibrate as qc
     from workbench.core.optimizations._common import layers_path
     from workbench.core.optimizations.context import linear_modules
-    from workbench.core.optimizations.quant_int4 import calibration_batches
 
     _torchao.require("int8-smoothquant")
     if next(model.parameters()).dtype == torch.float16:

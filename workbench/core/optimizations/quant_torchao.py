@@ -23,7 +23,9 @@ COMMON = dict(family="quantization", stage="quantize", exclusive_group="weight-q
                         "layers' matmuls then fail (aten.mm got mixed torch.Tensor and DTensor)")
 
 
-def _run(model, params: dict, ctx, opt: str, make_config, need_bf16: bool = False) -> dict:
+def quantize_linears(model, params: dict, ctx, opt: str, make_config, need_bf16: bool = False) -> dict:
+    """Quantize the model's Linear layers (the head as ``params["skip_head"]`` says) with the torchao config
+    ``make_config()`` makes; the report: layers done / skipped, bytes before and after, export facts."""
     import torch
 
     from workbench.core.measure.memory import model_size_bytes, tensor_bytes
@@ -76,7 +78,7 @@ def apply_int8_wo(model, params: dict, ctx) -> Applied:
 
         return Int8WeightOnlyConfig()
 
-    return Applied(model, _run(model, params, ctx, "int8-weight-only", make))
+    return Applied(model, quantize_linears(model, params, ctx, "int8-weight-only", make))
 
 
 @register(name="int8-dynamic-act", summary="torchao int8 dynamic activation (per token) + int8 weight (per "
@@ -91,7 +93,7 @@ def apply_int8_da(model, params: dict, ctx) -> Applied:
 
         return Int8DynamicActivationInt8WeightConfig()
 
-    report = _run(model, params, ctx, "int8-dynamic-act", make)
+    report = quantize_linears(model, params, ctx, "int8-dynamic-act", make)
     model._optbench_int8_dynamic_act = True  # see refuse_int8_dynamic_act_compile
     return Applied(model, report)
 
@@ -117,7 +119,7 @@ def apply_fp8_wo(model, params: dict, ctx) -> Applied:
 
         return Float8WeightOnlyConfig()
 
-    return Applied(model, _run(model, params, ctx, "fp8-weight-only", make))
+    return Applied(model, quantize_linears(model, params, ctx, "fp8-weight-only", make))
 
 
 @register(name="fp8-dynamic", summary="torchao float8 dynamic activation + float8 weight, per-row scales "
@@ -146,6 +148,6 @@ def apply_fp8_dyn(model, params: dict, ctx) -> Applied:
         gran = PerRow() if params["granularity"] == "row" else PerTensor()
         return Float8DynamicActivationFloat8WeightConfig(granularity=gran)
 
-    rep = _run(model, params, ctx, "fp8-dynamic", make, need_bf16=True)
+    rep = quantize_linears(model, params, ctx, "fp8-dynamic", make, need_bf16=True)
     rep["granularity"] = params["granularity"]
     return Applied(model, rep)
