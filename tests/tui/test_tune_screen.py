@@ -154,12 +154,20 @@ async def test_cancel_stops_the_worker_within_two_seconds_and_quit_leaves_no_pro
         await wait_for(pilot, lambda: "baseline" in str(app.tune_state.progress.get("stage")), 60,
                        what="the worker's baseline benchmark")
         worker = psutil.Process(h.worker_pid)
+        def worker_gone() -> bool:
+            try:
+                return not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
         t0 = time.monotonic()
         await pilot.press("f6")
-        await wait_for(pilot, lambda: not app.tuning, 5, step=0.05, what="the cancel")
+        # the promise is about the worker process: gone within 2 s of the key (the UI's own state follows through
+        # Textual's message queue, which on a loaded 2-core machine once took 0.15 s more)
+        await wait_for(pilot, worker_gone, 5, step=0.02, what="the worker's exit")
         elapsed = time.monotonic() - t0
         assert elapsed < 2.0, elapsed
-        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+        await wait_for(pilot, lambda: not app.tuning, 5, step=0.05, what="the cancel in the UI")
         assert not h.thread.is_alive()
         await pilot.pause(0.1)
         assert app.tune_state.status == "cancelled" and "■ cancelled" in screen_text(app)
