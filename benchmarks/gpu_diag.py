@@ -17,6 +17,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+# kernel name fragment -> class, first match wins (names as the CUDA profiler spells them)
+KERNEL_CLASSES = (("attention", ("flash", "fmha", "attn", "sdpa", "efficient_attention")),
+                  ("int4 / quantized matmul", ("tinygemm", "_weight_int4", "int4", "gemlite", "int8", "fp8", "f8")),
+                  ("bf16 matmul", ("gemm", "gemv", "cutlass", "sm90_xmma", "nvjet", "splitk", "mm_")),
+                  ("copy / cache write", ("copy", "memcpy", "index_put", "scatter", "cat")),
+                  ("fused elementwise (Triton)", ("triton_",)),
+                  ("reduction / sampling", ("reduce", "argmax", "softmax")))
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    for label, fragments in KERNEL_CLASSES:
+        if any(f in low for f in fragments):
+            return label
+    return "other"
+
+
 def profile_steps(torch, gen, ids, steps: int = 64) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
@@ -37,12 +54,20 @@ def profile_steps(torch, gen, ids, steps: int = 64) -> dict:
     for e in kernels:
         by_name.setdefault(e.name[:90], []).append(e.time_range.elapsed_us())
     top = sorted(((sum(v), len(v), k) for k, v in by_name.items()), reverse=True)[:12]
+    classes: dict[str, list] = {}
+    for name, times in by_name.items():
+        slot = classes.setdefault(kernel_class(name), [0.0, 0])
+        slot[0] += sum(times)
+        slot[1] += len(times)
     return {
         "wall_ms_per_call": wall_call * 1000,
         "wall_ms_per_step_incl_prefill": wall_call * 1000 / steps,
         "gpu_kernel_ms_per_step": total_us / 1000 / steps,
         "kernels_per_step": len(kernels) / steps,
         "top_kernels": [{"name": n, "total_ms": t / 1000, "count": c} for t, c, n in top],
+        # time per step and kernels per step by kind (issue 14: "time per kernel class")
+        "classes": {k: {"ms_per_step": t / 1000 / steps, "kernels_per_step": c / steps}
+                    for k, (t, c) in sorted(classes.items(), key=lambda kv: -kv[1][0])},
     }
 
 

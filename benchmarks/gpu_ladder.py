@@ -82,7 +82,15 @@ def build(torch, name: str, attn: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(**CONFIGS[name], attn_implementation=attn)
+    if name in CONFIGS:
+        kw = CONFIGS[name]
+    else:  # the real-size shapes of build_model.py (llama-8b, ...)
+        from build_model import CONFIGS as SIZES
+
+        family, kw = SIZES[name]
+        if family != "llama":
+            raise SystemExit(f"--model {name}: only Llama-family shapes build here (got {family})")
+    cfg = LlamaConfig(**kw, attn_implementation=attn)
     with torch.device(DEVICE):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     return model
