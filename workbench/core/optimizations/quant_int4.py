@@ -139,9 +139,23 @@ def _calibrated(model, params: dict, ctx) -> dict:
     return rep
 
 
+# (gemlite, torchao) version prefixes that were run together and do not fit: torchao 0.18's UIntxBitPackedTensor
+# unpacks three values from gemlite_linear.get_tensor_args(), gemlite 0.6 returns more (H200, 2026-12-02)
+GEMLITE_MISMATCH = (("0.6", "0.18"),)
+
+
+def gemlite_mismatch(gemlite_version: str, torchao_version: str) -> str | None:
+    """Why this gemlite / torchao pair cannot run kernel=gemlite, or None when no mismatch is known."""
+    for g, t in GEMLITE_MISMATCH:
+        if gemlite_version.startswith(g) and torchao_version.startswith(t):
+            return (f"gemlite {gemlite_version} does not fit torchao {torchao_version}'s GemLite path (torchao unpacks "
+                    f"3 tensors from gemlite's get_tensor_args, this gemlite returns more)")
+    return None
+
+
 def _check_gemlite(algorithm: str, device: str) -> None:
-    """kernel=gemlite: CUDA, torchao's GemLite config (which picks HQQ qparams itself), gemlite importable.
-    (Written for the GPU and not yet run on one: see the closing note of the session that added it.)"""
+    """kernel=gemlite: CUDA, torchao's GemLite config (which picks HQQ qparams itself), gemlite importable and of a
+    version torchao's GemLite path fits; refused before anything is quantized."""
     if not device.startswith("cuda"):
         raise InputError("int4-weight-only:kernel=gemlite: GemLite's kernels are Triton on CUDA; expected device "
                          "cuda, or kernel=tinygemm", param="opt")
@@ -154,6 +168,11 @@ def _check_gemlite(algorithm: str, device: str) -> None:
     except ImportError:
         raise InputError("int4-weight-only:kernel=gemlite: the gemlite package is not installed; expected "
                          "`pip install gemlite`", param="opt") from None
+    from importlib.metadata import version
+
+    why = gemlite_mismatch(version("gemlite"), version("torchao"))
+    if why:
+        raise InputError(f"int4-weight-only:kernel=gemlite: {why}; expected kernel=tinygemm", param="opt")
 
 
 @register(name="int4-weight-only", summary="torchao int4 weight-only with per-group scales; round to nearest, "
