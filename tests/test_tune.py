@@ -13,6 +13,7 @@ from tests.conftest import FAST, ROOT, fast_recipe
 from workbench.core import tune
 from workbench.core.errors import InputError
 from workbench.core.recipe import ModelSpec, OptStep, Recipe
+from workbench.core.tune import decide as tune_decide
 from workbench.core.tune import orchestrator as tune_orchestrator
 from workbench.core.tune import space as tune_space
 
@@ -223,6 +224,86 @@ def test_combinations_are_gated_and_ranked_by_their_parts_results():
     pending = [cand["int8-dynamic:backend=torchao + attention:impl=eager"],
                cand["bf16:mode=cast + attention:impl=eager"]]
     assert t._next(pending).label == "bf16:mode=cast + attention:impl=eager"
+
+
+def test_cuda_space_times_weight_changes_under_graph_decode():
+    """On CUDA eager batch-1 decode is launch-bound (8B, H200: every quantized single lost to the eager baseline,
+    int4 under graph-decode made 6x): graph-decode runs first and weight changes are timed with it appended; their
+    eager forms stay as fallbacks after everything else; what conflicts with graph-decode stays eager."""
+    opts = ["graph-decode", "int8-weight-only", "int4-weight-only", "prune-ffn", "kv-cache"]
+    sp = tune.build_space("causal-lm", "cuda", opts=opts, max_space=5000)
+    first = sp.candidates[0]
+    assert first.label == "graph-decode" and first.steps[0]["name"] == "graph-decode" and first.anchor is None
+    assert sp.counts["anchor"]["label"] == "graph-decode"
+    index = {c.label: i for i, c in enumerate(sp.candidates)}
+    by_label = {c.label: c for c in sp.candidates}
+    wo = by_label["int8-weight-only + graph-decode"]
+    assert [s["name"] for s in wo.steps] == ["int8-weight-only", "graph-decode"] and wo.anchor == first.ident
+    assert wo.parts == [wo.ident] and wo.phase == 0
+    eager = by_label["int8-weight-only"]
+    assert eager.fallback == first.ident and eager.anchor is None
+    fallbacks = [i for i, c in enumerate(sp.candidates) if c.fallback]
+    anchored = [i for i, c in enumerate(sp.candidates) if c.anchor]
+    assert fallbacks and anchored and max(anchored) < min(fallbacks)  # every eager fallback after the anchored
+    kv = by_label["kv-cache:cache=static"]  # kv-cache conflicts with graph-decode: measured eagerly, not a fallback
+    assert kv.anchor is None and kv.fallback is None and index["kv-cache:cache=static"] < min(fallbacks)
+    # a pair is anchored once, and its parts are the anchored singles
+    ffn = "prune-ffn:fraction=0.25,importance=activation"
+    pair = by_label[f"{ffn} + int8-weight-only + graph-decode"]
+    assert [s["name"] for s in pair.steps] == ["prune-ffn", "int8-weight-only", "graph-decode"]
+    assert pair.parts == [by_label[f"{ffn} + graph-decode"].ident, wo.ident]
+    # a weight change with a step graph-decode excludes is an eager route: a fallback too
+    assert by_label["int8-weight-only + kv-cache:cache=static"].fallback == first.ident
+    # a calibrated quantizer (GPTQ at 8B: >100 s of calibration) runs after the cheap and the pruning singles
+    gptq = index["int4-weight-only:group_size=128,algorithm=gptq + graph-decode"]
+    assert gptq > index[f"{ffn} + graph-decode"] \
+        > index["int4-weight-only:group_size=128,algorithm=rtn + graph-decode"]
+    for c in sp.candidates:  # every candidate is valid and fully resolved
+        r = Recipe(ModelSpec("x"), [OptStep(s["name"], s["params"]) for s in c.steps]).validate("causal-lm", "cuda")
+        assert [s.params for s in r.optimizations] == [s["params"] for s in c.steps]
+    # no anchor on a CPU, or where the user's opts leave graph-decode out
+    assert "anchor" not in tune.build_space("causal-lm", "cpu", opts=opts).counts
+    no_gd = tune.build_space("causal-lm", "cuda", opts=opts[1:])
+    assert "anchor" not in no_gd.counts and not any(c.anchor or c.fallback for c in no_gd.candidates)
+
+
+def test_anchored_candidates_are_gated_against_the_anchor():
+    t = tune.Tuner(tune.TuneConfig(recipe=fast_recipe("unused"), objective="latency"))
+    t.objective = tune.objective_info("latency", "causal-lm", "cuda")
+    sp = tune.build_space("causal-lm", "cuda", opts=["graph-decode", "int8-weight-only", "int4-weight-only",
+                                                     "prune-ffn"], max_space=5000)
+    t.singles = {c.ident: c for c in sp.candidates if c.phase < 2}
+    cand = {c.label: c for c in sp.candidates}
+
+    def put(label, **kw):
+        summary = {"label": label, "id": len(t.trials) + 1, "recipe": cand[label].steps, "status": "finished",
+                   "accuracy_ok": True, "feasible": True, "reason": None, "error": None, **kw}
+        t.trials.append(summary)
+        t.by_ident[cand[label].ident] = summary
+
+    def gate(label):
+        return t._gate(cand[label])
+
+    int4 = "int4-weight-only:group_size=128,algorithm=rtn"
+    ffn = "prune-ffn:fraction=0.25,importance=activation"
+    assert gate("int8-weight-only") is not None  # the eager fallback waits on the anchor, which runs first
+    put("graph-decode", gain=4.0, objective=5.0)
+    assert "timed under graph-decode instead" in gate("int8-weight-only")
+    assert gate("int8-weight-only + graph-decode") is None  # anchored singles always run
+    put(f"{int4} + graph-decode", gain=6.0, objective=3.3)
+    put(f"{ffn} + graph-decode", gain=5.0, objective=4.0)
+    put("int8-weight-only + graph-decode", gain=4.1, objective=4.9)
+    # the parts are judged against the anchor (x4), not the eager baseline: x4.1 is within noise of it
+    assert "vs graph-decode x4.000" in gate(f"{ffn} + int8-weight-only + graph-decode")
+    # gains multiply relative to the anchor, which counts once: 6 x 5 / 4 = 7.5
+    both = cand[f"{ffn} + {int4} + graph-decode"]
+    assert abs(tune_decide.predicted_gain(both, t.by_ident) - 7.5) < 1e-9
+    assert t._gate(both) is None
+    # an anchor that failed: the anchored candidates stop and their eager forms run instead
+    t.by_ident[cand["graph-decode"].ident] = {**t.trials[0], "status": "failed", "gain": None,
+                                              "error": {"kind": "error"}}
+    assert "graph-decode failed on its own" in gate(f"{int4} + graph-decode")
+    assert gate("int8-weight-only") is None and gate(int4) is None
 
 
 # ------------------------------------------------------------------ real tunes (tune-worker jobs, tiny models)

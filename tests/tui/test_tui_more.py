@@ -68,13 +68,15 @@ async def test_accuracy_colours_follow_the_budget():
         assert pane.statuses()["next_token_agreement"] == "over"
         assert pane.statuses()["perplexity"] == "within"
         field = app.main_screen.query_one("#set-budget")
+        await pilot.pause()
         field.value = "5"
-        await pilot.pause()
-        assert app.wb.budget_pct == 5.0 and pane.statuses()["next_token_agreement"] == "within"
+        # the edit travels Input.Changed -> SettingsPane.Changed -> app: pump until it lands (CI machines are slower)
+        await wait_for(pilot, lambda: app.wb.budget_pct == 5.0, timeout=20, what="the budget field to take 5")
+        assert pane.statuses()["next_token_agreement"] == "within"
         field.value = "lots"
-        await pilot.pause()
+        error = app.main_screen.query_one("#settings-error")
+        await wait_for(pilot, lambda: "budget" in str(error.render()), timeout=20, what="the budget error")
         assert app.wb.budget_pct == 5.0  # an invalid value is shown as an error and not taken
-        assert "budget" in str(app.main_screen.query_one("#settings-error").render())
 
 
 def test_budget_rule():

@@ -5,7 +5,6 @@ trial can be reused, and the frontier. docs/tune.md ("Running order and early st
 from __future__ import annotations
 
 import itertools
-import math
 from typing import TYPE_CHECKING
 
 from workbench.core.tune.budget import (check_accuracy, choose, dotted, gain, gain_threshold, memory_metric,
@@ -91,23 +90,65 @@ def frontier_payload(trials: list[dict], baseline: dict | None, objective: dict,
             "objective": objective}
 
 
+def _anchor_gain(cand: Candidate, by_ident: dict[str, dict]) -> float | None:
+    t = by_ident.get(cand.anchor) if cand.anchor else None
+    return t["gain"] if t is not None and t.get("gain") else None
+
+
 def predicted_gain(cand: Candidate, by_ident: dict[str, dict]) -> float:
-    """The product of the measured gains of the candidate's parts (1 for a part not measured)."""
+    """The product of the measured gains of the candidate's parts (1 for a part not measured). For an anchored
+    candidate each part was measured with the anchor, so the anchor's own gain counts once, not once per part."""
     g = 1.0
-    for s in cand.steps:
-        t = by_ident.get(canon([s]))
+    parts = cand.part_idents()
+    for ident in parts:
+        t = by_ident.get(ident)
         if t is not None and t.get("gain"):
             g *= t["gain"]
+    a = _anchor_gain(cand, by_ident)
+    if a is not None and len(parts) > 1:
+        g /= a ** (len(parts) - 1)
     return g
 
 
 def gate(cand: Candidate, by_ident: dict[str, dict], singles: dict, best: dict | None, objective_name: str,
          cfg: TuneConfig) -> str | None:
-    """A reason not to run a combination, from its parts' results; None to run it."""
+    """A reason not to run a candidate, from what is already measured; None to run it. Combinations are gated by
+    their parts; an eager fallback runs only when its anchor (graph-decode on CUDA) failed on its own."""
+    if cand.fallback:
+        t = by_ident.get(cand.fallback)
+        if anchor_verdict(t, cfg) is None:
+            return f"timed under {t['label'] if t else 'the anchor'} instead (eager decode on CUDA is " \
+                   f"launch-bound); this eager form runs only if that fails or does not help"
+        return None if cand.phase < 2 else _gate_parts(cand, by_ident, singles, best, objective_name, cfg,
+                                                       1.0, "baseline")
+    base_gain, base_name = 1.0, "baseline"
+    if cand.anchor:
+        t = by_ident.get(cand.anchor)
+        verdict = anchor_verdict(t, cfg)
+        if verdict is not None:
+            return verdict + "; its eager forms run instead"
+        if t is not None and t.get("gain"):
+            base_gain, base_name = t["gain"], t["label"]
     if cand.phase < 2:
         return None
-    for s in cand.steps:
-        ident = canon([s])
+    return _gate_parts(cand, by_ident, singles, best, objective_name, cfg, base_gain, base_name)
+
+
+def anchor_verdict(t: dict | None, cfg: TuneConfig) -> str | None:
+    """Why the anchor's trial rules it out (failed, or no gain of its own), or None while it stands or is not
+    decided yet (it runs first)."""
+    if t is None:
+        return None
+    if t["status"] in ("failed", "cancelled"):
+        return f"{t['label']} failed on its own ({(t.get('error') or {}).get('kind', t['status'])})"
+    if t.get("gain") is not None and t["gain"] < 1 + cfg.min_gain:
+        return f"{t['label']} alone does not improve on the baseline (x{t['gain']:.3f})"
+    return None
+
+
+def _gate_parts(cand: Candidate, by_ident: dict[str, dict], singles: dict, best: dict | None,
+                objective_name: str, cfg: TuneConfig, base_gain: float, base_name: str) -> str | None:
+    for ident, s in zip(cand.part_idents(), [s for s in cand.steps if canon([s]) != cand.anchor]):
         t = by_ident.get(ident)
         label = t["label"] if t else s["name"]
         if t is None:
@@ -118,20 +159,22 @@ def gate(cand: Candidate, by_ident: dict[str, dict], singles: dict, best: dict |
             return f"{label} failed on its own ({(t.get('error') or {}).get('kind', t['status'])})"
         if t["status"] == "finished" and t["accuracy_ok"] is False:
             return f"{label} alone already exceeds the accuracy budget ({t['reason']})"
-        if t.get("gain") is not None and t["gain"] < 1 + cfg.min_gain:
-            return f"{label} alone does not improve {objective_name} (x{t['gain']:.3f} vs baseline; needs " \
-                   f"x{1 + cfg.min_gain:.2f})"
+        if t.get("gain") is not None and t["gain"] < base_gain * (1 + cfg.min_gain):
+            return f"{label} alone does not improve {objective_name} (x{t['gain']:.3f} vs {base_name}" \
+                   f"{'' if base_name == 'baseline' else f' x{base_gain:.3f}'}; needs " \
+                   f"x{base_gain * (1 + cfg.min_gain):.2f})"
     # a measured sub-combination that was already over the accuracy budget
-    n = len(cand.steps)
-    for r in range(2, n):
-        for sub in itertools.combinations(cand.steps, r):
-            t = by_ident.get(canon(list(sub)))
+    own = [s for s in cand.steps if canon([s]) != cand.anchor]
+    tail = [s for s in cand.steps if canon([s]) == cand.anchor]  # the anchor's step, measured with every sub
+    for r in range(2, len(own)):
+        for sub in itertools.combinations(own, r):
+            t = by_ident.get(canon(list(sub) + tail))
             if t is not None and t["status"] == "finished" and t["accuracy_ok"] is False:
                 return f"{t['label']} already exceeds the accuracy budget"
     # predicted from its parts (gains multiply): too far from the best to be worth a trial
-    parts = [by_ident.get(canon([s])) for s in cand.steps]
+    parts = [by_ident.get(ident) for ident in cand.part_idents()]
     if best is not None and best.get("gain") and all(t is not None and t.get("gain") for t in parts):
-        predicted = math.prod(t["gain"] for t in parts)
+        predicted = predicted_gain(cand, by_ident)
         if predicted * (1 + cfg.predict_margin) < best["gain"]:
             detail = ", ".join(f"{t['label']} x{t['gain']:.2f}" for t in parts)
             return f"predicted x{predicted:.2f} from its parts ({detail}) is more than " \

@@ -16,7 +16,15 @@ from workbench.core.recipe import ModelSpec, OptStep, Recipe
 
 # Cost classes (cheap and usually promising first, training last) are each optimization's own ``OptSpec.cost``.
 EMULATED_COST = 4.0  # added to a step this CPU can only emulate: ordered after training-class trials
+CALIBRATED_COST = 1.5  # added to a calibrated quantizer (GPTQ, AWQ): minutes at 7B+, after pruning's trials
 PHASES = ("single", "single", "pair", "triple")
+# On CUDA, decode at batch 1 through eager PyTorch is bound by kernel launches, not by the bytes a weight format
+# moves: at 8B on an H200 every quantized single timed eagerly lost to the eager bf16 baseline (int4 0.80x) while
+# the same int4 under graph-decode made 290 tok/s against 47. So on CUDA the search measures weight changes under
+# graph-decode (the anchor): it runs first, and each candidate it combines with is timed with it appended.
+ANCHOR = "graph-decode"
+ANCHOR_COST = -1.0  # the anchor's own trials run before everything else
+FALLBACK_COST = 6.0  # the eager form of an anchored candidate: run only if the anchor failed on its own
 
 
 @dataclass
@@ -26,13 +34,26 @@ class Candidate:
     phase: int  # 0 single at default values, 1 single variant, 2 pair, 3 triple
     cost: float
     index: int = 0
+    # anchored (CUDA): the anchor's ident, and the ident of each part's anchored single (gating, prediction)
+    anchor: str | None = None
+    parts: list[str] | None = None
+    fallback: str | None = None  # the eager form of an anchored candidate: the anchor's ident it stands in for
 
     @property
     def ident(self) -> str:
         return canon(self.steps)
 
+    def part_idents(self) -> list[str]:
+        """The singles this candidate is made of, as the search measures them (anchored ones on CUDA)."""
+        return list(self.parts) if self.parts is not None else [canon([s]) for s in self.steps]
+
     def describe(self) -> dict:
-        return {"label": self.label, "recipe": self.steps, "phase": PHASES[self.phase], "cost": self.cost}
+        out = {"label": self.label, "recipe": self.steps, "phase": PHASES[self.phase], "cost": self.cost}
+        if self.anchor:
+            out["anchored"] = True
+        if self.fallback:
+            out["fallback"] = True
+        return out
 
 
 @dataclass
@@ -64,7 +85,12 @@ def _step_cost(spec, params: dict) -> float:
         cost += 0.5
     if spec.name == "compile" and params.get("mode") != "default":
         cost += 0.2
+    if params.get("algorithm") in CALIBRATED:
+        cost += CALIBRATED_COST
     return round(cost, 3)
+
+
+CALIBRATED = ("gptq", "awq", "awq-gptq")
 
 
 def _grid(spec) -> list[dict]:
@@ -171,33 +197,69 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
             seen.add(item.ident)
             made.append(item)
 
+    # The anchor (CUDA, causal LMs): graph-decode at its default values, appended to every candidate it combines
+    # with; that candidate's eager form stays in the space as a fallback, run only if the anchor itself failed.
+    anchor_spec = next((s for s in avail if s.name == ANCHOR), None) if dev_kind == "cuda" else None
+    anchor = make([(anchor_spec, _combo_values(anchor_spec)[0])], 0) if anchor_spec is not None else None
+    if not isinstance(anchor, Candidate):
+        anchor = None
+    anchor_params = anchor.steps[0]["params"] if anchor else None
+
+    def anchored(parts: list[tuple[Any, dict]]) -> Candidate | None:
+        if anchor is None or any(spec.name == ANCHOR for spec, _ in parts):
+            return None
+        c = make(sorted(parts + [(anchor_spec, anchor_params)], key=lambda p: STAGES[p[0].stage]), 0)
+        return c if isinstance(c, Candidate) else None  # conflicts with the anchor (kv-cache...): eager only
+
+    def offer(parts: list[tuple[Any, dict]], phase: int) -> bool:
+        """Add the candidate made of ``parts`` (anchored where the anchor combines with it); True if one was."""
+        eager = make(parts, phase)
+        if not isinstance(eager, Candidate):
+            add(eager)
+            return False
+        if any(spec.name == ANCHOR for spec, _ in parts):
+            eager.cost = ANCHOR_COST if len(parts) == 1 else eager.cost
+            add(eager)
+            return True
+        a = anchored(parts)
+        if a is None:
+            if anchor is not None and len(parts) > 1 and any(anchored([p]) is not None for p in parts):
+                # a weight change with a step the anchor excludes (kv-cache, compile): an eager route, kept as
+                # a fallback like the weight change's own eager single
+                eager.cost, eager.fallback = round(eager.cost + FALLBACK_COST, 3), anchor.ident
+            add(eager)
+            return True
+        a.label, a.phase, a.cost, a.anchor = f"{eager.label} + {ANCHOR}", phase, eager.cost, anchor.ident
+        singles_of = [anchored([p]) for p in parts]
+        a.parts = [x.ident if x is not None else canon([s]) for x, s in zip(singles_of, eager.steps)]
+        eager.cost, eager.fallback = round(eager.cost + FALLBACK_COST, 3), anchor.ident
+        add(a)
+        add(eager)
+        return True
+
     counts = {"singles": 0, "pairs": 0, "triples": 0}
     for spec in avail:
         for i, params in enumerate(_grid(spec)):
-            c = make([(spec, params)], 0 if i == 0 else 1)
-            add(c)
-            counts["singles"] += isinstance(c, Candidate)
+            counts["singles"] += offer([(spec, params)], 0 if i == 0 else 1)
+    others = [s for s in avail if s is not anchor_spec] if anchor else avail
     if pairs:
-        for a, b in itertools.combinations(avail, 2):
+        for a, b in itertools.combinations(others, 2):
             if STAGES[a.stage] == STAGES[b.stage]:
                 continue
             a, b = sorted((a, b), key=lambda s: STAGES[s.stage])
             for pa, pb in itertools.product(_combo_values(a), _combo_values(b)):
-                c = make([(a, pa), (b, pb)], 2)
-                add(c)
-                counts["pairs"] += isinstance(c, Candidate)
+                counts["pairs"] += offer([(a, pa), (b, pb)], 2)
     if triples:
-        for trio in itertools.combinations(avail, 3):
+        for trio in itertools.combinations(others, 3):
             if len({STAGES[s.stage] for s in trio}) < 3:
                 continue
             trio = sorted(trio, key=lambda s: STAGES[s.stage])
-            c = make([(s, _combo_values(s)[0]) for s in trio], 3)
-            add(c)
-            counts["triples"] += isinstance(c, Candidate)
+            counts["triples"] += offer([(s, _combo_values(s)[0]) for s in trio], 3)
     for i, c in enumerate(made):
         c.index = i
-    # The cap keeps singles first (cheapest first), then pairs, then triples; the run order is by cost.
-    made.sort(key=lambda c: (c.phase >= 2, c.phase, c.cost, c.index))
+    # The cap keeps singles first (cheapest first), then pairs, then triples, and eager fallbacks after all of
+    # those; the run order is by cost.
+    made.sort(key=lambda c: (c.fallback is not None, c.phase >= 2, c.phase, c.cost, c.index))
     capped = made[max_space:] if max_space and len(made) > max_space else []
     made = made[:max_space] if max_space else made
     made.sort(key=lambda c: (c.cost, c.phase, c.index))
@@ -205,6 +267,10 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
         c.index = i
     counts.update({"size": len(made), "capped": len(capped), "capped_labels": [c.label for c in capped[:20]],
                    "skipped": len(skipped)})
+    if anchor is not None:
+        counts["anchor"] = {"label": anchor.label, "recipe": anchor.steps, "reason": "on CUDA a weight change is "
+                            "timed under graph-decode (eager decode is launch-bound); eager forms run only if "
+                            "graph-decode fails"}
     if emulated:
         counts["ordered_last"] = {"names": sorted(emulated), "reason": "no native bfloat16 matmuls on this CPU "
                                   "(AVX512-BF16/AMX absent or capped): the cast runs emulated"}
