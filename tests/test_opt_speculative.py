@@ -104,3 +104,40 @@ def test_a_draft_with_another_vocabulary_is_refused(tiny_llama, tmp_path):
     loaded = load(str(tiny_llama), None, "cpu")
     with pytest.raises(InputError, match=r"draft=.*other: its vocabulary differs"):
         speculative(loaded, draft=str(other))
+
+
+def test_a_shrunk_draft_head_keeps_its_rows_and_the_output_stays_the_models(tiny_llama):
+    """draft_vocab=N (FR-Spec): the draft's head keeps N rows — the built-in text's most frequent tokens first —
+    whose logits are the full head's; the others can never be drafted; verification keeps the output exact."""
+    from workbench.core.data import builtin_text
+    from workbench.core.optimizations.speculative import frequent_tokens, shrink_head
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    tok, vocab = loaded.tokenizer, loaded.model.get_output_embeddings().weight.shape[0]
+    keep = frequent_tokens(tok, 64, vocab)
+    assert len(keep) == 64 == len(set(keep)) and keep == sorted(keep) and all(0 <= i < vocab for i in keep)
+    ids = tok(builtin_text())["input_ids"]
+    commonest = max(set(ids), key=lambda i: (ids.count(i), -i))
+    assert commonest in keep and all(i in keep for i in tok.all_special_ids if i < vocab)
+
+    draft = load(str(tiny_llama), None, "cpu").model.eval()
+    h = torch.randn(1, 3, draft.config.hidden_size)
+    with torch.inference_mode():
+        full = draft.get_output_embeddings()(h)
+    rep = shrink_head(draft, 64, tok)
+    assert rep == {"kept": 64, "of": vocab, "head_fraction": round(64 / vocab, 4)}
+    with torch.inference_mode():
+        small = draft.get_output_embeddings()(h)
+    assert small.shape == full.shape
+    kept = torch.tensor(keep)
+    torch.testing.assert_close(small[..., kept], full[..., kept], rtol=1e-5, atol=1e-5)
+    others = torch.ones(vocab, dtype=torch.bool)
+    others[kept] = False
+    assert bool((small[..., others] == torch.finfo(small.dtype).min).all())
+    assert int(small.argmax(-1).flatten()[0]) in keep  # a token outside the kept rows is never drafted
+
+    rep, gen = speculative(loaded, method="draft", draft=str(tiny_llama), draft_vocab=64, confidence=0.0,
+                           draft_dtype="model")
+    assert rep["draft_vocab"]["kept"] == 64 and rep["greedy_check"]["identical"] is True
+    row = torch.tensor([[101, 7592, 2088, 2003, 1037]])
+    assert torch.equal(gen.generate(row, 16), greedy(loaded.model, row, 16))

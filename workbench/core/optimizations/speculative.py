@@ -52,6 +52,11 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               "matmuls or on a GPU, else the model's), fp32, bf16, or model (the model's own); a draft only "
               "proposes, so its rounding costs acceptance, never correctness",
               choices=("auto", "model", "fp32", "bf16")),
+        Param("draft_vocab", int, 0, "method=draft: tokens the draft can propose (0: the whole vocabulary; N: "
+              "the N most frequent — the built-in text's tokens by count, then the lowest ids, which a BPE "
+              "tokenizer gives its earliest merges). The draft's LM head shrinks to N rows (FR-Spec): on a small "
+              "model the head is most of a draft's cost; a token outside the N is never drafted, only verified",
+              min=0, max=10_000_000),
         Param("num_tokens", int, 0, "tokens drafted per round (0: 4 for a draft model, 10 for prompt lookup)",
               min=0, max=64),
         Param("schedule", str, "constant", "method=draft: constant number of drafts per round, or transformers' "
@@ -86,6 +91,8 @@ def apply(model, params: dict, ctx) -> Applied:
     if method == "draft":
         draft, built = _draft_model(model, params, ctx)
         report.update(built)
+        if params["draft_vocab"]:
+            report["draft_vocab"] = shrink_head(draft, params["draft_vocab"], ctx.tokenizer)
         report["draft_dtype"] = _draft_precision(draft, model, params["draft_dtype"], ctx.device)
         report["draft_params"] = param_count(draft)
         report["draft_bytes"] = model_size_bytes(draft)
@@ -149,6 +156,70 @@ def _draft_precision(draft, model, choice: str, device: str) -> str:
     if float_dtype(draft) != want:
         cast(draft, want)
     return str(want).replace("torch.", "")
+
+
+def frequent_tokens(tokenizer, n: int, vocab: int) -> list[int]:
+    """The ``n`` token ids a draft keeps: the built-in text's tokens by count (ties: lower id), the tokenizer's
+    special tokens, then the lowest ids not yet taken (BPE numbers its merges in the order it learned them)."""
+    from collections import Counter
+
+    from workbench.core.data import builtin_text
+
+    counts = Counter(tokenizer(builtin_text())["input_ids"]) if tokenizer is not None else Counter()
+    keep: list[int] = []
+    seen: set[int] = set()
+
+    def take(i: int) -> None:
+        if 0 <= i < vocab and i not in seen and len(keep) < n:
+            seen.add(i)
+            keep.append(i)
+
+    for i in getattr(tokenizer, "all_special_ids", None) or []:
+        take(int(i))
+    for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        take(int(i))
+    i = 0
+    while len(keep) < n and i < vocab:
+        take(i)
+        i += 1
+    return sorted(keep)
+
+
+def subset_head(head, keep: list[int], vocab: int):
+    """A module giving logits over ``vocab`` from the ``keep`` rows of ``head`` (the rest: the dtype's minimum,
+    so greedy never picks them). Built here so this file imports without torch."""
+    import torch
+
+    class SubsetHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            w = head.weight.detach()
+            index = torch.tensor(keep, dtype=torch.long, device=w.device)
+            self.weight = torch.nn.Parameter(w.index_select(0, index).clone(), requires_grad=False)
+            bias = getattr(head, "bias", None)
+            self.bias = None if bias is None else torch.nn.Parameter(
+                bias.detach().index_select(0, index).clone(), requires_grad=False)
+            self.register_buffer("index", index)
+            self.vocab = vocab
+
+        def forward(self, h):
+            small = torch.nn.functional.linear(h, self.weight, self.bias)
+            out = small.new_full((*small.shape[:-1], self.vocab), torch.finfo(small.dtype).min)
+            return out.index_copy_(-1, self.index, small)
+
+    return SubsetHead()
+
+
+def shrink_head(draft, n: int, tokenizer) -> dict:
+    """Replace the draft's LM head by its ``n`` most frequent rows (``frequent_tokens``); returns the report."""
+    head = draft.get_output_embeddings()
+    vocab = int(head.weight.shape[0])
+    if n >= vocab:
+        return {"kept": vocab, "of": vocab, "head_fraction": 1.0}
+    keep = frequent_tokens(tokenizer, n, vocab)
+    draft.set_output_embeddings(subset_head(head, keep, vocab))
+    draft.config.tie_word_embeddings = False  # the shrunk head no longer shares the embedding's storage
+    return {"kept": len(keep), "of": vocab, "head_fraction": round(len(keep) / vocab, 4)}
 
 
 def _same_vocabulary(model, draft, tok, draft_tok, ref: str) -> None:
