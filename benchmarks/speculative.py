@@ -8,7 +8,8 @@ per-round medians), speedup against plain decoding of the same prompt in the sam
 acceptance rate, and whether the speculative output equals plain greedy decoding token for token.
 
 Usage: python benchmarks/speculative.py [--device cpu|cuda] [--new-tokens 96] [--rounds 3]
-       [--draft-layers 8] [--distill-steps 400] [--distill-seconds 600] [--out benchmarks/results]
+       [--draft-layers 8] [--distill-steps 400] [--distill-seconds 600] [--drafts "vocab=0,k=4;vocab=8192,k=4"]
+       [--target-dtype model|bf16] [--out benchmarks/results]
 Writes speculative_<device>.json and .md.
 """
 
@@ -64,6 +65,12 @@ def main() -> int:
     ap.add_argument("--draft-layers", type=int, default=8)
     ap.add_argument("--distill-steps", type=int, default=400)
     ap.add_argument("--distill-seconds", type=float, default=600.0)
+    ap.add_argument("--drafts", default="vocab=0,k=4",
+                    help="draft variants over the one distilled student, ';'-separated: vocab=N (draft_vocab, 0 = "
+                         "the whole vocabulary), k=N (tokens drafted per round)")
+    ap.add_argument("--target-dtype", default="model", choices=("model", "bf16"),
+                    help="bf16: cast the model first (the faster plain recipe on a CPU with native bf16); every "
+                         "row, plain included, then runs it")
     ap.add_argument("--prompts", default=",".join(PROMPTS))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
@@ -80,6 +87,10 @@ def main() -> int:
     quiet.quiet_libraries()
     loaded = load(args.model, "causal-lm", args.device)
     model, tok = loaded.model, loaded.tokenizer
+    if args.target_dtype == "bf16":
+        from workbench.core.optimizations._common import cast
+
+        cast(model, torch.bfloat16)
     spec = optimizations.get("speculative")
     settings = BenchSettings(batch=1, new_tokens=args.new_tokens, warmup=1, min_iters=args.iters, min_seconds=0.0)
 
@@ -92,13 +103,22 @@ def main() -> int:
         return rep, ctx.extra["generate_kwargs"]
 
     print("building the draft (distilled student of the model's own blocks)", flush=True)
-    variants = {
-        "prompt-lookup": make({"method": "prompt-lookup"}),
-        "draft": make({"method": "draft", "draft_layers": args.draft_layers, "distill_steps": args.distill_steps,
-                       "distill_seconds": args.distill_seconds}),
-    }
-    draft_report = {k: v for k, v in variants["draft"][0].items() if k != "stats"}
+    built = make({"method": "draft", "draft_layers": args.draft_layers, "distill_steps": args.distill_steps,
+                  "distill_seconds": args.distill_seconds})
+    draft_report = {k: v for k, v in built[0].items() if k != "stats"}
     print(f"draft ready in {draft_report['setup_seconds']:.0f} s", flush=True)
+    # every draft variant reuses that one student: saved once, given to each by reference
+    import tempfile
+
+    student_dir = Path(tempfile.mkdtemp(prefix="optbench-draft-"))
+    built[1]["optbench_generator"](1, 64).draft.save_pretrained(student_dir)
+    tok.save_pretrained(student_dir)
+    variants = {"prompt-lookup": make({"method": "prompt-lookup"})}
+    for spec_text in filter(None, args.drafts.split(";")):
+        kv = dict(part.split("=", 1) for part in spec_text.split(","))
+        vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))
+        variants[f"draft[vocab={vocab or 'all'},k={k}]"] = make(
+            {"method": "draft", "draft": str(student_dir), "draft_vocab": vocab, "num_tokens": k})
 
     rows = []
     for name in args.prompts.split(","):
@@ -137,7 +157,9 @@ def main() -> int:
                          "stats": s, "prompt_tokens": int(ids.shape[1])})
     env = environment(args.device)
     doc = {"model": args.model, "device": args.device, "environment": env, "new_tokens": args.new_tokens,
-           "rounds": args.rounds, "draft": draft_report, "rows": rows}
+           "rounds": args.rounds, "target_dtype": args.target_dtype, "draft": draft_report,
+           "variants": {v: {k: val for k, val in rep.items() if k != "stats"} for v, (rep, _) in variants.items()},
+           "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = "cpu" if args.device == "cpu" else "cuda"
@@ -150,7 +172,8 @@ def main() -> int:
              f"Draft: {draft_report.get('draft_layers')} of the model's blocks {draft_report.get('draft_blocks')}, "
              f"distilled {draft_report.get('distill', {}).get('steps', draft_report.get('distill_steps'))} steps "
              f"in {draft_report['setup_seconds']:.0f} s; its weights are "
-             f"{draft_report.get('draft_cost_ratio', 0):.2f}× the model's bytes.", "",
+             f"{draft_report.get('draft_cost_ratio', 0):.2f}× the model's bytes (draft_vocab=N keeps N rows of "
+             f"its head). Target precision: {args.target_dtype}.", "",
              "| prompt | kind | variant | decode ms/token | speedup | tokens / target forward | acceptance | "
              "identical to greedy |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

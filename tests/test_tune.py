@@ -289,6 +289,14 @@ def test_anchored_candidates_are_gated_against_the_anchor():
     assert gate("int8-weight-only") is not None  # the eager fallback waits on the anchor, which runs first
     put("graph-decode", gain=4.0, objective=5.0)
     assert "timed under graph-decode instead" in gate("int8-weight-only")
+    # once the anchor stands its eager fallbacks leave the queue (counted, not recorded as trials)
+    t.space, logs = sp, []
+    t._log = lambda text, level="info": logs.append(text)
+    pending = list(sp.candidates[1:])
+    n_fallback = sum(1 for c in pending if c.fallback)
+    t._drop_fallbacks(sp.candidates[0], pending)
+    assert n_fallback > 0 and t.fallbacks_dropped == n_fallback and not any(c.fallback for c in pending)
+    assert any(c.anchor for c in pending) and f"{n_fallback} eager fallbacks dropped" in logs[-1]
     assert gate("int8-weight-only + graph-decode") is None  # anchored singles always run
     put(f"{int4} + graph-decode", gain=6.0, objective=3.3)
     put(f"{ffn} + graph-decode", gain=5.0, objective=4.0)

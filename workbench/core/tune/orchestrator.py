@@ -21,7 +21,7 @@ from workbench.core.tune import decide
 from workbench.core.tune.budget import (ACCURACY_PARAM, TASK_METRICS, AccuracyBudget, memory_metric, objective_info,
                                         parse_accuracy_budget)
 from workbench.core.tune.events import Emit, jsonable
-from workbench.core.tune.space import PHASES, Candidate, build_space
+from workbench.core.tune.space import PHASES, Candidate, build_space, canon
 from workbench.core.tune.trials import baseline_key, cache_load, cache_save, trial_key
 
 SCHEMA = 1
@@ -122,6 +122,7 @@ class Tuner:
         self.ctx: dict | None = None
         self.baseline: dict | None = None
         self.baseline_cached = False
+        self.fallbacks_dropped = 0
         self.model_info: dict | None = None
         self.stopped = "space exhausted"
         self.run_count = 0
@@ -355,11 +356,14 @@ class Tuner:
                   f"{len(self.space.skipped)} skipped, {self.space.counts['capped']} over the cap")
         pending = list(self.space.candidates)
         durations: list[float] = []
+        last: Candidate | None = None
         while pending:
             if self._cancel.is_set():
                 self.stopped = "cancelled"
                 break
-            cand = self._next(pending)
+            if last is not None:
+                self._drop_fallbacks(last, pending)
+            cand = last = self._next(pending)
             pending.remove(cand)
             reason = self._gate(cand)
             if reason:
@@ -400,6 +404,24 @@ class Tuner:
             durations.append(raw.get("seconds") or 0.0)
             self._record(cand, raw, cached=False, ran=True)
         return self._report(started, pending)
+
+    def _drop_fallbacks(self, cand: Candidate, pending: list[Candidate]) -> None:
+        """Once the anchor's own trial stands, its eager fallbacks are dropped from the queue (one log line, a
+        count in the report), not recorded one by one as pruned trials."""
+        anchor = self.space.counts.get("anchor")
+        if not anchor or cand.ident != canon(anchor["recipe"]) or cand.ident not in self.by_ident:
+            return
+        if decide.anchor_verdict(self.by_ident[cand.ident], self.cfg) is not None:
+            self._log(f"{cand.label} did not stand ({self.by_ident[cand.ident].get('reason') or 'no gain'}): "
+                      f"its eager fallbacks run instead", "warning")
+            return
+        dropped = [c for c in pending if c.fallback == cand.ident]
+        for c in dropped:
+            pending.remove(c)
+        self.fallbacks_dropped += len(dropped)
+        if dropped:
+            self._log(f"{cand.label} stands (x{self.by_ident[cand.ident]['gain']:.2f}): weight changes are timed "
+                      f"under it; {len(dropped)} eager fallbacks dropped")
 
     def _run_one(self, cand: Candidate, key: str, selftest: str | None) -> dict:
         w = self.worker
@@ -456,6 +478,7 @@ class Tuner:
                        "contended": sum(1 for t in self.trials if t["ran"] and t.get("contended")),
                        "cached": sum(1 for t in self.trials if t["cached"]),
                        "not_run": len(pending), "decided": len(self.trials),
+                       "fallbacks_dropped": self.fallbacks_dropped,
                        "feasible": sum(1 for t in self.trials if t["feasible"])})
         ran = [t["seconds"] for t in self.trials if t["ran"] and t["status"] != "cancelled"]
         chosen = payload["best"]

@@ -257,9 +257,9 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
             counts["triples"] += offer([(s, _combo_values(s)[0]) for s in trio], 3)
     for i, c in enumerate(made):
         c.index = i
-    # The cap keeps singles first (cheapest first), then pairs, then triples, and eager fallbacks after all of
-    # those; the run order is by cost.
-    made.sort(key=lambda c: (c.fallback is not None, c.phase >= 2, c.phase, c.cost, c.index))
+    # The cap keeps singles first (cheapest first; eager fallbacks after the others, so a failed anchor still
+    # leaves every single to run), then pairs, then triples (fallbacks last again); the run order is by cost.
+    made.sort(key=lambda c: (c.phase >= 2, c.fallback is not None, c.phase, c.cost, c.index))
     capped = made[max_space:] if max_space and len(made) > max_space else []
     made = made[:max_space] if max_space else made
     made.sort(key=lambda c: (c.cost, c.phase, c.index))
