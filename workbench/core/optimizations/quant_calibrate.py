@@ -1,9 +1,11 @@
 """Calibrated weight quantization: the algorithms behind ``int4-weight-only:algorithm=gptq|awq`` and
 ``int8-smoothquant``. Pure torch, on whatever device the model is on (CPU or CUDA).
 
-- **Grids.** An int4 weight is stored per group of ``group`` input channels in one of two torchao layouts:
+- **Grids.** An int4 weight is stored per group of ``group`` input channels in one of these torchao layouts:
   ``asym`` — tinygemm's (CUDA ``Int4TilePackedTo4dTensor``): codes 0..15, ``w = (q - 8) * s + z`` with a float
-  zero ``z`` per group; ``sym`` — torchao's ``IntxUnpackedToInt8Tensor`` (CPU): codes -8..7, ``w = q * s``.
+  zero ``z`` per group; ``asymi`` — torchao's ``IntxUnpackedToInt8Tensor`` (CPU) with its ASYMMETRIC rule: codes
+  -8..7, ``w = (q - z) * s`` with an integer zero point, the range widened to hold 0; ``sym`` — the same tensor
+  with no zero point: ``w = q * s``.
   The algorithms below pick codes and scales on the grid the kernel will use, so what they optimise is exactly what
   runs.
 - **Layer by layer.** Calibration inputs are caught at the first decoder block, then every block in turn sees the
@@ -63,15 +65,21 @@ def calibration_batches(params: dict, ctx, what: str, instead: str) -> list[dict
 class Grid:
     """An int4 quantization grid (see the module docstring)."""
 
-    kind: str  # "asym" (tinygemm) or "sym" (intx)
+    kind: str  # "asym" (tinygemm, float zero), "asymi" (intx, integer zero point) or "sym" (intx)
     group: int
 
     def fit(self, w):
         """Scale and zero per row of ``w`` [..., group] (float32), by min/max (round to nearest)."""
+        import torch
+
         if self.kind == "asym":
             lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
             s = ((hi - lo) / 15).clamp_min(1e-8)
             return s, lo + 8 * s
+        if self.kind == "asymi":  # torchao's ASYMMETRIC rule: the range holds 0, the zero point is an integer
+            lo, hi = w.amin(-1, keepdim=True).clamp_max(0), w.amax(-1, keepdim=True).clamp_min(0)
+            s = ((hi - lo) / 15).clamp_min(torch.finfo(torch.float32).eps)
+            return s, torch.clamp(-8 - torch.round(lo / s), -8, 7)
         s = (w.abs().amax(-1, keepdim=True) / 7.5).clamp_min(1e-8)
         return s, None
 
@@ -80,10 +88,14 @@ class Grid:
 
         if self.kind == "asym":
             return torch.clamp(torch.round((w - (z - 8 * s)) / s), 0, 15)
+        if self.kind == "asymi":
+            return torch.clamp(torch.round(w / s) + z, -8, 7)
         return torch.clamp(torch.round(w / s), -8, 7)
 
     def dequant(self, q, s, z):
-        return (q - 8) * s + z if self.kind == "asym" else q * s
+        if self.kind == "asym":
+            return (q - 8) * s + z
+        return (q - z) * s if self.kind == "asymi" else q * s
 
 
 @dataclass
@@ -133,7 +145,7 @@ def gptq(weight, hessian, grid: Grid, percdamp: float = 0.01, block: int = 128,
     damp = percdamp * torch.mean(torch.diag(h))
     h += damp * torch.eye(k, device=h.device)
     scales = torch.zeros(n, k // g, device=w.device)
-    zeros = torch.zeros(n, k // g, device=w.device) if grid.kind == "asym" else None
+    zeros = torch.zeros(n, k // g, device=w.device) if grid.kind != "sym" else None
     perm = None
     if act_order:
         fitted = rtn(w, grid)
@@ -450,14 +462,14 @@ def to_torchao(qw: QuantWeight, dtype):
 
     n, k = qw.codes.shape
     g = qw.grid.group
-    if qw.grid.kind == "sym":
+    if qw.grid.kind in ("sym", "asymi"):
         from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
             IntxUnpackedToInt8Tensor,
         )
 
+        zero = torch.zeros_like(qw.scale, dtype=torch.int8) if qw.zero is None else qw.zero.to(torch.int8)
         return IntxUnpackedToInt8Tensor(
-            qdata=qw.codes.to(torch.int8), scale=qw.scale.to(dtype),
-            zero_point=torch.zeros_like(qw.scale, dtype=torch.int8), target_dtype=torch.int4,
+            qdata=qw.codes.to(torch.int8), scale=qw.scale.to(dtype), zero_point=zero, target_dtype=torch.int4,
             block_size=(1, g), dtype=dtype, activation_quantization=None)
     from torchao.quantization.quantize_.workflows.int4.int4_tile_packed_to_4d_tensor import (
         Int4TilePackedTo4dTensor,
