@@ -134,3 +134,20 @@ def test_recommender_estimates_on_gpu(llama256):
     chk = check(rec, report)
     weights = next(row for row in chk["rows"] if row["what"].startswith("weights"))
     assert abs(weights["error"]) < 0.1
+
+
+def test_prompt_lookup_inside_graph_decode_captures_its_verify_step(llama256):
+    """speculative:method=prompt-lookup + graph-decode on CUDA: the verify step compiled and captured as one CUDA
+    graph, tokens equal to eager greedy decoding in fp32 on a repeating prompt (drafts accepted), counts consistent."""
+    from workbench.core.optimizations.spec_lookup import LookupGreedy
+    from workbench.core.optimizations.speculative import _Stats
+
+    loaded = load(str(llama256), None, "cuda")
+    stats = _Stats()
+    gen = LookupGreedy(loaded.model, 1, 256, 4, 3, stats=stats, mode="graph")
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2524, 1012] * 6], device="cuda")
+    ref = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, min_new_tokens=48,
+                                do_sample=False, pad_token_id=0)
+    for _ in range(2):  # the second call replays the captured graph
+        assert torch.equal(gen.generate(ids, 48), ref)
+    assert gen.graph is not None and stats.live["target_forwards"] < stats.live["tokens"]

@@ -152,7 +152,8 @@ class Recipe:
                 groups[spec.exclusive_group] = spec.name
             for prev in resolved:
                 pspec = optimizations.get(prev.name)
-                reason = spec.conflict_reason(pspec)  # the reason written by whichever declared the conflict
+                # the reason written by whichever declared the conflict (unless its params lift it)
+                reason = spec.conflict_reason(pspec, params, prev.params)
                 if reason is not None:
                     raise InputError(f"{spec.name}: cannot be combined with {prev.name}: {reason}", param="opt")
             max_batch = spec.extra.get("max_batch")

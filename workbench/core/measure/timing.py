@@ -151,6 +151,7 @@ def bench_causal(model, tokenizer, settings, device: str, on_progress=None, gene
 
     extra = dict(generate_kwargs or {})
     factory = extra.pop("optbench_generator", None)  # a custom decode loop (graph-decode) replaces generate
+    extra = {k: v for k, v in extra.items() if not k.startswith("optbench_")}  # steps' notes to each other
     generator = factory(batch, ids.shape[1] + n_new) if factory else None
 
     def run_once() -> dict:

@@ -145,6 +145,9 @@ class OptSpec:
     # optimization name -> why the two cannot be in one recipe (either side may declare it). A tuple of names is
     # accepted too (reason: extra["conflict_reason"], else "they are incompatible").
     conflicts: dict[str, str] = field(default_factory=dict)
+    # optimization name -> {param: value}: the declared conflict does not hold when this step's params have those
+    # values (speculative:method=prompt-lookup runs inside graph-decode's loop; method=draft does not)
+    conflicts_unless: dict[str, dict] = field(default_factory=dict)
     requires: tuple[str, ...] = ()  # importable modules it needs (e.g. "torchao")
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -170,11 +173,17 @@ class OptSpec:
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
-    def conflict_reason(self, other: OptSpec) -> str | None:
-        """Why this optimization and ``other`` cannot be in one recipe (declared by either), or None if they can."""
-        if other.name in self.conflicts:
-            return self.conflicts[other.name]
-        return other.conflicts.get(self.name)
+    def conflict_reason(self, other: OptSpec, params: dict | None = None,
+                        other_params: dict | None = None) -> str | None:
+        """Why this optimization (with ``params``) and ``other`` (with ``other_params``) cannot be in one recipe
+        (declared by either, unless the declaring side's ``conflicts_unless`` lifts it), or None if they can."""
+        for spec, mine, name in ((self, params, other.name), (other, other_params, self.name)):
+            if name in spec.conflicts:
+                lift = spec.conflicts_unless.get(name)
+                if lift and mine is not None and all(mine.get(k) == v for k, v in lift.items()):
+                    continue
+                return spec.conflicts[name]
+        return None
 
     def weight_storage(self, params: dict | None = None) -> WeightStorage | None:
         """The Linear weights' storage after this step with ``params`` (as given: defaults are not filled in)."""
@@ -205,6 +214,7 @@ class OptSpec:
             "exclusive_group": self.exclusive_group,
             "conflicts": list(self.conflicts),
             "conflict_reasons": dict(self.conflicts),
+            "conflicts_unless": dict(self.conflicts_unless),
             "requires": list(self.requires),
             "cost": self.cost,
             "quantizes_activations": self.quantizes_activations,

@@ -44,12 +44,50 @@ def apply(model, params: dict, ctx) -> Applied:
         ctx.log("graph-decode: CUDA graphs need a GPU; on CPU the loop runs eagerly")
         mode = "eager"
 
-    def factory(batch: int, max_len: int):
-        return GraphedGreedy(model, batch, params["max_len"] or max_len, mode=mode,
-                             compile_mode=params["compile_mode"], log=ctx.log, tuning=params["tuning"],
-                             gemv=params["gemv"], fuse=params["fuse"])
-
-    ctx.extra["generate_kwargs"]["optbench_generator"] = factory
+    kw = {"mode": mode, "compile_mode": params["compile_mode"], "log": ctx.log, "tuning": params["tuning"],
+          "gemv": params["gemv"], "fuse": params["fuse"]}
     report = {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
               "fuse": params["fuse"], "max_len": params["max_len"]}
+    lookup = ctx.extra["generate_kwargs"].pop("optbench_speculative", None)
+    if lookup is not None:  # speculative:method=prompt-lookup before this step: drafts verified in this loop
+        factory = _lookup_factory(model, params, ctx, lookup, kw)
+        report["speculative"] = {"method": "prompt-lookup", "num_tokens": lookup["num_tokens"],
+                                 "ngram": lookup["ngram"], "loop": "graph-decode verify step (spec_lookup.py)"}
+    else:
+        def factory(batch: int, max_len: int):
+            return GraphedGreedy(model, batch, params["max_len"] or max_len, **kw)
+
+    ctx.extra["generate_kwargs"]["optbench_generator"] = factory
     return Applied(model, report)
+
+
+def _lookup_factory(model, params: dict, ctx, lookup: dict, kw: dict):
+    """The benchmark's generator: one ``LookupGreedy``, checked against plain greedy decoding on its first use
+    (the check's result replaces the speculative report's, which checked transformers' own loop)."""
+    from workbench.core.errors import InputError
+    from workbench.core.optimizations import speculative
+    from workbench.core.optimizations.spec_lookup import LookupGreedy
+
+    made: dict = {}
+
+    def factory(batch: int, max_len: int):
+        if batch != 1:
+            raise InputError(f"speculative + graph-decode: runs one sequence at a time; expected batch 1, not "
+                             f"{batch}", param="opt")
+        want = max(params["max_len"] or max_len, speculative.CHECK_PROMPT + speculative.CHECK_NEW)
+        if "gen" not in made or made["gen"].max_len < want + lookup["num_tokens"]:
+            made["gen"] = LookupGreedy(model, 1, want, lookup["num_tokens"], lookup["ngram"], stats=lookup["stats"],
+                                       **kw)
+        if "check" not in made:
+            made["check"] = check = speculative.check_against_greedy(made["gen"], model, ctx.tokenizer, ctx.device)
+            shown = lookup["report"]["greedy_check"]  # in place: the step's report was handed on at apply time
+            shown.clear()
+            shown.update({**check, "loop": "graph-decode"})
+            if not check["identical"]:
+                ctx.warning(f"speculative + graph-decode: output differs from plain greedy decoding at token "
+                            f"{check['first_difference']} of {check['tokens']} (a near-tie the verify step rounds "
+                            f"differently)")
+            lookup["stats"].reset()
+        return made["gen"]
+
+    return factory

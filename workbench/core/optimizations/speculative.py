@@ -26,6 +26,7 @@ from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, register
 
 METHODS = ("draft", "prompt-lookup")
+CHECK_PROMPT, CHECK_NEW = 64, 48  # the greedy check: built-in text tokens in, tokens out
 SCHEDULES = ("constant", "heuristic_transient", "heuristic")
 
 
@@ -68,9 +69,12 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
         Param("ngram", int, 3, "method=prompt-lookup: longest n-gram matched against the text so far", min=1,
               max=32),
     ),
-    conflicts=dict.fromkeys(("graph-decode", "compile"), "speculative runs transformers' assisted-generation loop; "
-                            "graph-decode and compile replace or recompile the decode step it calls (not combined "
-                            "yet)"),
+    conflicts={"graph-decode": "method=draft runs transformers' assisted-generation loop, whose dynamic cache and "
+                               "second model graph-decode's static, captured step does not take (method=prompt-lookup "
+                               "runs inside graph-decode's loop)",
+               "compile": "speculative runs transformers' assisted-generation loop; compile recompiles the decode "
+                          "step it calls (with graph-decode, method=prompt-lookup has a compiled verify step)"},
+    conflicts_unless={"graph-decode": {"method": "prompt-lookup"}},
     exportable="yes",
     notes="Changes how tokens are generated, not the weights: the export is the model itself (a built draft is "
           "not exported). Batch 1. The gain depends on the workload: prompt lookup pays where the output repeats "
@@ -118,6 +122,9 @@ def apply(model, params: dict, ctx) -> Applied:
         return gen
 
     ctx.extra["generate_kwargs"]["optbench_generator"] = factory
+    if method == "prompt-lookup":  # graph-decode, applied after this, runs the lookup inside its own loop
+        ctx.extra["generate_kwargs"]["optbench_speculative"] = {"method": method, "num_tokens": num, "ngram": params["ngram"], "stats": stats,
+                                    "report": report}
     report["setup_seconds"] = time.perf_counter() - t0
     report["stats"] = stats.live  # the same dict: the benchmark's calls fill it in before the report is written
     return Applied(model, report)
@@ -379,19 +386,25 @@ class SpeculativeGreedy:
         self.stats.add(int(out.shape[1] - ids.shape[1]), self._round["rounds"], self._round["proposed"])
         return out
 
-    def check_against_greedy(self, device: str, prompt_tokens: int = 64, new_tokens: int = 48) -> dict:
-        """Speculative vs plain greedy decoding of the built-in text's first tokens: identical, or where not."""
-        import torch
+    def check_against_greedy(self, device: str, prompt_tokens: int = CHECK_PROMPT, new_tokens: int = CHECK_NEW) -> dict:
+        return check_against_greedy(self, self.model, self.tokenizer, device, prompt_tokens, new_tokens)
 
-        from workbench.core.measure.timing import fixed_input_ids
 
-        ids = fixed_input_ids(self.tokenizer, 1, prompt_tokens).to(device)
-        with torch.inference_mode():
-            plain = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                        num_beams=1, pad_token_id=self.pad_id)
-        spec = self.generate(ids, new_tokens)
-        a, b = plain[0, ids.shape[1]:].tolist(), spec[0, ids.shape[1]:].tolist()
-        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-        return {"identical": a == b, "tokens": len(a), "first_difference": first,
-                "prompt_tokens": prompt_tokens}
+def check_against_greedy(gen, model, tokenizer, device: str, prompt_tokens: int = CHECK_PROMPT,
+                         new_tokens: int = CHECK_NEW) -> dict:
+    """``gen.generate`` vs plain greedy decoding of the built-in text's first tokens: identical, or where not."""
+    import torch
+
+    from workbench.core.measure.timing import fixed_input_ids
+
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "eos_token_id", None)
+    ids = fixed_input_ids(tokenizer, 1, prompt_tokens).to(device)
+    with torch.inference_mode():
+        plain = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id)
+    spec = gen.generate(ids, new_tokens)
+    a, b = plain[0, ids.shape[1]:].tolist(), spec[0, ids.shape[1]:].tolist()
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    return {"identical": a == b, "tokens": len(a), "first_difference": first, "prompt_tokens": prompt_tokens}

@@ -1,0 +1,82 @@
+"""Prompt-lookup speculation inside graph-decode's loop (speculative:method=prompt-lookup + graph-decode): the
+proposal rule, tokens equal to plain greedy decoding, the counts, and the recipe rules. CPU, fp32, eager loop; the
+compiled and CUDA-graph verify step runs under ``pytest -m gpu`` (tests/test_opt_gpu.py)."""
+
+import pytest
+
+import torch  # a pinned dependency: a broken install must fail, not skip
+
+from tests.conftest import fast_recipe
+from workbench.core import pipeline
+from workbench.core.errors import InputError
+from workbench.core.models import load
+from workbench.core.optimizations.spec_lookup import LookupGreedy, propose
+from workbench.core.optimizations.speculative import _Stats
+from workbench.core.recipe import ModelSpec, OptStep, Recipe
+
+
+def test_propose_takes_what_followed_the_earliest_longest_match():
+    assert propose([5, 1, 2, 3, 9, 1, 2, 7, 1, 2], 3, 2) == [3, 9, 1]  # "1 2" first seen at 1: 3 9 1 followed
+    assert propose([5, 1, 2, 3, 9, 4, 2], 3, 2) == [3, 9, 4]  # no "4 2" earlier: the 1-gram "2" matches
+    assert propose([1, 2, 3, 4], 3, 3) == []  # nothing repeats
+    assert propose([7, 7], 4, 3) == [7]  # a continuation shorter than k
+    assert propose([3], 2, 2) == []
+
+
+def greedy(model, ids, n):
+    with torch.inference_mode():
+        return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                              min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 4])
+def test_lookup_loop_gives_the_models_own_greedy_tokens(tiny_llama, num_tokens):
+    loaded = load(str(tiny_llama), None, "cpu")
+    stats = _Stats()
+    gen = LookupGreedy(loaded.model, 1, 128, num_tokens, 3, stats=stats, mode="eager")
+    repeating = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2524, 1012] * 6])
+    stamps = []
+    out = gen.generate(repeating, 40, on_step=lambda: stamps.append(1))
+    assert torch.equal(out, greedy(loaded.model, repeating, 40)) and len(stamps) == 40
+    # the static cache holds exactly the accepted sequence: row i is token i's keys, as one prefill of the output
+    # computes them (rejected drafts' rows were overwritten, not left in the middle), in every layer
+    n = out.shape[1] - 1  # the last token is not in the cache yet
+    with torch.inference_mode():
+        full = loaded.model(input_ids=out[:, :n], use_cache=True).past_key_values
+    for mine, ref in zip(gen.cache.layers, full.layers):
+        torch.testing.assert_close(mine.keys[:, :, :n], ref.keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(mine.values[:, :, :n], ref.values, rtol=1e-4, atol=1e-4)
+    s = stats.live
+    assert s["tokens"] == 40 and s["target_forwards"] < 40  # the repeating prompt: drafts were accepted
+    assert 0 < s["accepted"] <= s["proposed"] and s["accepted"] == s["tokens"] - s["target_forwards"]
+    # a second call on the same loop (the cache is reset in place) and a prompt with nothing to look up
+    plain = torch.tensor([[11, 523, 87, 4001, 932, 61]])
+    assert torch.equal(gen.generate(plain, 24), greedy(loaded.model, plain, 24))
+    with pytest.raises(ValueError, match="batch 1"):
+        gen.generate(torch.cat([plain, plain]), 4)
+
+
+def test_pipeline_runs_prompt_lookup_inside_graph_decode(tiny_llama):
+    r = fast_recipe(str(tiny_llama), [("speculative", {"method": "prompt-lookup", "num_tokens": 3}),
+                                      ("graph-decode", {"mode": "eager"})])
+    report = pipeline.run(r.validate(), lambda *a, **k: None)
+    spec, graph = report["optimization_reports"]
+    assert graph["speculative"]["method"] == "prompt-lookup" and graph["speculative"]["num_tokens"] == 3
+    check = spec["greedy_check"]
+    assert check["loop"] == "graph-decode" and check["identical"] is True and check["tokens"] == 48
+    s = spec["stats"]  # the benchmark's calls, counted by the graphed loop (the check's are not)
+    n = report["bench"]["new_tokens"]
+    assert s["calls"] >= 2 and s["tokens"] == s["calls"] * n and s["target_forwards"] <= s["tokens"]
+    assert report["optimized"]["decode_ms_per_token"]["p50"] > 0
+
+
+def test_only_prompt_lookup_composes_with_graph_decode():
+    def recipe(method):
+        return Recipe(ModelSpec("x"), [OptStep("speculative", {"method": method}), OptStep("graph-decode", {})])
+
+    assert recipe("prompt-lookup").validate("causal-lm", "cpu").optimizations[1].name == "graph-decode"
+    with pytest.raises(InputError, match="speculative: cannot be combined|graph-decode: cannot be combined"):
+        recipe("draft").validate("causal-lm", "cpu")
+    with pytest.raises(InputError, match="cannot be combined"):
+        Recipe(ModelSpec("x"), [OptStep("speculative", {"method": "prompt-lookup"}),
+                                OptStep("compile", {})]).validate("causal-lm", "cpu")

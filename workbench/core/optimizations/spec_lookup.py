@@ -1,0 +1,152 @@
+"""Prompt-lookup speculation inside graph-decode's loop: ``speculative:method=prompt-lookup`` + ``graph-decode``.
+
+transformers' assisted generation (what ``speculative`` runs alone) is a Python loop around a dynamic cache; it
+cannot take graph-decode's static cache and captured step. This loop can: every round it
+
+1. proposes up to ``num_tokens`` tokens by prompt lookup (``propose``: the longest of the last ``ngram``..1 tokens
+   that occurred earlier in the text so far, prompt included, and what followed its earliest occurrence — the rule
+   of transformers' ``PromptLookupCandidateGenerator``), padded to exactly ``num_tokens`` with the last token;
+2. runs one *verify step* of fixed shape — ``[last token, d1 .. dK]`` at cache positions ``p .. p + K`` through the
+   static cache — compiled and, on CUDA, captured once as a CUDA graph like graph-decode's decode step;
+3. keeps the drafts up to the first one that differs from the model's own argmax, plus the model's next token.
+
+Greedy acceptance keeps the output the model's own: a token stands only where it equals the model's argmax given
+everything before it, so a padding token that happens to match is a correct token too. The cache rows written for
+rejected drafts lie beyond the accepted position; the causal mask (from ``cache_position``) hides them until the
+next round overwrites them (``_rewind`` moves the cache's own write position back to the accepted one). At batch 1 on a GPU the step reads the weights once for K + 1 positions, so a round
+costs about one decode step however many drafts it accepts; on a CPU K + 1 positions cost more than one.
+
+Batch 1 only. In bf16 the verify step's several-position matmuls can round near-ties differently from one-token
+steps (seen on CPU, benchmarks/results/speculative_cpu.md); the speculative report's ``greedy_check`` says whether
+a run's tokens equal plain greedy decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from workbench.core.optimizations.fastgen import GraphedGreedy
+
+
+def propose(tokens: list[int], k: int, max_ngram: int) -> list[int]:
+    """Up to ``k`` tokens that followed the earliest earlier occurrence of the longest n-gram (``max_ngram`` down to
+    1) ending ``tokens``; [] when nothing matches."""
+    n = len(tokens)
+    for size in range(min(max_ngram, n - 1), 0, -1):
+        tail = tokens[n - size:]
+        for start in range(0, n - size):
+            if tokens[start:start + size] == tail:
+                follow = tokens[start + size:start + size + k]
+                if follow:
+                    return follow
+    return []
+
+
+class LookupGreedy(GraphedGreedy):
+    """``generate(ids, n_new, on_step)`` like ``GraphedGreedy``, with prompt-lookup drafts verified per round."""
+
+    def __init__(self, model, batch: int, max_len: int, num_tokens: int, ngram: int, stats=None, **kw) -> None:
+        if batch != 1:
+            raise ValueError("prompt-lookup speculation runs one sequence at a time (batch 1)")
+        super().__init__(model, batch, max_len + num_tokens, **kw)  # room for the last round's drafts
+        self.num_tokens, self.ngram, self.stats = num_tokens, ngram, stats
+        self._vin = self._vpos = self._vout = None
+
+    def _decode_step(self, tokens, cache_position):
+        out = self.model(input_ids=tokens, cache_position=cache_position, use_cache=True, **self._cache_kw)
+        return out.logits.argmax(dim=-1)  # [1, K + 1]: the model's next token after each position
+
+    def _graph_body(self) -> None:
+        self._vout.copy_(self._step(self._vin, self._vpos))
+
+    def _capture(self, token, pos) -> bool:
+        torch = self.torch
+        k1 = self.num_tokens + 1
+        self._vin = token.new_zeros((1, k1))
+        self._vpos = torch.arange(k1, device=token.device) + pos
+        self._vout = token.new_zeros((1, k1))
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._graph_body()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._graph_body()
+        except Exception as exc:  # noqa: BLE001 - as graph-decode: fall back to compile's own graphs
+            self.log(f"speculative+graph-decode: CUDA graph capture of the verify step failed "
+                     f"({type(exc).__name__}: {str(exc)[:160]}); falling back to torch.compile(mode='reduce-overhead')")
+            torch.cuda.synchronize()
+            self.mode = "reduce-overhead"
+            self._step = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+            return False
+        self.graph = graph
+        return True
+
+    def _rewind(self, pos: int) -> None:
+        """The cache's own write position back to ``pos`` (the first unaccepted row). transformers 5.2x's
+        StaticCache layers write at a ``cumulative_length`` they advance themselves, ignoring ``cache_position``:
+        left at the verify step's end it would put the next round's rows after the rejected drafts, which the
+        mask (from ``cache_position``) would then show in their place. In place: captured graphs read it."""
+        for layer in getattr(self.cache, "layers", ()):
+            length = getattr(layer, "cumulative_length", None)
+            if length is not None and hasattr(length, "fill_"):
+                length.fill_(pos)
+
+    def _verify(self, tokens: list[int], pos: int, device) -> list[int]:
+        torch = self.torch
+        k1 = self.num_tokens + 1
+        if self.graph is not None:
+            self._vin.copy_(torch.tensor([tokens], device=device))
+            self._vpos.copy_(torch.arange(pos, pos + k1, device=device))
+            self.graph.replay()
+            return self._vout[0].tolist()
+        if self.mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        out = self._step(torch.tensor([tokens], device=device), torch.arange(pos, pos + k1, device=device))
+        return out[0].tolist()
+
+    def generate(self, input_ids, max_new_tokens: int, on_step: Callable[[], None] | None = None):
+        torch = self.torch
+        b, t = input_ids.shape
+        if b != 1 or t + max_new_tokens + self.num_tokens > self.max_len:
+            raise ValueError(f"LookupGreedy was built for batch 1 and {self.max_len} positions")
+        device = input_ids.device
+        on_step = on_step or (lambda: None)
+        rounds = proposed = 0
+        with torch.inference_mode():
+            self.cache.reset()
+            logits = self.model(input_ids=input_ids, cache_position=torch.arange(t, device=device),
+                                use_cache=True, **self._cache_kw).logits
+            first = int(logits[0, -1].argmax())
+            if self.mode == "graph" and self.graph is None and device.type == "cuda":
+                self._capture(input_ids[:, :1], t)
+                self.cache.reset()  # the warm-up replays wrote the cache: start this call again from a clean one
+                self.model(input_ids=input_ids, cache_position=torch.arange(t, device=device), use_cache=True,
+                           **self._cache_kw)
+            self._rewind(t)
+            on_step()
+            text = input_ids[0].tolist() + [first]
+            out, pos = [first], t  # ``pos``: the cache position of the newest token, not yet in the cache
+            while len(out) < max_new_tokens:
+                drafts = propose(text, self.num_tokens, self.ngram)
+                pad = drafts[-1] if drafts else text[-1]
+                given = [text[-1]] + drafts + [pad] * (self.num_tokens - len(drafts))
+                argmax = self._verify(given, pos, device)
+                rounds += 1
+                n_ok = 0
+                while n_ok < self.num_tokens and argmax[n_ok] == given[n_ok + 1]:
+                    n_ok += 1
+                proposed += max(len(drafts), n_ok)  # a padding token the model confirmed counts as proposed
+                new = argmax[:n_ok + 1][:max_new_tokens - len(out)]
+                out += new
+                text += new
+                pos += len(new)
+                self._rewind(pos)
+                for _ in new:
+                    on_step()
+        if self.stats is not None:
+            self.stats.add(len(out), rounds + 1, proposed)  # the prefill is a target forward too
+        return torch.cat([input_ids, torch.tensor([out], device=device, dtype=input_ids.dtype)], dim=1)
