@@ -55,6 +55,10 @@ PROMPTS = {
 }
 
 
+def vs_graph(row: dict) -> str:
+    return f" ({row['vs_graph_decode']:.2f}× graph-decode)" if "vs_graph_decode" in row else ""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="demo:smollm2")
@@ -71,8 +75,12 @@ def main() -> int:
     ap.add_argument("--target-dtype", default="model", choices=("model", "bf16"),
                     help="bf16: cast the model first (the faster plain recipe on a CPU with native bf16); every "
                          "row, plain included, then runs it")
+    ap.add_argument("--graph", action="store_true",
+                    help="also graph-decode alone (the best plain recipe on a GPU) and prompt lookup inside "
+                         "graph-decode's loop (speculative:method=prompt-lookup + graph-decode)")
     ap.add_argument("--prompts", default=",".join(PROMPTS))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--stem", default=None, help="file name stem (default speculative_<device>)")
     args = ap.parse_args()
 
     import torch
@@ -114,6 +122,23 @@ def main() -> int:
     built[1]["optbench_generator"](1, 64).draft.save_pretrained(student_dir)
     tok.save_pretrained(student_dir)
     variants = {"prompt-lookup": make({"method": "prompt-lookup"})}
+    if args.graph:
+        graph = optimizations.get("graph-decode")
+
+        def with_graph(speculative_params: dict | None):
+            gk: dict = {}
+            rep: dict = {"stats": {}}
+            if speculative_params is not None:
+                ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
+                ctx.extra["generate_kwargs"] = gk
+                rep = spec.apply(model, spec.resolve(speculative_params), ctx).report
+            ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
+            ctx.extra["generate_kwargs"] = gk
+            rep["graph_decode"] = graph.apply(model, graph.resolve({}), ctx).report
+            return rep, gk
+
+        variants["graph-decode"] = with_graph(None)
+        variants["prompt-lookup+graph-decode"] = with_graph({"method": "prompt-lookup"})
     for spec_text in filter(None, args.drafts.split(";")):
         kv = dict(part.split("=", 1) for part in spec_text.split(","))
         vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))
@@ -155,6 +180,8 @@ def main() -> int:
                          "speedup": plain / ms, "tokens_per_target_forward": s.get("tokens_per_target_forward"),
                          "acceptance_rate": s.get("acceptance_rate"), "identical_to_greedy": identical[v],
                          "stats": s, "prompt_tokens": int(ids.shape[1])})
+            if "graph-decode" in per:  # the best plain recipe on a GPU, same prompt, same rounds
+                rows[-1]["vs_graph_decode"] = statistics.median(per["graph-decode"]) / ms
     env = environment(args.device)
     doc = {"model": args.model, "device": args.device, "environment": env, "new_tokens": args.new_tokens,
            "rounds": args.rounds, "target_dtype": args.target_dtype, "draft": draft_report,
@@ -163,7 +190,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = "cpu" if args.device == "cpu" else "cuda"
-    (out / f"speculative_{dev}.json").write_text(json.dumps(doc, indent=1, default=str))
+    stem = args.stem or f"speculative_{dev}"
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str))
     lines = [f"# Speculative decoding: {args.model}, batch 1, greedy, {args.new_tokens} new tokens",
              "", f"Device: {env.get('device_name')} ({(env.get('cpu_isa') or {}).get('summary', '')}); torch "
              f"{env.get('torch')}, transformers {env.get('transformers')}. Interleaved rounds: {args.rounds} × "
@@ -180,9 +208,9 @@ def main() -> int:
         tpf = r.get("tokens_per_target_forward")
         acc = r.get("acceptance_rate")
         lines.append(f"| {r['prompt']} | {r['kind']} | {r['variant']} | {r['decode_ms_per_token']:.1f} | "
-                     f"{r['speedup']:.2f}× | {'' if tpf is None else f'{tpf:.2f}'} | "
+                     f"{r['speedup']:.2f}×{vs_graph(r)} | {'' if tpf is None else f'{tpf:.2f}'} | "
                      f"{'' if acc is None else f'{acc:.2f}'} | {r.get('identical_to_greedy', '')} |")
-    (out / f"speculative_{dev}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
