@@ -29,6 +29,17 @@ def greedy(model, ids, n):
                               min_new_tokens=n, do_sample=False, pad_token_id=0)
 
 
+def cache_is_the_sequence(model, gen, out) -> None:
+    """The static cache holds exactly the accepted sequence: row i is token i's keys and values, as one prefill of
+    the output computes them (rejected drafts' rows were overwritten, not left in the middle), in every layer."""
+    n = out.shape[1] - 1  # the last token is not in the cache yet
+    with torch.inference_mode():
+        full = model(input_ids=out[:, :n], use_cache=True).past_key_values
+    for mine, ref in zip(gen.cache.layers, full.layers):
+        torch.testing.assert_close(mine.keys[:, :, :n], ref.keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(mine.values[:, :, :n], ref.values, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("num_tokens", [1, 4])
 def test_lookup_loop_gives_the_models_own_greedy_tokens(tiny_llama, num_tokens):
     loaded = load(str(tiny_llama), None, "cpu")
@@ -38,20 +49,17 @@ def test_lookup_loop_gives_the_models_own_greedy_tokens(tiny_llama, num_tokens):
     stamps = []
     out = gen.generate(repeating, 40, on_step=lambda: stamps.append(1))
     assert torch.equal(out, greedy(loaded.model, repeating, 40)) and len(stamps) == 40
-    # the static cache holds exactly the accepted sequence: row i is token i's keys, as one prefill of the output
-    # computes them (rejected drafts' rows were overwritten, not left in the middle), in every layer
-    n = out.shape[1] - 1  # the last token is not in the cache yet
-    with torch.inference_mode():
-        full = loaded.model(input_ids=out[:, :n], use_cache=True).past_key_values
-    for mine, ref in zip(gen.cache.layers, full.layers):
-        torch.testing.assert_close(mine.keys[:, :, :n], ref.keys, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(mine.values[:, :, :n], ref.values, rtol=1e-4, atol=1e-4)
+    cache_is_the_sequence(loaded.model, gen, out)
     s = stats.live
     assert s["tokens"] == 40 and s["target_forwards"] < 40  # the repeating prompt: drafts were accepted
     assert 0 < s["accepted"] <= s["proposed"] and s["accepted"] == s["tokens"] - s["target_forwards"]
     # a second call on the same loop (the cache is reset in place) and a prompt with nothing to look up
     plain = torch.tensor([[11, 523, 87, 4001, 932, 61]])
-    assert torch.equal(gen.generate(plain, 24), greedy(loaded.model, plain, 24))
+    before = stats.live["target_forwards"]
+    out = gen.generate(plain, 24)
+    assert torch.equal(out, greedy(loaded.model, plain, 24))
+    cache_is_the_sequence(loaded.model, gen, out)  # rounds with nothing proposed run a one-token step here
+    assert stats.live["target_forwards"] > before
     with pytest.raises(ValueError, match="batch 1"):
         gen.generate(torch.cat([plain, plain]), 4)
 
@@ -80,3 +88,18 @@ def test_only_prompt_lookup_composes_with_graph_decode():
     with pytest.raises(InputError, match="cannot be combined"):
         Recipe(ModelSpec("x"), [OptStep("speculative", {"method": "prompt-lookup"}),
                                 OptStep("compile", {})]).validate("causal-lm", "cpu")
+
+
+def test_rounds_with_nothing_proposed_are_one_token_steps_on_cpu(tiny_llama, monkeypatch):
+    from workbench.core.optimizations import spec_lookup
+
+    monkeypatch.setattr(spec_lookup, "propose", lambda *a: [])
+    loaded = load(str(tiny_llama), None, "cpu")
+    stats = _Stats()
+    gen = LookupGreedy(loaded.model, 1, 64, 4, 3, stats=stats, mode="eager")
+    ids = torch.tensor([[11, 523, 87, 4001, 932, 61]])
+    out = gen.generate(ids, 16)
+    assert torch.equal(out, greedy(loaded.model, ids, 16))
+    cache_is_the_sequence(loaded.model, gen, out)
+    s = stats.live
+    assert s["target_forwards"] == s["tokens"] == 16 and s["proposed"] == 0 and s["accepted"] == 0

@@ -5,7 +5,8 @@ cannot take graph-decode's static cache and captured step. This loop can: every 
 
 1. proposes up to ``num_tokens`` tokens by prompt lookup (``propose``: the longest of the last ``ngram``..1 tokens
    that occurred earlier in the text so far, prompt included, and what followed its earliest occurrence — the rule
-   of transformers' ``PromptLookupCandidateGenerator``), padded to exactly ``num_tokens`` with the last token;
+   of transformers' ``PromptLookupCandidateGenerator``), padded to exactly ``num_tokens`` with the last token
+   (the eager loop on a CPU runs a one-token step instead when nothing was proposed);
 2. runs one *verify step* of fixed shape — ``[last token, d1 .. dK]`` at cache positions ``p .. p + K`` through the
    static cache — compiled and, on CUDA, captured once as a CUDA graph like graph-decode's decode step;
 3. keeps the drafts up to the first one that differs from the model's own argmax, plus the model's next token.
@@ -105,7 +106,8 @@ class LookupGreedy(GraphedGreedy):
             return self._vout[0].tolist()
         if self.mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        out = self._step(torch.tensor([tokens], device=device), torch.arange(pos, pos + k1, device=device))
+        n = len(tokens)  # k1, or 1 in the eager loop when nothing was proposed
+        out = self._step(torch.tensor([tokens], device=device), torch.arange(pos, pos + n, device=device))
         return out[0].tolist()
 
     def generate(self, input_ids, max_new_tokens: int, on_step: Callable[[], None] | None = None):
@@ -133,11 +135,14 @@ class LookupGreedy(GraphedGreedy):
             while len(out) < max_new_tokens:
                 drafts = propose(text, self.num_tokens, self.ngram)
                 pad = drafts[-1] if drafts else text[-1]
-                given = [text[-1]] + drafts + [pad] * (self.num_tokens - len(drafts))
+                if drafts or self.mode != "eager":
+                    given = [text[-1]] + drafts + [pad] * (self.num_tokens - len(drafts))
+                else:  # the eager loop (a CPU): nothing proposed, so a one-token step, cheaper there than K + 1 positions
+                    given = [text[-1]]
                 argmax = self._verify(given, pos, device)
                 rounds += 1
                 n_ok = 0
-                while n_ok < self.num_tokens and argmax[n_ok] == given[n_ok + 1]:
+                while n_ok < len(given) - 1 and argmax[n_ok] == given[n_ok + 1]:
                     n_ok += 1
                 proposed += max(len(drafts), n_ok)  # a padding token the model confirmed counts as proposed
                 new = argmax[:n_ok + 1][:max_new_tokens - len(out)]
