@@ -188,10 +188,11 @@ def test_pareto_frontier_and_choice_on_synthetic_results():
     assert tune.choose(trials[:1], 0.02) is None
 
 
-def test_combinations_are_gated_and_ranked_by_their_parts_results():
+def gating_tuner(task: str, device: str, opts: list[str]):
+    """A Tuner with a search space and no worker, and ``put(label, **fields)`` to record a decided trial."""
     t = tune.Tuner(tune.TuneConfig(recipe=fast_recipe("unused"), objective="latency"))
-    t.objective = tune.objective_info("latency", "encoder", "cpu")
-    sp = tune.build_space("encoder", "cpu", opts=["bf16", "prune-l1", "int8-dynamic", "attention"])
+    t.objective = tune.objective_info("latency", task, device)
+    sp = tune.build_space(task, device, opts=opts, max_space=5000)
     t.singles = {c.ident: c for c in sp.candidates if c.phase < 2}
     cand = {c.label: c for c in sp.candidates}
 
@@ -200,6 +201,12 @@ def test_combinations_are_gated_and_ranked_by_their_parts_results():
                    "accuracy_ok": True, "feasible": True, "reason": None, "error": None, **kw}
         t.trials.append(summary)
         t.by_ident[cand[label].ident] = summary
+
+    return t, sp, cand, put
+
+
+def test_combinations_are_gated_and_ranked_by_their_parts_results():
+    t, sp, cand, put = gating_tuner("encoder", "cpu", ["bf16", "prune-l1", "int8-dynamic", "attention"])
 
     put("bf16:mode=cast", gain=3.0, objective=40.0)
     put("prune-l1:sparsity=0.5", gain=1.2, objective=100.0, accuracy_ok=False, feasible=False,
@@ -268,18 +275,8 @@ def test_cuda_space_times_weight_changes_under_graph_decode():
 
 
 def test_anchored_candidates_are_gated_against_the_anchor():
-    t = tune.Tuner(tune.TuneConfig(recipe=fast_recipe("unused"), objective="latency"))
-    t.objective = tune.objective_info("latency", "causal-lm", "cuda")
-    sp = tune.build_space("causal-lm", "cuda", opts=["graph-decode", "int8-weight-only", "int4-weight-only",
-                                                     "prune-ffn"], max_space=5000)
-    t.singles = {c.ident: c for c in sp.candidates if c.phase < 2}
-    cand = {c.label: c for c in sp.candidates}
-
-    def put(label, **kw):
-        summary = {"label": label, "id": len(t.trials) + 1, "recipe": cand[label].steps, "status": "finished",
-                   "accuracy_ok": True, "feasible": True, "reason": None, "error": None, **kw}
-        t.trials.append(summary)
-        t.by_ident[cand[label].ident] = summary
+    t, sp, cand, put = gating_tuner("causal-lm", "cuda", ["graph-decode", "int8-weight-only", "int4-weight-only",
+                                                          "prune-ffn"])
 
     def gate(label):
         return t._gate(cand[label])

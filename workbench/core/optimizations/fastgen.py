@@ -346,6 +346,8 @@ def cache_argument(model) -> str:
 
 
 class GraphedGreedy:
+    what = "graph-decode"  # who says so in the log
+
     def __init__(self, model, batch: int, max_len: int, mode: str = "graph", compile_mode: str = "default",
                  log: Callable[[str], None] | None = None, tuning: str = "none", gemv: bool = False,
                  fuse: bool = False) -> None:
@@ -392,9 +394,13 @@ class GraphedGreedy:
         self._tok.copy_(self._step(self._tok, self._pos))
         self._pos.add_(1)
 
+    def _static_buffers(self, token, pos) -> None:
+        """The static inputs and outputs the captured step reads and writes (``_graph_body``'s)."""
+        self._tok, self._pos = token.clone(), pos.clone()
+
     def _capture(self, token, pos) -> bool:
         torch = self.torch
-        self._tok, self._pos = token.clone(), pos.clone()
+        self._static_buffers(token, pos)
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -406,7 +412,7 @@ class GraphedGreedy:
             with torch.cuda.graph(graph):
                 self._graph_body()
         except Exception as exc:  # noqa: BLE001 - any capture failure means: use compile's own graphs
-            self.log(f"graph-decode: CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:160]}); "
+            self.log(f"{self.what}: CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:160]}); "
                      f"falling back to torch.compile(mode='reduce-overhead')")
             torch.cuda.synchronize()
             self.mode = "reduce-overhead"

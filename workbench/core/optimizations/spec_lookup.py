@@ -46,6 +46,8 @@ def propose(tokens: list[int], k: int, max_ngram: int) -> list[int]:
 class LookupGreedy(GraphedGreedy):
     """``generate(ids, n_new, on_step)`` like ``GraphedGreedy``, with prompt-lookup drafts verified per round."""
 
+    what = "speculative+graph-decode (verify step)"
+
     def __init__(self, model, batch: int, max_len: int, num_tokens: int, ngram: int, stats=None, **kw) -> None:
         if batch != 1:
             raise ValueError("prompt-lookup speculation runs one sequence at a time (batch 1)")
@@ -60,31 +62,11 @@ class LookupGreedy(GraphedGreedy):
     def _graph_body(self) -> None:
         self._vout.copy_(self._step(self._vin, self._vpos))
 
-    def _capture(self, token, pos) -> bool:
-        torch = self.torch
+    def _static_buffers(self, token, pos) -> None:
         k1 = self.num_tokens + 1
         self._vin = token.new_zeros((1, k1))
-        self._vpos = torch.arange(k1, device=token.device) + pos
+        self._vpos = self.torch.arange(k1, device=token.device) + pos
         self._vout = token.new_zeros((1, k1))
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    self._graph_body()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._graph_body()
-        except Exception as exc:  # noqa: BLE001 - as graph-decode: fall back to compile's own graphs
-            self.log(f"speculative+graph-decode: CUDA graph capture of the verify step failed "
-                     f"({type(exc).__name__}: {str(exc)[:160]}); falling back to torch.compile(mode='reduce-overhead')")
-            torch.cuda.synchronize()
-            self.mode = "reduce-overhead"
-            self._step = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
-            return False
-        self.graph = graph
-        return True
 
     def _rewind(self, pos: int) -> None:
         """The cache's own write position back to ``pos`` (the first unaccepted row). transformers 5.2x's
