@@ -274,6 +274,47 @@ def test_cuda_space_times_weight_changes_under_graph_decode():
     assert "anchor" not in no_gd.counts and not any(c.anchor or c.fallback for c in no_gd.candidates)
 
 
+def test_what_the_anchor_refuses_on_cuda_is_known_before_loading():
+    """The 8B tune on an H200 spent two trials finding at apply time that int8-dynamic-act / int8-smoothquant cannot
+    be compiled on CUDA: now a declared CUDA-only conflict refuses the recipe at validation, and the space keeps
+    their eager singles as fallbacks (only if graph-decode fails). On CPU the same pair is valid."""
+    sp = tune.build_space("causal-lm", "cuda", opts=["graph-decode", "int8-dynamic-act", "int8-smoothquant",
+                                                    "int8-weight-only"], max_space=5000)
+    labels = {c.label: c for c in sp.candidates}
+    assert "int8-dynamic-act + graph-decode" not in labels and "int8-smoothquant + graph-decode" not in labels
+    anchor = sp.candidates[0].ident
+    assert labels["int8-dynamic-act"].fallback == anchor and labels["int8-smoothquant"].fallback == anchor
+    steps = [OptStep("int8-dynamic-act"), OptStep("compile")]
+    with pytest.raises(InputError, match="int8-dynamic-act.*on CUDA.*torch._int_mm"):
+        Recipe(ModelSpec("x"), steps).validate("causal-lm", "cuda")
+    assert len(Recipe(ModelSpec("x"), steps).validate("causal-lm", "cpu").optimizations) == 2
+
+
+def test_casts_that_change_nothing_are_skipped_once_the_model_is_loaded():
+    """The 8B tune (a bf16 folder) ran bf16:mode=cast (a no-op, and then chosen over graph-decode alone at the same
+    speed) and two autocast trials that failed on half weights. Once the baseline has loaded the model they leave
+    the queue as skipped, with the reason; the same casts stay for an fp32 model."""
+    opts = ["graph-decode", "bf16", "fp16", "int8-weight-only"]
+    t, sp, cand, put = gating_tuner("causal-lm", "cuda", opts)
+    t.space, logs = sp, []
+    t._log = lambda text, level="info": logs.append(text)
+    t.model_info = {"dtype": "bfloat16"}
+    pending = list(sp.candidates)
+    t._skip_for_model(pending)
+    left = {c.label for c in pending}
+    assert "bf16:mode=cast + graph-decode" not in left and "bf16:mode=cast" not in left
+    assert not any("autocast" in label for label in left)
+    assert {"fp16:mode=cast + graph-decode", "graph-decode", "int8-weight-only + graph-decode"} <= left
+    reasons = {x["label"]: x["reason"] for x in sp.skipped}
+    assert reasons["bf16:mode=cast + graph-decode"] == "bf16:mode=cast changes nothing: the model is already bfloat16"
+    assert reasons["fp16:mode=autocast + graph-decode"] == \
+        "fp16:mode=autocast needs float32 weights; the model is bfloat16"
+    assert t.model_skipped == len(sp.candidates) - len(pending) > 0 and sp.counts["skipped"] == len(sp.skipped)
+    assert "skipped on this bfloat16 model" in logs[-1]
+    fp32 = tune.build_space("causal-lm", "cuda", opts=opts, max_space=5000)
+    assert tune_space.model_skips(fp32.candidates, {"dtype": "float32"}) == []
+
+
 def test_anchored_candidates_are_gated_against_the_anchor():
     t, sp, cand, put = gating_tuner("causal-lm", "cuda", ["graph-decode", "int8-weight-only", "int4-weight-only",
                                                           "prune-ffn"])

@@ -153,7 +153,7 @@ class Recipe:
             for prev in resolved:
                 pspec = optimizations.get(prev.name)
                 # the reason written by whichever declared the conflict (unless its params lift it)
-                reason = spec.conflict_reason(pspec, params, prev.params)
+                reason = spec.conflict_reason(pspec, params, prev.params, device=dev)
                 if reason is not None:
                     raise InputError(f"{spec.name}: cannot be combined with {prev.name}: {reason}", param="opt")
             max_batch = spec.extra.get("max_batch")

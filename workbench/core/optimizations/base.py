@@ -148,6 +148,9 @@ class OptSpec:
     # optimization name -> {param: value}: the declared conflict does not hold when this step's params have those
     # values (speculative:method=prompt-lookup runs inside graph-decode's loop; method=draft does not)
     conflicts_unless: dict[str, dict] = field(default_factory=dict)
+    # optimization name -> why the two cannot be in one recipe on CUDA (a kernel path CPU has and CUDA lacks);
+    # checked once the device is known to be CUDA
+    cuda_conflicts: dict[str, str] = field(default_factory=dict)
     requires: tuple[str, ...] = ()  # importable modules it needs (e.g. "torchao")
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -155,6 +158,10 @@ class OptSpec:
     cost: float | None = None  # the tuner's cost class; None: STAGE_COST of its stage
     quantizes_activations: bool = False  # rounds activations to a grid at run time: export checks use a looser bound
     precision: str | None = None  # "bf16" | "fp16": the float dtype the model runs in after this step
+    # model_reason(params, model) -> why this step does nothing or cannot run on that model (``model``: the loaded
+    # model's facts, as models.describe reports them: dtype, ...), or None. Known only after loading: tune skips
+    # such candidates once its baseline has loaded the model.
+    model_reason: Callable[[dict, dict], str | None] | None = None
     # the Linear weights' storage after this step, or a function of the step's (given) params returning it
     weights: WeightStorage | Callable[[dict], WeightStorage | None] | None = None
     # tensor parallelism (every layer split over processes as DTensor shards: core/parallel/): whether this step
@@ -174,15 +181,19 @@ class OptSpec:
         return next((p for p in self.params if p.name == name), None)
 
     def conflict_reason(self, other: OptSpec, params: dict | None = None,
-                        other_params: dict | None = None) -> str | None:
+                        other_params: dict | None = None, device: str | None = None) -> str | None:
         """Why this optimization (with ``params``) and ``other`` (with ``other_params``) cannot be in one recipe
-        (declared by either, unless the declaring side's ``conflicts_unless`` lifts it), or None if they can."""
+        (declared by either, unless the declaring side's ``conflicts_unless`` lifts it; on a ``device`` known to be
+        CUDA also either side's ``cuda_conflicts``), or None if they can."""
+        cuda = device is not None and str(device).startswith("cuda")
         for spec, mine, name in ((self, params, other.name), (other, other_params, self.name)):
             if name in spec.conflicts:
                 lift = spec.conflicts_unless.get(name)
                 if lift and mine is not None and all(mine.get(k) == v for k, v in lift.items()):
                     continue
                 return spec.conflicts[name]
+            if cuda and name in spec.cuda_conflicts:
+                return f"on CUDA, {spec.cuda_conflicts[name]}"
         return None
 
     def weight_storage(self, params: dict | None = None) -> WeightStorage | None:

@@ -66,9 +66,23 @@ def _autocast(model, ctx, dtype_name: str, name: str) -> dict:
                            "it under torch.autocast"}
 
 
+def _model_reason(name: str, dtype_name: str):
+    """tune's skip rule (OptSpec.model_reason): a cast to the dtype the model already has changes nothing, and
+    autocast needs fp32 weights (``_autocast`` refuses anything else)."""
+    def reason(params: dict, model: dict) -> str | None:
+        dtype = model.get("dtype")
+        if params.get("mode", "cast") == "autocast":
+            if dtype not in (None, "float32"):
+                return f"{name}:mode=autocast needs float32 weights; the model is {dtype}"
+        elif dtype == dtype_name:
+            return f"{name}:mode=cast changes nothing: the model is already {dtype}"
+        return None
+    return reason
+
+
 @register(name="fp16", family="precision", stage="precision", exclusive_group="precision", params=(MODE,),
           tp_ok=True,
-          precision="fp16",
+          precision="fp16", model_reason=_model_reason("fp16", "float16"),
           summary="float16 inference: cast weights and activations (half the bytes), or autocast with fp32 islands.",
           notes="On CPU, fp16 matmuls are often slower than fp32. mode=autocast keeps fp32 weights (no size change) "
                 "and is not exportable (a runtime setting).")
@@ -80,7 +94,7 @@ def apply_fp16(model, params: dict, ctx) -> Applied:
 
 @register(name="bf16", family="precision", stage="precision", exclusive_group="precision", params=(MODE,),
           tp_ok=True,
-          precision="bf16",
+          precision="bf16", model_reason=_model_reason("bf16", "bfloat16"),
           summary="bfloat16 inference: cast (half the bytes, fp32's range), or autocast with fp32 islands.",
           notes="mode=autocast keeps fp32 weights (no size change) and is not exportable (a runtime setting).")
 def apply_bf16(model, params: dict, ctx) -> Applied:

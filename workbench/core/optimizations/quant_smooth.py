@@ -12,7 +12,7 @@ from __future__ import annotations
 from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 from workbench.core.optimizations.quant_calibrate import CALIB_DATA, CALIB_SAMPLES, CALIB_SEQ, calibration_batches
-from workbench.core.optimizations.quant_torchao import COMMON
+from workbench.core.optimizations.quant_torchao import COMMON, INT_MM_CUDA_CONFLICTS
 
 
 @register(name="int8-smoothquant", summary="SmoothQuant W8A8: activation outliers smoothed into the weights, then "
@@ -24,7 +24,7 @@ from workbench.core.optimizations.quant_torchao import COMMON
                 "large batches); batch-1 decode is memory-bound and gains little. On CUDA it cannot be compiled "
                 "(torch._int_mm needs more than 16 rows).",
           quantizes_activations=True, weights=WeightStorage("int8-dynamic-act", 1.0, bytes_per_row=4),
-          **COMMON)
+          cuda_conflicts=INT_MM_CUDA_CONFLICTS, **COMMON)
 def apply_smoothquant(model, params: dict, ctx) -> Applied:
     import statistics
 

@@ -81,12 +81,20 @@ def apply_int8_wo(model, params: dict, ctx) -> Applied:
     return Applied(model, quantize_linears(model, params, ctx, "int8-weight-only", make))
 
 
+# torchao's int8 x int8 matmul, compiled, is torch._int_mm, which needs more than 16 rows on CUDA (see
+# refuse_int8_dynamic_act_compile, the backstop when the device was "auto" at validation)
+INT_MM_REASON = ("compiled int8 x int8 matmuls are torch._int_mm, which needs more than 16 rows per matmul (decode "
+                 "and pooler matmuls have fewer); use int8-weight-only with it")
+INT_MM_CUDA_CONFLICTS = {"compile": INT_MM_REASON, "graph-decode": INT_MM_REASON}
+
+
 @register(name="int8-dynamic-act", summary="torchao int8 dynamic activation (per token) + int8 weight (per "
           "channel): integer matmuls, CPU and CUDA.",
           params=(SKIP_HEAD,),
           notes="The torchao counterpart of int8-dynamic (torch.ao): per-token activation scales keep more "
                 "accuracy than torch.ao's per-tensor ones. Slow at batch-1 decode (memory-bound).",
-          quantizes_activations=True, weights=WeightStorage("int8-dynamic-act", 1.0, bytes_per_row=4), **COMMON)
+          quantizes_activations=True, weights=WeightStorage("int8-dynamic-act", 1.0, bytes_per_row=4),
+          cuda_conflicts=INT_MM_CUDA_CONFLICTS, **COMMON)
 def apply_int8_da(model, params: dict, ctx) -> Applied:
     def make():
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig

@@ -21,7 +21,7 @@ from workbench.core.tune import decide
 from workbench.core.tune.budget import (ACCURACY_PARAM, TASK_METRICS, AccuracyBudget, memory_metric, objective_info,
                                         parse_accuracy_budget)
 from workbench.core.tune.events import Emit, jsonable
-from workbench.core.tune.space import PHASES, Candidate, build_space, canon
+from workbench.core.tune.space import PHASES, Candidate, build_space, canon, model_skips
 from workbench.core.tune.trials import baseline_key, cache_load, cache_save, trial_key
 
 SCHEMA = 1
@@ -123,7 +123,9 @@ class Tuner:
         self.baseline: dict | None = None
         self.baseline_cached = False
         self.fallbacks_dropped = 0
+        self.model_skipped = 0
         self.model_info: dict | None = None
+        self._model_checked = False
         self.stopped = "space exhausted"
         self.run_count = 0
 
@@ -363,6 +365,8 @@ class Tuner:
                 break
             if last is not None:
                 self._drop_fallbacks(last, pending)
+            if self.model_info and not self._model_checked:
+                self._skip_for_model(pending)
             cand = last = self._next(pending)
             pending.remove(cand)
             reason = self._gate(cand)
@@ -404,6 +408,21 @@ class Tuner:
             durations.append(raw.get("seconds") or 0.0)
             self._record(cand, raw, cached=False, ran=True)
         return self._report(started, pending)
+
+    def _skip_for_model(self, pending: list[Candidate]) -> None:
+        """Once the model is loaded (or its baseline came from the cache), the candidates that do nothing or cannot
+        run on it (a bf16 cast of a bf16 model, autocast of half weights) leave the queue as skipped, with their
+        reason, before any of them costs a trial."""
+        self._model_checked = True
+        skips = model_skips(pending, self.model_info)
+        for cand, reason in skips:
+            pending.remove(cand)
+            self.space.skipped.append({"label": cand.label, "recipe": cand.steps, "reason": reason})
+        self.model_skipped = len(skips)
+        self.space.counts["skipped"] = len(self.space.skipped)
+        if skips:
+            self._log(f"{len(skips)} candidate(s) skipped on this {self.model_info.get('dtype')} model: "
+                      f"{'; '.join(sorted({r for _, r in skips}))}")
 
     def _drop_fallbacks(self, cand: Candidate, pending: list[Candidate]) -> None:
         """Once the anchor's own trial stands, its eager fallbacks are dropped from the queue (one log line, a
@@ -478,7 +497,7 @@ class Tuner:
                        "contended": sum(1 for t in self.trials if t["ran"] and t.get("contended")),
                        "cached": sum(1 for t in self.trials if t["cached"]),
                        "not_run": len(pending), "decided": len(self.trials),
-                       "fallbacks_dropped": self.fallbacks_dropped,
+                       "fallbacks_dropped": self.fallbacks_dropped, "model_skipped": self.model_skipped,
                        "feasible": sum(1 for t in self.trials if t["feasible"])})
         ran = [t["seconds"] for t in self.trials if t["ran"] and t["status"] != "cancelled"]
         chosen = payload["best"]

@@ -227,6 +227,10 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
                 # a weight change with a step the anchor excludes (kv-cache, compile): an eager route, kept as
                 # a fallback like the weight change's own eager single
                 eager.cost, eager.fallback = round(eager.cost + FALLBACK_COST, 3), anchor.ident
+            elif anchor is not None and len(parts) == 1 and STAGES[parts[0][0].stage] < STAGES["runtime"]:
+                # a weight change the anchor refuses (int8-dynamic-act on CUDA): eager only, so it cannot beat
+                # the anchor at batch-1 decode; it runs only if the anchor fails, like any eager form
+                eager.cost, eager.fallback = round(eager.cost + FALLBACK_COST, 3), anchor.ident
             add(eager)
             return True
         a.label, a.phase, a.cost, a.anchor = f"{eager.label} + {ANCHOR}", phase, eager.cost, anchor.ident
@@ -277,3 +281,18 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
     return Space(made, skipped, counts, task, str(device))
 
 
+
+
+def model_skips(candidates: list[Candidate], model: dict) -> list[tuple[Candidate, str]]:
+    """The candidates with a step that does nothing or cannot run on this model (``OptSpec.model_reason`` over the
+    loaded model's facts: a cast to the dtype it already has, autocast on half-precision weights), with the reason.
+    Known only once the model is loaded, so the orchestrator applies it after the baseline. Torch-free."""
+    out = []
+    for c in candidates:
+        for step in c.steps:
+            spec = optimizations.get(step["name"])
+            reason = spec.model_reason(step["params"], model) if spec.model_reason else None
+            if reason:
+                out.append((c, reason))
+                break
+    return out
