@@ -55,6 +55,15 @@ PROMPTS = {
 }
 
 
+def draft_line(rep: dict) -> str:
+    if not rep:
+        return "No draft model in this run."
+    return (f"Draft: {rep.get('draft_layers')} of the model's blocks {rep.get('draft_blocks')}, distilled "
+            f"{rep.get('distill', {}).get('steps', rep.get('distill_steps'))} steps in {rep['setup_seconds']:.0f} s; "
+            f"its weights are {rep.get('draft_cost_ratio', 0):.2f}× the model's bytes (draft_vocab=N keeps N rows "
+            f"of its head).")
+
+
 def vs_graph(row: dict) -> str:
     return f" ({row['vs_graph_decode']:.2f}× graph-decode)" if "vs_graph_decode" in row else ""
 
@@ -110,17 +119,19 @@ def main() -> int:
         rep["setup_seconds"] = time.perf_counter() - t0
         return rep, ctx.extra["generate_kwargs"]
 
-    print("building the draft (distilled student of the model's own blocks)", flush=True)
-    built = make({"method": "draft", "draft_layers": args.draft_layers, "distill_steps": args.distill_steps,
-                  "distill_seconds": args.distill_seconds})
-    draft_report = {k: v for k, v in built[0].items() if k != "stats"}
-    print(f"draft ready in {draft_report['setup_seconds']:.0f} s", flush=True)
-    # every draft variant reuses that one student: saved once, given to each by reference
-    import tempfile
+    drafts = list(filter(None, args.drafts.split(";")))
+    draft_report: dict = {}
+    if drafts:  # one student, built once and given to every draft variant by reference
+        print("building the draft (distilled student of the model's own blocks)", flush=True)
+        built = make({"method": "draft", "draft_layers": args.draft_layers, "distill_steps": args.distill_steps,
+                      "distill_seconds": args.distill_seconds})
+        draft_report = {k: v for k, v in built[0].items() if k != "stats"}
+        print(f"draft ready in {draft_report['setup_seconds']:.0f} s", flush=True)
+        import tempfile
 
-    student_dir = Path(tempfile.mkdtemp(prefix="optbench-draft-"))
-    built[1]["optbench_generator"](1, 64).draft.save_pretrained(student_dir)
-    tok.save_pretrained(student_dir)
+        student_dir = Path(tempfile.mkdtemp(prefix="optbench-draft-"))
+        built[1]["optbench_generator"](1, 64).draft.save_pretrained(student_dir)
+        tok.save_pretrained(student_dir)
     variants = {"prompt-lookup": make({"method": "prompt-lookup"})}
     if args.graph:
         graph = optimizations.get("graph-decode")
@@ -139,14 +150,47 @@ def main() -> int:
 
         variants["graph-decode"] = with_graph(None)
         variants["prompt-lookup+graph-decode"] = with_graph({"method": "prompt-lookup"})
-    for spec_text in filter(None, args.drafts.split(";")):
+    for spec_text in drafts:
         kv = dict(part.split("=", 1) for part in spec_text.split(","))
         vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))
         variants[f"draft[vocab={vocab or 'all'},k={k}]"] = make(
             {"method": "draft", "draft": str(student_dir), "draft_vocab": vocab, "num_tokens": k})
 
+    env = environment(args.device)
+    names = args.prompts.split(",")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(rows: list[dict], done: bool) -> list[str]:
+        """The JSON and the table so far: written after every prompt, so a run cut short keeps what it measured."""
+        doc = {"model": args.model, "device": args.device, "environment": env, "new_tokens": args.new_tokens,
+               "rounds": args.rounds, "target_dtype": args.target_dtype, "draft": draft_report,
+               "variants": {v: {k: val for k, val in rep.items() if k != "stats"}
+                            for v, (rep, _) in variants.items()},
+               "rows": rows, "complete": done, "prompts": names}
+        dev = "cpu" if args.device == "cpu" else "cuda"
+        stem = args.stem or f"speculative_{dev}"
+        (out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str))
+        lines = [f"# Speculative decoding: {args.model}, batch 1, greedy, {args.new_tokens} new tokens"
+                 + ("" if done else f" (partial: {len({r['prompt'] for r in rows})} of {len(names)} prompts)"),
+                 "", f"Device: {env.get('device_name')} ({(env.get('cpu_isa') or {}).get('summary', '')}); torch "
+                 f"{env.get('torch')}, transformers {env.get('transformers')}. Interleaved rounds: {args.rounds} × "
+                 f"{args.iters} timed calls per variant; ms/token = median of per-round medians; speedup vs plain "
+                 f"greedy on the same prompt in the same run.", "",
+                 draft_line(draft_report) + f" Target precision: {args.target_dtype}.", "",
+                 "| prompt | kind | variant | decode ms/token | speedup | tokens / target forward | acceptance | "
+                 "identical to greedy |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            tpf = r.get("tokens_per_target_forward")
+            acc = r.get("acceptance_rate")
+            lines.append(f"| {r['prompt']} | {r['kind']} | {r['variant']} | {r['decode_ms_per_token']:.1f} | "
+                         f"{r['speedup']:.2f}×{vs_graph(r)} | {'' if tpf is None else f'{tpf:.2f}'} | "
+                         f"{'' if acc is None else f'{acc:.2f}'} | {r.get('identical_to_greedy', '')} |")
+        (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+        return lines
+
     rows = []
-    for name in args.prompts.split(","):
+    for name in names:
         kind, text = PROMPTS[name]
         ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                       return_tensors="pt", return_dict=True)["input_ids"]
@@ -158,8 +202,8 @@ def main() -> int:
         identical = {}
         for v, (rep, gk) in variants.items():
             gen = gk["optbench_generator"](1, ids.shape[1] + args.new_tokens)
-            out = gen.generate(ids.to(args.device), args.new_tokens)
-            identical[v] = bool(torch.equal(out.cpu(), plain_out.cpu()))
+            got = gen.generate(ids.to(args.device), args.new_tokens)
+            identical[v] = bool(torch.equal(got.cpu(), plain_out.cpu()))
             rep["stats"].clear()
             rep["stats"].update({"calls": 0, "tokens": 0, "target_forwards": 0, "proposed": 0})
         for r in range(args.rounds):  # interleaved: plain, then each variant, every round
@@ -182,36 +226,9 @@ def main() -> int:
                          "stats": s, "prompt_tokens": int(ids.shape[1])})
             if "graph-decode" in per:  # the best plain recipe on a GPU, same prompt, same rounds
                 rows[-1]["vs_graph_decode"] = statistics.median(per["graph-decode"]) / ms
-    env = environment(args.device)
-    doc = {"model": args.model, "device": args.device, "environment": env, "new_tokens": args.new_tokens,
-           "rounds": args.rounds, "target_dtype": args.target_dtype, "draft": draft_report,
-           "variants": {v: {k: val for k, val in rep.items() if k != "stats"} for v, (rep, _) in variants.items()},
-           "rows": rows}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = "cpu" if args.device == "cpu" else "cuda"
-    stem = args.stem or f"speculative_{dev}"
-    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str))
-    lines = [f"# Speculative decoding: {args.model}, batch 1, greedy, {args.new_tokens} new tokens",
-             "", f"Device: {env.get('device_name')} ({(env.get('cpu_isa') or {}).get('summary', '')}); torch "
-             f"{env.get('torch')}, transformers {env.get('transformers')}. Interleaved rounds: {args.rounds} × "
-             f"{args.iters} timed calls per variant; ms/token = median of per-round medians; speedup vs plain "
-             f"greedy on the same prompt in the same run.", "",
-             f"Draft: {draft_report.get('draft_layers')} of the model's blocks {draft_report.get('draft_blocks')}, "
-             f"distilled {draft_report.get('distill', {}).get('steps', draft_report.get('distill_steps'))} steps "
-             f"in {draft_report['setup_seconds']:.0f} s; its weights are "
-             f"{draft_report.get('draft_cost_ratio', 0):.2f}× the model's bytes (draft_vocab=N keeps N rows of "
-             f"its head). Target precision: {args.target_dtype}.", "",
-             "| prompt | kind | variant | decode ms/token | speedup | tokens / target forward | acceptance | "
-             "identical to greedy |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        tpf = r.get("tokens_per_target_forward")
-        acc = r.get("acceptance_rate")
-        lines.append(f"| {r['prompt']} | {r['kind']} | {r['variant']} | {r['decode_ms_per_token']:.1f} | "
-                     f"{r['speedup']:.2f}×{vs_graph(r)} | {'' if tpf is None else f'{tpf:.2f}'} | "
-                     f"{'' if acc is None else f'{acc:.2f}'} | {r.get('identical_to_greedy', '')} |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        write(rows, False)
+        print(f"{name}: identical to greedy: {identical}", flush=True)
+    print("\n".join(write(rows, True)))
     return 0
 
 
