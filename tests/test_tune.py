@@ -184,6 +184,12 @@ def test_pareto_frontier_and_choice_on_synthetic_results():
               {"id": 3, "objective": 40.0, "feasible": True, "gain": 2.5, "recipe": [1], "budget_used": 0.5},
               {"id": 4, "objective": 45.0, "feasible": True, "gain": 2.2, "recipe": [1], "budget_used": 0.1}]
     assert tune.choose(trials, 0.02)["id"] == 3  # best feasible gain; tie: fewer steps
+    # gains within 1 % of the best tie: the shorter recipe wins (an 8B tune picked a no-op cast + graph-decode
+    # over graph-decode alone by 0.009 %); outside the band the faster one does
+    cast = [{"id": 1, "feasible": True, "gain": 7.4008, "recipe": ["graph-decode"], "budget_used": 0.0},
+            {"id": 2, "feasible": True, "gain": 7.4015, "recipe": ["bf16", "graph-decode"], "budget_used": 0.0}]
+    assert tune.choose(cast, 0.05)["id"] == 1
+    assert tune.choose([cast[0], {**cast[1], "gain": 7.6}], 0.05)["id"] == 2
     assert tune.choose([{**trials[3], "gain": 1.01}], 0.02) is None  # within noise of the baseline
     assert tune.choose(trials[:1], 0.02) is None
 
