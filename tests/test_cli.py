@@ -48,6 +48,8 @@ def bad_inputs(tmp_path: Path, tiny_bert: Path):
         (["run", "--model", m, "--session", "../escape"], "session name '../escape': not allowed"),
         (["run", "--model", "demo:nothing"], "unknown demo model"),
         (["run", "--model", m, "--batch", "0"], "--batch 0"),
+        (["run", "--model", m, "--opt", "early-exit", "--export", str(tmp_path / "ee")],
+         "early-exit cannot be exported (early exit is a runtime policy"),  # before loading, not after the run
         (["sessions", "show", "missing"], "not found"),
         (["export", "missing", "--out", str(tmp_path / "o")], "not found"),
     ]
@@ -83,6 +85,20 @@ def test_json_error_document(workdir):
     assert r.returncode == 2
     doc = json.loads(r.stdout)
     assert doc["ok"] is False and doc["error"]["kind"] == "input"
+
+
+def test_an_export_that_fails_after_the_run_exits_1_with_the_report(tiny_bert, workdir, tmp_path):
+    """bf16:mode=autocast is exportable only as a runtime setting, known after applying: the run's figures stand
+    (the JSON report, with export.verified false), the exit code says the export failed, and no folder is left."""
+    out = tmp_path / "art"
+    r = cli("run", "--model", str(tiny_bert), "--opt", "bf16:mode=autocast", "--export", str(out), "--json", *FAST,
+            cwd=workdir)
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["export"]["verified"] is False and "autocast" in doc["export"]["error"]
+    assert doc["optimized"]["latency_ms"]["p50"] > 0
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("optbench: error: --export")]
+    assert not out.exists()
 
 
 def test_run_session_rerun_and_export(tiny_bert, workdir, tmp_path):

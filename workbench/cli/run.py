@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from workbench.cli.args import add_recipe_args, add_sessions_dir_arg, open_named_session, recipe_from_args
-from workbench.cli.checks import EXIT_INTERRUPTED, EXIT_OK, exit_code, fail, hardware_warning
+from workbench.cli.checks import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, exit_code, fail, hardware_warning
 from workbench.core.recipe import precheck
 from workbench.cli.progress import Progress
 from workbench.core.errors import InputError
@@ -36,6 +36,14 @@ def cmd_run(args) -> int:
         out = Path(args.export)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise InputError(f"--export {args.export}: exists and is not an empty folder; expected a new folder")
+        from workbench.core import optimizations
+
+        for step in recipe.optimizations:  # known before loading: say so now, not after the whole run
+            spec = optimizations.get(step.name)
+            if spec.exportable == "no":
+                why = spec.export_reason or "it has no saved form"
+                raise InputError(f"--export {args.export}: {step.name} cannot be exported ({why}); expected a "
+                                 f"recipe without it, or no --export")
     artifact_dir = None
     if args.export:
         artifact_dir = str(Path(args.export).resolve())
@@ -85,7 +93,8 @@ def cmd_run(args) -> int:
         error = error or {"kind": "crashed", "message": "the job ended without a result", "hint": ""}
         fail(error, args.json)
         return exit_code(error)
-    if args.export and final.get("export") and not final["export"].get("verified"):
+    export_failed = bool(args.export and final.get("export") and not final["export"].get("verified"))
+    if export_failed:  # the run's figures stand (and are printed, the session keeps them); the exit says it failed
         fail({"kind": "export", "message": f"--export {args.export}: {final['export'].get('error')}"})
     if args.json:
         print(json.dumps(final, default=str))
@@ -93,4 +102,4 @@ def cmd_run(args) -> int:
         from workbench.cli.render import print_report
 
         print_report(final, session=args.session)
-    return EXIT_OK
+    return EXIT_FAILED if export_failed else EXIT_OK

@@ -205,6 +205,7 @@ def _classifier_probe(model):
     conflicts={"compile": "early exit branches on data after every block; torch.compile would break the graph "
                           "at every check (use one or the other)"},
     exportable="no",
+    export_reason="early exit is a runtime policy over the unchanged weights; export the base model",
     notes="A runtime policy over unchanged weights: export the base model. Mean blocks used is reported from "
           "calibration text and counted live during the benchmark and evaluation.",
     cost=1.0,  # a calibration pass to set the exits

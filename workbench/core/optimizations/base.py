@@ -141,6 +141,7 @@ class OptSpec:
     tune_devices: tuple[str, ...] | None = None
     tune_reason: str = ""
     exportable: str = "yes"  # "yes": plain transformers; "custom": optbench format + loader; "no"
+    export_reason: str = ""  # with exportable "no": why (``run --export`` refuses before loading with it)
     exclusive_group: str | None = None  # at most one optimization of a group per recipe
     # optimization name -> why the two cannot be in one recipe (either side may declare it). A tuple of names is
     # accepted too (reason: extra["conflict_reason"], else "they are incompatible").

@@ -40,6 +40,7 @@ def is_two_four(weight) -> bool:
     ),
     devices=("cuda",),
     exportable="no",
+    export_reason="its compressed tensors have no safetensors form; re-apply it after loading",
     notes="Applies after precision (it needs fp16/bf16 weights; fp32 models are cast to bf16 first). The compressed "
           "tensors have no safetensors form: not exportable (re-apply after loading).",
 )
