@@ -36,6 +36,20 @@ def test_cuda_bench_memory_and_nvml(tiny_llama):
     assert report["environment"]["device_name"]
 
 
+def test_reserved_peak_is_the_phase_own_after_a_large_free():
+    """Memory freed before a phase (the float weights an in-place quantization replaced) no longer counts in that
+    phase's reserved peak."""
+    from workbench.core.measure import memory
+
+    big = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # 256 MiB, then freed into the cache
+    del big
+    assert torch.cuda.memory_reserved() >= 256 * 2**20
+    memory.cuda_reset("cuda")
+    small = torch.empty(2**20, dtype=torch.uint8, device="cuda")
+    assert memory.cuda_peaks("cuda")["cuda_peak_reserved"] < 128
+    del small
+
+
 def test_graph_decode_matches_generate_tokens(tiny_llama):
     from transformers import AutoModelForCausalLM
 
