@@ -43,10 +43,11 @@ def test_reserved_peak_is_the_phase_own_after_a_large_free():
 
     big = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # 256 MiB, then freed into the cache
     del big
-    assert torch.cuda.memory_reserved() >= 256 * 2**20
+    before = torch.cuda.memory_reserved() / 2**20  # other tests' live tensors are in here too
+    assert before >= 256
     memory.cuda_reset("cuda")
     small = torch.empty(2**20, dtype=torch.uint8, device="cuda")
-    assert memory.cuda_peaks("cuda")["cuda_peak_reserved"] < 128
+    assert memory.cuda_peaks("cuda")["cuda_peak_reserved"] < before - 200
     del small
 
 
