@@ -2,6 +2,8 @@
 to nearest on the error they minimise, scale folding is exact, the tensors are what the kernels read, and the
 results export and reload. CPU here; the tinygemm packing on CUDA under ``-m gpu``."""
 
+import json
+
 import pytest
 
 import torch
@@ -207,6 +209,61 @@ def test_calibrated_int4_exports_and_reloads(tiny_llama, tmp_path):
     assert type(plain.model.layers[0].self_attn.q_proj.weight).__name__ == "IntxUnpackedToInt8Tensor"
 
 
+@pytest.mark.parametrize("algorithm", ["rtn", "gptq"])
+def test_compressed_tensors_export_holds_the_same_codes_and_reloads_in_plain_transformers(tiny_llama, tmp_path,
+                                                                                          algorithm):
+    """export=compressed-tensors: codes chosen on the symmetric grid (no zero points), written as W4A16
+    pack-quantized (the format vLLM serves) and reloaded by plain transformers + compressed-tensors: the reloaded
+    model computes what the in-memory one did, and unpacking the files gives back the very codes and scales."""
+    from compressed_tensors.compressors import unpack_from_int32
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    params = {"algorithm": algorithm, "group_size": 32, "export": "compressed-tensors", "calib_samples": 2,
+              "calib_seq_len": 32}
+    r = fast_recipe(str(tiny_llama), [("int4-weight-only", params)])
+    events: list = []
+    art = tmp_path / "art"
+    report = pipeline.run(r.validate(), lambda t, **k: events.append((t, k)), artifact_dir=str(art))
+    assert report["export"]["verified"] and report["export"]["format"] == "compressed-tensors", report["export"]
+    assert report["export"]["max_rel_error"] < 1e-5
+    opt = report["optimization_reports"][0]
+    assert opt["layout"] == "sym" and opt["export_format"] == "compressed-tensors"
+    cfg = json.loads((art / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "compressed-tensors" and cfg["format"] == "pack-quantized"
+    assert cfg["config_groups"]["group_0"]["weights"] == {**cfg["config_groups"]["group_0"]["weights"],
+                                                          "num_bits": 4, "symmetric": True, "group_size": 32}
+    assert cfg["ignore"] == ["lm_head"]
+    # the files' codes are optbench's codes: quantize the same model again in memory and compare
+    again = load(str(tiny_llama), None, "cpu")
+    apply(again, "int4-weight-only", **params)
+    tensors = load_file(str(art / "model.safetensors"))
+    w = again.model.model.layers[1].mlp.down_proj.weight
+    key = "model.layers.1.mlp.down_proj"
+    assert not w.zero_point.any()
+    codes = unpack_from_int32(tensors[f"{key}.weight_packed"], 4, torch.Size(tensors[f"{key}.weight_shape"].tolist()))
+    assert torch.equal(codes.to(torch.int8), w.qdata)
+    assert torch.equal(tensors[f"{key}.weight_scale"], w.scale.to(tensors[f"{key}.weight_scale"].dtype))
+    plain = AutoModelForCausalLM.from_pretrained(art, dtype=torch.float32)
+    ids = torch.arange(5, 40)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, again.model(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_compressed_tensors_export_refusals(tiny_llama):
+    loaded = load(str(tiny_llama), None, "cpu")
+    with pytest.raises(InputError, match="export=compressed-tensors.*expected kernel=tinygemm"):
+        apply(loaded, "int4-weight-only", kernel="gemlite", export="compressed-tensors", group_size=32)
+    with pytest.raises(InputError, match="export"):
+        optimizations.get("int4-weight-only").resolve({"export": "gguf"})
+    from workbench.core.export import ExportError, export_format
+
+    with pytest.raises(ExportError, match="compressed-tensors: cannot hold optbench-resized"):
+        export_format([{"exportable": "custom", "export_format": "compressed-tensors"},
+                       {"exportable": "custom", "export_format": "optbench-resized"}])
+
+
 def test_smoothquant_folds_quantizes_and_exports(wide_llama, tmp_path):
     base = load(str(wide_llama), None, "cpu")
     ref = logits_on_held_out(base.model, base.tokenizer)
@@ -292,3 +349,15 @@ def test_gemlite_kernel_matches_the_hqq_weights_it_packs():
     assert float((got - want).abs().max() / want.abs().max()) < 2e-2
     with torch.inference_mode():
         assert torch.isfinite(loaded.model(input_ids=ids).logits).all()
+
+
+@pytest.mark.gpu
+@CUDA
+def test_compressed_tensors_export_on_cuda(tiny_llama, tmp_path):
+    """On CUDA export=compressed-tensors keeps the integer layout (no tinygemm) and its export verifies there."""
+    r = fast_recipe(str(tiny_llama), [("int4-weight-only", {"algorithm": "rtn", "group_size": 32,
+                                                            "export": "compressed-tensors"})])
+    r.device = "cuda"
+    report = pipeline.run(r.validate(), lambda *a, **k: None, artifact_dir=str(tmp_path / "art"))
+    assert report["export"]["verified"] and report["export"]["format"] == "compressed-tensors", report["export"]
+    assert report["optimization_reports"][0]["layout"] == "sym"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from workbench import __version__
 from workbench.core.errors import InputError, OptbenchError
+from workbench.core import export_ct
+from workbench.core.export_ct import FORMAT_CT
 from workbench.core.optimizations.cpu_runtimes import RUNTIME_FORMATS
 
 MANIFEST = "optbench.json"
@@ -41,6 +43,11 @@ def export_format(opt_reports: list[dict]) -> str:
     runtime = [f for f in custom if f in RUNTIME_FORMATS]  # ONNX Runtime / OpenVINO: their files hold the graph
     if runtime:
         return runtime[0]
+    if FORMAT_CT in custom:
+        if len(custom) > 1:  # its config.json is the model's own: no room for resized Linear shapes
+            raise ExportError(f"{FORMAT_CT}: cannot hold {', '.join(sorted(custom - {FORMAT_CT}))} too; expected "
+                              f"int4-weight-only:export=torchao with it")
+        return FORMAT_CT
     if FORMAT_INT8 in custom:  # its loader also restores resized Linear shapes
         return FORMAT_INT8
     return FORMAT_RESIZED if custom else FORMAT_HF
@@ -83,6 +90,8 @@ def save(model, tokenizer, task: str, out_dir: Path, recipe: dict, opt_reports: 
             from workbench.core.optimizations import _cpu_runtimes
 
             _cpu_runtimes.save(model, tmp)
+        elif fmt == FORMAT_CT:
+            export_ct.save(model, tmp)
         else:
             _save_int8_dynamic(model, tmp)
         tokenizer.save_pretrained(tmp)
@@ -236,6 +245,8 @@ def load_artifact(path: Path | str, device: str = "cpu"):
         model = _load_int8_dynamic(path, task, manifest)
     elif manifest["format"] == FORMAT_RESIZED:
         model = _load_resized(path, task)
+    elif manifest["format"] == FORMAT_CT:
+        model = export_ct.load(path, task, device)
     elif manifest["format"] in RUNTIME_FORMATS:
         from workbench.core.optimizations import _cpu_runtimes
 

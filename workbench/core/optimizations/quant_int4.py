@@ -11,7 +11,9 @@ Kernels and layouts (torchao 0.18):
   torchao's own qparams (``hqq`` on CPU is torchao's scale-only HQQ: symmetric, no zero point); awq and gptq
   pick codes on the same asymmetric grid torchao's rtn uses (``quant_calibrate.Grid("asymi")``).
 
-Exports are transformers' TorchAoConfig format (safetensors + torchao metadata; reloading needs torchao). AWQ's
+Exports are transformers' TorchAoConfig format (safetensors + torchao metadata; reloading needs torchao), or with
+``export=compressed-tensors`` W4A16 pack-quantized (``core/export_ct.py``: what vLLM serves; codes on the symmetric
+grid on every device, the integer layout in memory, so on CUDA it does not run the tinygemm kernel). AWQ's
 scales live in the RMSNorm and v_proj / up_proj weights, which export as ordinary tensors.
 """
 
@@ -25,12 +27,23 @@ from workbench.core.optimizations.quant_torchao import COMMON, SKIP_HEAD, quanti
 ALGORITHMS = ("rtn", "hqq", "awq", "gptq", "awq-gptq")
 
 KERNELS = ("tinygemm", "gemlite")
+EXPORTS = ("torchao", "compressed-tensors")
 
 
-def _config(device: str, group: int, algorithm: str, kernel: str = "tinygemm"):
+def _config(device: str, group: int, algorithm: str, kernel: str = "tinygemm", export: str = "torchao"):
     """The torchao config whose tensor type the result has (what transformers records for the export)."""
     import torch
 
+    if export == "compressed-tensors":  # the integer layout on every device, symmetric (see export_ct)
+        from torchao.quantization import IntxWeightOnlyConfig
+        from torchao.quantization.granularity import PerGroup
+        from torchao.quantization.quant_primitives import MappingType
+
+        if algorithm == "hqq":  # torchao's scale-only HQQ: symmetric already
+            return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group),
+                                        intx_choose_qparams_algorithm="hqq_scale_only")
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group),
+                                    mapping_type=MappingType.SYMMETRIC)
     if kernel == "gemlite":  # torchao's GemLite path (Triton): HQQ qparams, bit-packed weights
         from torchao.prototype.quantization.quant_api import UIntxWeightOnlyConfig
 
@@ -58,6 +71,14 @@ def cpu_layout(algorithm: str) -> str:
     return "sym" if algorithm == "hqq" else "asymi"
 
 
+def layout(device: str, algorithm: str, export: str = "torchao") -> str:
+    """The grid the codes are chosen on: symmetric for a compressed-tensors export (any device), tinygemm's
+    float-zero grid on CUDA, else the CPU grid."""
+    if export == "compressed-tensors":
+        return "sym"
+    return "asym" if device.startswith("cuda") else cpu_layout(algorithm)
+
+
 def _calibrated(model, params: dict, ctx) -> dict:
     """awq / gptq: block by block on the calibration text, the block's Linears replaced by int4 tensors before
     the next block sees its outputs."""
@@ -72,7 +93,7 @@ def _calibrated(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations.context import linear_modules
 
     algorithm, group = params["algorithm"], params["group_size"]
-    grid = qc.Grid("asym" if ctx.device.startswith("cuda") else cpu_layout(algorithm), group)
+    grid = qc.Grid(layout(ctx.device, algorithm, params["export"]), group)
     prefix = layers_path(model)
     if algorithm.startswith("awq"):  # the layout check, before any calibration work
         qc.fold_groups(model, model.get_submodule(prefix)[0])
@@ -130,7 +151,7 @@ def _calibrated(model, params: dict, ctx) -> dict:
     for name, lin in head:  # the output head (skip_head=false) and any Linear outside the blocks: round to nearest
         qc.install(lin, qc.rtn(lin.weight, grid))
         done.append(name)
-    config = _config(ctx.device, group, algorithm)
+    config = _config(ctx.device, group, algorithm, export=params["export"])
     modules = dict(model.named_modules())
     rep = {
         "config": type(config).__name__, "algorithm": algorithm, "group_size": group, "layout": grid.kind,
@@ -198,6 +219,10 @@ def _check_gemlite(algorithm: str, device: str) -> None:
                   Param("kernel", str, "tinygemm", "CUDA kernel: tinygemm (torchao's int4 matmul; exports) or "
                         "gemlite (GemLite's Triton kernels through torchao, with HQQ qparams: algorithm=hqq; not "
                         "exportable)", choices=KERNELS),
+                  Param("export", str, "torchao", "export format: torchao (TorchAoConfig safetensors, reloads with "
+                        "torchao) or compressed-tensors (W4A16 pack-quantized, what vLLM serves; codes on the "
+                        "symmetric grid and stored one byte per weight in memory, so on CUDA slower than tinygemm)",
+                        choices=EXPORTS),
                   Param("awq_clip", bool, True, "awq, awq-gptq: also search each group's clipping range on the "
                         "calibration inputs (not for q/k_proj)"),
                   Param("act_order", bool, True, "gptq: quantize the inputs with the most energy first (groups "
@@ -217,18 +242,26 @@ def apply_int4_wo(model, params: dict, ctx) -> Applied:
 
     from workbench.core.optimizations.context import linear_modules
 
-    algorithm, kernel = params["algorithm"], params["kernel"]
+    algorithm, kernel, export = params["algorithm"], params["kernel"], params["export"]
+    if export == "compressed-tensors":
+        from workbench.core import export_ct
+
+        if kernel == "gemlite":
+            raise InputError("int4-weight-only:export=compressed-tensors: the export holds the integer layout, not "
+                             "GemLite's; expected kernel=tinygemm (the default)", param="opt")
+        export_ct.require()
     if kernel == "gemlite":
         _check_gemlite(algorithm, ctx.device)
     t0 = time.perf_counter()
+    tinygemm = ctx.device.startswith("cuda") and kernel == "tinygemm" and export == "torchao"
     padded = ([n for n, m in linear_modules(model, skip_head=params["skip_head"]) if m.in_features % 1024]
-              if ctx.device.startswith("cuda") and kernel == "tinygemm" else [])
+              if tinygemm else [])
     if algorithm in ("rtn", "hqq"):
         rep = quantize_linears(model, params, ctx, "int4-weight-only",
-                   lambda: _config(ctx.device, params["group_size"], algorithm, kernel),
-                   need_bf16=ctx.device.startswith("cuda"))
+                   lambda: _config(ctx.device, params["group_size"], algorithm, kernel, export),
+                   need_bf16=tinygemm)
         rep.update({"algorithm": algorithm, "group_size": params["group_size"], "kernel": kernel,
-                    "layout": "asym" if ctx.device.startswith("cuda") else cpu_layout(algorithm)})
+                    "layout": layout(ctx.device, algorithm, export)})
     else:
         import torch
 
@@ -239,7 +272,7 @@ def apply_int4_wo(model, params: dict, ctx) -> Applied:
         if next(model.parameters()).dtype == torch.float16:
             raise InputError("int4-weight-only: the model is float16; expected float32 or bfloat16 weights",
                              param="opt")
-        if ctx.device.startswith("cuda") and next(model.parameters()).dtype != torch.bfloat16:
+        if tinygemm and next(model.parameters()).dtype != torch.bfloat16:
             ctx.log("int4-weight-only: casting the model to bfloat16 first (the kernel takes bf16 activations)")
             cast(model, torch.bfloat16)
             rep = {"cast_to": "bfloat16"}
@@ -247,6 +280,13 @@ def apply_int4_wo(model, params: dict, ctx) -> Applied:
             rep = {}
         rep.update(_calibrated(model, params, ctx))
     rep["quantize_seconds"] = round(time.perf_counter() - t0, 3)
+    rep["export"] = export
+    if export == "compressed-tensors" and rep.get("exportable") != "no":
+        from workbench.core import export_ct
+
+        rep.update({"exportable": "custom", "export_format": export_ct.FORMAT_CT,
+                    "export_note": "compressed-tensors W4A16 pack-quantized (vLLM loads it; transformers with the "
+                                   "compressed-tensors package)"})
     if padded:
         # torchao's tile-packed int4 layout pads every layer's input size up to a multiple of 1024 (and the
         # activations with it at run time): a 256-wide layer stores as many bytes as in bf16. Say so.
