@@ -6,8 +6,9 @@ What is written is optbench's own quantization, code for code: every int4 Linear
 compressed-tensors' own compressor packs those codes (``PackedQuantizationCompressor.compress`` re-rounds the
 dequantized weight by the same scales, which gives back the same integers). Symmetric only: with compressed-tensors
 0.20.1 and transformers 5.24 an asymmetric pack-quantized checkpoint does not load in transformers (the model it
-builds expects the zero points unpacked, the files hold them packed), so ``int4-weight-only:export=compressed-tensors``
-quantizes on the symmetric grid. Linears left in float (the output head by default) are in the config's ``ignore``.
+builds expects the zero points unpacked, the files hold them packed; the same as vllm-project/llm-compressor issue
+1618 for llm-compressor's own asymmetric checkpoints), so ``int4-weight-only:export=compressed-tensors`` quantizes on
+the symmetric grid. Linears left in float (the output head by default) are in the config's ``ignore``.
 """
 
 from __future__ import annotations
