@@ -281,12 +281,10 @@ def apply_int4_wo(model, params: dict, ctx) -> Applied:
         rep.update(_calibrated(model, params, ctx))
     rep["quantize_seconds"] = round(time.perf_counter() - t0, 3)
     rep["export"] = export
-    if export == "compressed-tensors" and rep.get("exportable") != "no":
+    if export == "compressed-tensors":
         from workbench.core import export_ct
 
-        rep.update({"exportable": "custom", "export_format": export_ct.FORMAT_CT,
-                    "export_note": "compressed-tensors W4A16 pack-quantized (vLLM loads it; transformers with the "
-                                   "compressed-tensors package)"})
+        export_ct.mark(rep, params)
     if padded:
         # torchao's tile-packed int4 layout pads every layer's input size up to a multiple of 1024 (and the
         # activations with it at run time): a 256-wide layer stores as many bytes as in bf16. Say so.

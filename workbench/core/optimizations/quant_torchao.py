@@ -15,6 +15,22 @@ from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 
 SKIP_HEAD = Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision")
+EXPORT = Param("export", str, "torchao", "export format: torchao (TorchAoConfig safetensors, reloads with torchao) or "
+               "compressed-tensors (what vLLM serves: int8 weight-only as W8A16, int8 dynamic activation as W8A8)",
+               choices=("torchao", "compressed-tensors"))
+
+
+def ct_export(params: dict, opt: str, rep: dict | None = None) -> dict | None:
+    """export=compressed-tensors: before quantizing (rep None), check the package is there; after, mark the
+    report so export.py writes that format."""
+    if params.get("export", "torchao") != "compressed-tensors":
+        return rep
+    from workbench.core import export_ct
+
+    if rep is None:
+        export_ct.require(opt)
+        return None
+    return export_ct.mark(rep, params)
 COMMON = dict(family="quantization", stage="quantize", exclusive_group="weight-quantization", requires=("torchao",),
               conflicts={"fp16": "torchao quantization works from fp32 or bf16 weights; drop the fp16 cast"},
               # measured on CPU, torchao 0.18, transformers 5.24 (int8/fp8 weight-only, int8-dynamic-act; int4 and
@@ -71,14 +87,16 @@ def quantize_linears(model, params: dict, ctx, opt: str, make_config, need_bf16:
 
 @register(name="int8-weight-only", summary="torchao int8 weight-only: int8 per-channel weights, activations stay "
           "in float (halves/quarters weight bytes; helps memory-bound decode).",
-          params=(SKIP_HEAD,), weights=WeightStorage("int8-weight-only", 1.0, bytes_per_row=4), **COMMON)
+          params=(SKIP_HEAD, EXPORT), weights=WeightStorage("int8-weight-only", 1.0, bytes_per_row=4), **COMMON)
 def apply_int8_wo(model, params: dict, ctx) -> Applied:
     def make():
         from torchao.quantization import Int8WeightOnlyConfig
 
         return Int8WeightOnlyConfig()
 
-    return Applied(model, quantize_linears(model, params, ctx, "int8-weight-only", make))
+    ct_export(params, "int8-weight-only")
+    return Applied(model, ct_export(params, "int8-weight-only",
+                                    quantize_linears(model, params, ctx, "int8-weight-only", make)))
 
 
 # torchao's int8 x int8 matmul, compiled, is torch._int_mm, which needs more than 16 rows on CUDA (see
@@ -90,7 +108,7 @@ INT_MM_CUDA_CONFLICTS = {"compile": INT_MM_REASON, "graph-decode": INT_MM_REASON
 
 @register(name="int8-dynamic-act", summary="torchao int8 dynamic activation (per token) + int8 weight (per "
           "channel): integer matmuls, CPU and CUDA.",
-          params=(SKIP_HEAD,),
+          params=(SKIP_HEAD, EXPORT),
           notes="The torchao counterpart of int8-dynamic (torch.ao): per-token activation scales keep more "
                 "accuracy than torch.ao's per-tensor ones. Slow at batch-1 decode (memory-bound).",
           quantizes_activations=True, weights=WeightStorage("int8-dynamic-act", 1.0, bytes_per_row=4),
@@ -101,7 +119,8 @@ def apply_int8_da(model, params: dict, ctx) -> Applied:
 
         return Int8DynamicActivationInt8WeightConfig()
 
-    report = quantize_linears(model, params, ctx, "int8-dynamic-act", make)
+    ct_export(params, "int8-dynamic-act")
+    report = ct_export(params, "int8-dynamic-act", quantize_linears(model, params, ctx, "int8-dynamic-act", make))
     model._optbench_int8_dynamic_act = True  # see refuse_int8_dynamic_act_compile
     return Applied(model, report)
 
