@@ -1,6 +1,8 @@
 """The compressed-tensors export, the checkpoint format vLLM serves (and transformers loads with the
 ``compressed-tensors`` package installed): int4 weight-only as W4A16 ``pack-quantized``, int8 weight-only as W8A16
-``pack-quantized``, int8 dynamic activation (and SmoothQuant) as W8A8 ``int-quantized`` (dynamic per-token).
+``pack-quantized``. Not W8A8: a W8A8 ``int-quantized`` folder of int8-dynamic-act reloaded in transformers 5.24 +
+compressed-tensors 0.20.1 on CPU differed from the in-memory model by 12-18 % of the largest logit on demo:smollm2
+(its activation quantization is not torchao's), so the verification refused it; it is not offered.
 
 What is written is optbench's own quantization, code for code: every int4 Linear holds torchao's
 ``IntxUnpackedToInt8Tensor`` on a symmetric grid (codes in [-8, 7], one scale per group, no zero point), and
@@ -41,10 +43,9 @@ def _scheme_of(weight) -> tuple[str, str] | None:
     kind = type(weight).__name__
     if kind == INTX and int(weight.qdata.min()) >= -8 and int(weight.qdata.max()) <= 7:
         return "W4A16", "pack-quantized"
-    if kind == "Int8Tensor" and getattr(weight, "act_pre_scale", None) is None:
-        if getattr(weight, "act_quant_kwargs", None) is None:
-            return "W8A16", "pack-quantized"
-        return "W8A8", "int-quantized"
+    if kind == "Int8Tensor" and getattr(weight, "act_quant_kwargs", None) is None \
+            and getattr(weight, "act_pre_scale", None) is None:
+        return "W8A16", "pack-quantized"
     return None
 
 
@@ -55,16 +56,13 @@ def _scheme(name: str, group: int):
         weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group)
         return QuantizationScheme(targets=["Linear"], weights=weights)
     weights = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel")
-    if name == "W8A16":
-        return QuantizationScheme(targets=["Linear"], weights=weights)
-    acts = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
-    return QuantizationScheme(targets=["Linear"], weights=weights, input_activations=acts)
+    return QuantizationScheme(targets=["Linear"], weights=weights)
 
 
 def save(model, out: Path) -> dict:
     """Write ``model`` to ``out`` as a compressed-tensors folder (config.json, model.safetensors,
-    generation_config.json): its quantized Linears, all of one scheme — W4A16 (int4 groups, symmetric), W8A16
-    (int8 per channel) or W8A8 (int8 per channel + dynamic per-token int8 activations) — the rest as stored.
+    generation_config.json): its quantized Linears, all of one scheme — W4A16 (int4 groups, symmetric) or W8A16
+    (int8 per channel) — the rest as stored.
     Returns what was written."""
     import torch
     from compressed_tensors.compressors import BaseCompressor
@@ -77,8 +75,8 @@ def save(model, out: Path) -> dict:
     quantized = {n: linears[n] for n, k in kinds.items() if k is not None}
     schemes = {k for k in kinds.values()}
     if not quantized or None in schemes or len(schemes) != 1:
-        raise InputError(f"{FORMAT_CT}: expected quantized layers of one scheme (int4 weight-only symmetric, int8 "
-                         f"weight-only or int8 dynamic-activation); found {sorted(str(k) for k in schemes)}")
+        raise InputError(f"{FORMAT_CT}: expected quantized layers of one scheme (int4 weight-only symmetric or int8 "
+                         f"weight-only); found {sorted(str(k) for k in schemes)}")
     (scheme_name, fmt), = schemes
     groups = {_group(m.weight) for m in quantized.values()} if scheme_name == "W4A16" else {0}
     if len(groups) != 1:

@@ -12,14 +12,14 @@ from __future__ import annotations
 from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 from workbench.core.optimizations.quant_calibrate import CALIB_DATA, CALIB_SAMPLES, CALIB_SEQ, calibration_batches
-from workbench.core.optimizations.quant_torchao import COMMON, EXPORT, INT_MM_CUDA_CONFLICTS, ct_export
+from workbench.core.optimizations.quant_torchao import COMMON, INT_MM_CUDA_CONFLICTS
 
 
 @register(name="int8-smoothquant", summary="SmoothQuant W8A8: activation outliers smoothed into the weights, then "
           "int8 dynamic activations + int8 weights (calibrates; CPU and CUDA).",
           params=(Param("alpha", float, 0.5, "migration strength: 0 keeps the activations as they are, 1 moves "
                         "all of their range into the weights", min=0.0, max=1.0, search=(0.5,)),
-                  CALIB_SAMPLES, CALIB_SEQ, CALIB_DATA, EXPORT),
+                  CALIB_SAMPLES, CALIB_SEQ, CALIB_DATA),
           notes="The output head stays in full precision. Integer matmuls pay off when compute-bound (prefill, "
                 "large batches); batch-1 decode is memory-bound and gains little. On CUDA it cannot be compiled "
                 "(torch._int_mm needs more than 16 rows).",
@@ -37,7 +37,6 @@ def apply_smoothquant(model, params: dict, ctx) -> Applied:
     from workbench.core.optimizations.context import linear_modules
 
     _torchao.require("int8-smoothquant")
-    ct_export(params, "int8-smoothquant")
     if next(model.parameters()).dtype == torch.float16:
         raise InputError("int8-smoothquant: the model is float16; expected float32 or bfloat16 weights", param="opt")
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
@@ -71,7 +70,6 @@ def apply_smoothquant(model, params: dict, ctx) -> Applied:
            "bytes_before": before, "bytes_after": model_size_bytes(model),
            "activation_outlier_ratio_median": round(statistics.median(spread), 2) if spread else None, **timing}
     rep.update(_torchao.attach_export(model, config, done))
-    ct_export(params, "int8-smoothquant", rep)
     model._optbench_int8_dynamic_act = True  # see quant_torchao.refuse_int8_dynamic_act_compile
     ctx.log(f"int8-smoothquant: {len(done)} layers in {timing['calibration_seconds']:.1f} s")
     return Applied(model, rep)

@@ -16,7 +16,8 @@ from workbench.core.optimizations.base import Applied, Param, WeightStorage, reg
 
 SKIP_HEAD = Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision")
 EXPORT = Param("export", str, "torchao", "export format: torchao (TorchAoConfig safetensors, reloads with torchao) or "
-               "compressed-tensors (what vLLM serves: int8 weight-only as W8A16, int8 dynamic activation as W8A8)",
+               "compressed-tensors (W8A16 pack-quantized, the format vLLM serves; reloads in transformers with "
+               "the compressed-tensors package)",
                choices=("torchao", "compressed-tensors"))
 
 
@@ -108,7 +109,7 @@ INT_MM_CUDA_CONFLICTS = {"compile": INT_MM_REASON, "graph-decode": INT_MM_REASON
 
 @register(name="int8-dynamic-act", summary="torchao int8 dynamic activation (per token) + int8 weight (per "
           "channel): integer matmuls, CPU and CUDA.",
-          params=(SKIP_HEAD, EXPORT),
+          params=(SKIP_HEAD,),
           notes="The torchao counterpart of int8-dynamic (torch.ao): per-token activation scales keep more "
                 "accuracy than torch.ao's per-tensor ones. Slow at batch-1 decode (memory-bound).",
           quantizes_activations=True, weights=WeightStorage("int8-dynamic-act", 1.0, bytes_per_row=4),
@@ -119,8 +120,7 @@ def apply_int8_da(model, params: dict, ctx) -> Applied:
 
         return Int8DynamicActivationInt8WeightConfig()
 
-    ct_export(params, "int8-dynamic-act")
-    report = ct_export(params, "int8-dynamic-act", quantize_linears(model, params, ctx, "int8-dynamic-act", make))
+    report = quantize_linears(model, params, ctx, "int8-dynamic-act", make)
     model._optbench_int8_dynamic_act = True  # see refuse_int8_dynamic_act_compile
     return Applied(model, report)
 
