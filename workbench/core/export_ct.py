@@ -25,7 +25,10 @@ FORMAT_CT = "compressed-tensors"
 INTX = "IntxUnpackedToInt8Tensor"
 
 
-def require(opt: str = "int4-weight-only") -> None:
+def require(opt: str, params: dict) -> None:
+    """With ``export=compressed-tensors`` in ``params``: the package must be importable (said before quantizing)."""
+    if params.get("export") != FORMAT_CT:
+        return
     try:
         import compressed_tensors  # noqa: F401
     except ImportError:

@@ -22,12 +22,11 @@ from __future__ import annotations
 from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 from workbench.core.optimizations.quant_calibrate import CALIB_DATA, CALIB_SAMPLES, CALIB_SEQ, calibration_batches
-from workbench.core.optimizations.quant_torchao import COMMON, SKIP_HEAD, quantize_linears
+from workbench.core.optimizations.quant_torchao import COMMON, EXPORTS, SKIP_HEAD, quantize_linears
 
 ALGORITHMS = ("rtn", "hqq", "awq", "gptq", "awq-gptq")
 
 KERNELS = ("tinygemm", "gemlite")
-EXPORTS = ("torchao", "compressed-tensors")
 
 
 def _config(device: str, group: int, algorithm: str, kernel: str = "tinygemm", export: str = "torchao"):
@@ -242,14 +241,13 @@ def apply_int4_wo(model, params: dict, ctx) -> Applied:
 
     from workbench.core.optimizations.context import linear_modules
 
-    algorithm, kernel, export = params["algorithm"], params["kernel"], params["export"]
-    if export == "compressed-tensors":
-        from workbench.core import export_ct
+    from workbench.core import export_ct
 
-        if kernel == "gemlite":
-            raise InputError("int4-weight-only:export=compressed-tensors: the export holds the integer layout, not "
-                             "GemLite's; expected kernel=tinygemm (the default)", param="opt")
-        export_ct.require()
+    algorithm, kernel, export = params["algorithm"], params["kernel"], params["export"]
+    if export == "compressed-tensors" and kernel == "gemlite":
+        raise InputError("int4-weight-only:export=compressed-tensors: the export holds the integer layout, not "
+                         "GemLite's; expected kernel=tinygemm (the default)", param="opt")
+    export_ct.require("int4-weight-only", params)
     if kernel == "gemlite":
         _check_gemlite(algorithm, ctx.device)
     t0 = time.perf_counter()
@@ -281,10 +279,7 @@ def apply_int4_wo(model, params: dict, ctx) -> Applied:
         rep.update(_calibrated(model, params, ctx))
     rep["quantize_seconds"] = round(time.perf_counter() - t0, 3)
     rep["export"] = export
-    if export == "compressed-tensors":
-        from workbench.core import export_ct
-
-        export_ct.mark(rep, params)
+    export_ct.mark(rep, params)
     if padded:
         # torchao's tile-packed int4 layout pads every layer's input size up to a multiple of 1024 (and the
         # activations with it at run time): a 256-wide layer stores as many bytes as in bf16. Say so.

@@ -15,23 +15,10 @@ from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 
 SKIP_HEAD = Param("skip_head", bool, True, "leave the output head (lm_head / classifier) in full precision")
+EXPORTS = ("torchao", "compressed-tensors")  # export formats of a weight quantization (core/export_ct.py)
 EXPORT = Param("export", str, "torchao", "export format: torchao (TorchAoConfig safetensors, reloads with torchao) or "
                "compressed-tensors (W8A16 pack-quantized, the format vLLM serves; reloads in transformers with "
-               "the compressed-tensors package)",
-               choices=("torchao", "compressed-tensors"))
-
-
-def ct_export(params: dict, opt: str, rep: dict | None = None) -> dict | None:
-    """export=compressed-tensors: before quantizing (rep None), check the package is there; after, mark the
-    report so export.py writes that format."""
-    if params.get("export", "torchao") != "compressed-tensors":
-        return rep
-    from workbench.core import export_ct
-
-    if rep is None:
-        export_ct.require(opt)
-        return None
-    return export_ct.mark(rep, params)
+               "the compressed-tensors package)", choices=EXPORTS)
 COMMON = dict(family="quantization", stage="quantize", exclusive_group="weight-quantization", requires=("torchao",),
               conflicts={"fp16": "torchao quantization works from fp32 or bf16 weights; drop the fp16 cast"},
               # measured on CPU, torchao 0.18, transformers 5.24 (int8/fp8 weight-only, int8-dynamic-act; int4 and
@@ -95,9 +82,11 @@ def apply_int8_wo(model, params: dict, ctx) -> Applied:
 
         return Int8WeightOnlyConfig()
 
-    ct_export(params, "int8-weight-only")
-    return Applied(model, ct_export(params, "int8-weight-only",
-                                    quantize_linears(model, params, ctx, "int8-weight-only", make)))
+    from workbench.core import export_ct
+
+    export_ct.require("int8-weight-only", params)
+    rep = quantize_linears(model, params, ctx, "int8-weight-only", make)
+    return Applied(model, export_ct.mark(rep, params))
 
 
 # torchao's int8 x int8 matmul, compiled, is torch._int_mm, which needs more than 16 rows on CUDA (see

@@ -223,13 +223,12 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
             return True
         a = anchored(parts)
         if a is None:
-            if anchor is not None and len(parts) > 1 and any(anchored([p]) is not None for p in parts):
-                # a weight change with a step the anchor excludes (kv-cache, compile): an eager route, kept as
-                # a fallback like the weight change's own eager single
-                eager.cost, eager.fallback = round(eager.cost + FALLBACK_COST, 3), anchor.ident
-            elif anchor is not None and len(parts) == 1 and STAGES[parts[0][0].stage] < STAGES["runtime"]:
-                # a weight change the anchor refuses (int8-dynamic-act on CUDA): eager only, so it cannot beat
-                # the anchor at batch-1 decode; it runs only if the anchor fails, like any eager form
+            # Kept as a fallback (run only if the anchor fails): a weight change with a step the anchor excludes
+            # (kv-cache, compile), an eager route like the weight change's own eager single; and a weight change
+            # the anchor refuses (int8-dynamic-act on CUDA), which eagerly cannot beat it at batch-1 decode
+            with_excluded = len(parts) > 1 and any(anchored([p]) is not None for p in parts)
+            refused = len(parts) == 1 and STAGES[parts[0][0].stage] < STAGES["runtime"]
+            if anchor is not None and (with_excluded or refused):
                 eager.cost, eager.fallback = round(eager.cost + FALLBACK_COST, 3), anchor.ident
             add(eager)
             return True
@@ -279,8 +278,6 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
         counts["ordered_last"] = {"names": sorted(emulated), "reason": "no native bfloat16 matmuls on this CPU "
                                   "(AVX512-BF16/AMX absent or capped): the cast runs emulated"}
     return Space(made, skipped, counts, task, str(device))
-
-
 
 
 def model_skips(candidates: list[Candidate], model: dict) -> list[tuple[Candidate, str]]:
