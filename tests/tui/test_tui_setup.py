@@ -45,8 +45,11 @@ async def test_panels_come_from_the_registry(extra_optimization):
         assert not pane.query("#p-zz-test-opt-level")  # parameters are built when switched on
 
         # switched on, its parameters are typed widgets: int -> input, choices -> select, bool -> checkbox
-        app.main_screen.query_one("#opt-zz-test-opt").scroll_visible(animate=False)
-        await pilot.pause()
+        toggle = app.main_screen.query_one("#opt-zz-test-opt")
+        toggle.scroll_visible(animate=False)
+        # the scroll lands after a refresh or two (more on a loaded machine): click once the toggle is on screen
+        await wait_for(pilot, lambda: app.screen.size.region.contains_point(toggle.region.offset)
+                       and toggle.region.area > 0, timeout=20, what="the toggle scrolled into view")
         await pilot.click("#opt-zz-test-opt")
         await pilot.pause()
         assert pane.query_one("#p-zz-test-opt-level").__class__.__name__ == "Input"
