@@ -108,6 +108,35 @@ def measure(fns, inputs, torch, reps: int) -> dict:
     return out
 
 
+def write(a, env, wbytes, copy_bw, rows) -> str:
+    """The JSON and Markdown files for the rows so far (called after every row: a cut-off run keeps them)."""
+    base = {r["batch"]: r.get("graph_ms", r.get("eager_ms")) for r in rows if r["variant"] == "bf16" and "error" not in r}
+    for r in rows:
+        t = r.get("graph_ms", r.get("eager_ms"))
+        if t and r.get("batch") in base:
+            r["speedup_vs_bf16"] = round(base[r["batch"]] / t, 3)
+    stem = a.stem or f"kernel_probe_{a.shape}"
+    a.out.mkdir(parents=True, exist_ok=True)
+    doc = {"shape": a.shape, "bf16_weight_bytes": wbytes, "copy_bandwidth_tb_s": round(copy_bw / 1e12, 3),
+           "env": env, "rows": rows}
+    (a.out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
+    lines = [f"# Decode-step matmuls, {a.shape} shape, {env['gpu']} (torch {env['torch']}, torchao {env['torchao']}, "
+             f"gemlite {env['gemlite']}, triton {env['triton']})", "",
+             f"bf16 weights {wbytes / 1e9:.2f} GB; copy bandwidth {copy_bw / 1e12:.2f} TB/s in the same run. One "
+             f"step = every Linear once (no attention or norms), median of {a.reps} steps as one CUDA graph.", "",
+             "| variant | batch | graph ms | eager ms | x bf16 | bf16-equiv TB/s | layer-0 rel err |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r and "eager_ms" not in r:
+            lines.append(f"| {r['variant']} | {r.get('batch', '')} | error: {r['error'][:120]} | | | | |")
+            continue
+        g = f"{r['graph_ms']:.3f}" if "graph_ms" in r else "n/a"
+        rel = f"{r['rel_err_layer0']:.4f}" if r.get("rel_err_layer0") is not None else ""
+        lines.append(f"| {r['variant']} | {r['batch']} | {g} | {r['eager_ms']:.3f} | {r.get('speedup_vs_bf16', '')} | "
+                     f"{r.get('weight_tb_s', '')} | {rel} |")
+    (a.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="8b")
@@ -158,7 +187,8 @@ def main(argv=None) -> int:
         build_s = time.perf_counter() - t0
         qbytes = torch.cuda.memory_allocated()
         for m in batches:
-            inputs = [torch.randn(1, m, i, device=dev, dtype=torch.bfloat16) for _, i in shapes]
+            gen = torch.Generator(device=dev).manual_seed(m)  # the same inputs for every variant
+            inputs = [torch.randn(1, m, i, device=dev, dtype=torch.bfloat16, generator=gen) for _, i in shapes]
             try:
                 with torch.no_grad():
                     y = fns[0](inputs[0]).float()
@@ -174,35 +204,12 @@ def main(argv=None) -> int:
                 row["weight_tb_s"] = round(wbytes / best / 1e9, 3)  # bf16-equivalent bytes per ms -> TB/s
             rows.append(row)
             print(json.dumps(row), flush=True)
+            write(a, env, wbytes, copy_bw, rows)
             del inputs
         del fns
         torch.cuda.empty_cache()
         print(f"{variant}: memory allocated with it {qbytes / 1e9:.2f} GB", flush=True)
-    base = {r["batch"]: r.get("graph_ms", r.get("eager_ms")) for r in rows if r["variant"] == "bf16" and "error" not in r}
-    for r in rows:
-        t = r.get("graph_ms", r.get("eager_ms"))
-        if t and r.get("batch") in base:
-            r["speedup_vs_bf16"] = round(base[r["batch"]] / t, 3)
-    stem = a.stem or f"kernel_probe_{a.shape}"
-    a.out.mkdir(parents=True, exist_ok=True)
-    doc = {"shape": a.shape, "bf16_weight_bytes": wbytes, "copy_bandwidth_tb_s": round(copy_bw / 1e12, 3),
-           "env": env, "rows": rows}
-    (a.out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
-    lines = [f"# Decode-step matmuls, {a.shape} shape, {env['gpu']} (torch {env['torch']}, torchao {env['torchao']}, "
-             f"gemlite {env['gemlite']}, triton {env['triton']})", "",
-             f"bf16 weights {wbytes / 1e9:.2f} GB; copy bandwidth {copy_bw / 1e12:.2f} TB/s in the same run. One "
-             f"step = every Linear once (no attention or norms), median of {a.reps} steps as one CUDA graph.", "",
-             "| variant | batch | graph ms | eager ms | x bf16 | bf16-equiv TB/s | layer-0 rel err |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r and "eager_ms" not in r:
-            lines.append(f"| {r['variant']} | {r.get('batch', '')} | error: {r['error'][:120]} | | | | |")
-            continue
-        g = f"{r['graph_ms']:.3f}" if "graph_ms" in r else "n/a"
-        rel = f"{r['rel_err_layer0']:.4f}" if r.get("rel_err_layer0") is not None else ""
-        lines.append(f"| {r['variant']} | {r['batch']} | {g} | {r['eager_ms']:.3f} | {r.get('speedup_vs_bf16', '')} | "
-                     f"{r.get('weight_tb_s', '')} | {rel} |")
-    (a.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write(a, env, wbytes, copy_bw, rows))
     return 0
 
 
