@@ -46,7 +46,7 @@ class FixedTok:
 
 
 RUNGS = ["hf-eager", "hf-sdpa", "static-cache", "graph-decode", "int8-wo", "int4-wo", "float8-wo", "float8-dyn"]
-QUANT_RUNGS = ("int8-wo", "int4-wo", "float8-wo", "float8-dyn", "int4-gl", "int4-hqq")
+QUANT_RUNGS = ("int8-wo", "int4-wo", "float8-wo", "float8-dyn", "int4-gl", "int4-hqq", "int8-gl")
 # Compile variants of graph-decode; any rung may take one as a suffix, e.g. "int8-wo+cdt".
 VARIANTS = {"": {}, "cdt": {"tuning": "coordinate-descent"},
             "gemv": {"tuning": "coordinate-descent", "gemv": True},
@@ -99,9 +99,10 @@ def build(torch, name: str, attn: str):
 # ladder rung -> the catalogue optimization (and parameters) it applies
 RUNG_OPTS = {"int8-wo": ("int8-weight-only", {}), "int4-wo": ("int4-weight-only", {"group_size": 128}),
              "float8-wo": ("fp8-weight-only", {}), "float8-dyn": ("fp8-dynamic", {}),
-             # the same int4 bytes through GemLite's Triton kernels (torchao's path: HQQ qparams), and HQQ through
-             # tinygemm for an equal-accuracy comparison
-             "int4-gl": ("int4-weight-only", {"group_size": 128, "algorithm": "hqq", "kernel": "gemlite"}),
+             # the same int4 / int8 codes through GemLite's Triton kernels (q/k/v and gate/up packed), and HQQ
+             # through tinygemm for an equal-accuracy comparison
+             "int4-gl": ("int4-weight-only", {"group_size": 128, "kernel": "gemlite"}),
+             "int8-gl": ("int8-weight-only", {"kernel": "gemlite"}),
              "int4-hqq": ("int4-weight-only", {"group_size": 128, "algorithm": "hqq"})}
 
 

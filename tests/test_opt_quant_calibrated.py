@@ -340,46 +340,6 @@ def test_tinygemm_tensor_from_calibrated_codes_computes_the_dequantized_matmul()
     assert float((got - want).abs().max() / want.abs().max()) < 2e-2
 
 
-def test_gemlite_known_mismatch_is_named():
-    from workbench.core.optimizations.quant_int4 import gemlite_mismatch
-
-    why = gemlite_mismatch("0.6.0.post2", "0.18.0")
-    assert "gemlite 0.6.0.post2 does not fit torchao 0.18.0" in why
-    assert gemlite_mismatch("0.5.1", "0.18.0") is None and gemlite_mismatch("0.6.0", "0.19.0") is None
-
-
-@pytest.mark.gpu
-@CUDA
-def test_gemlite_kernel_matches_the_hqq_weights_it_packs():
-    pytest.importorskip("gemlite")
-    from tests.fixtures.tiny import build_llama
-    import tempfile
-    from pathlib import Path
-
-    from importlib.metadata import version
-
-    from workbench.core.optimizations.quant_int4 import gemlite_mismatch
-
-    path = build_llama(Path(tempfile.mkdtemp()) / "llama", hidden=1024, heads=8, inter=2048)
-    loaded = load(str(path), None, "cuda")
-    ids = torch.arange(3, 40, device="cuda")[None]
-    if gemlite_mismatch(version("gemlite"), version("torchao")):  # a pair known not to fit is refused, untouched
-        before = loaded.model.model.layers[0].mlp.up_proj.weight.clone()
-        with pytest.raises(InputError, match="does not fit torchao"):
-            apply(loaded, "int4-weight-only", device="cuda", algorithm="hqq", kernel="gemlite", group_size=128)
-        assert torch.equal(loaded.model.model.layers[0].mlp.up_proj.weight, before)
-        pytest.skip(f"gemlite {version('gemlite')} / torchao {version('torchao')}: refused (known mismatch)")
-    rep = apply(loaded, "int4-weight-only", device="cuda", algorithm="hqq", kernel="gemlite", group_size=128)
-    w = loaded.model.model.layers[0].mlp.up_proj.weight
-    assert type(w).__name__ == "UIntxBitPackedTensor" and rep["exportable"] == "no"
-    x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
-    got = torch.nn.functional.linear(x, w).float()
-    want = x.float() @ w.dequantize().float().t()
-    assert float((got - want).abs().max() / want.abs().max()) < 2e-2
-    with torch.inference_mode():
-        assert torch.isfinite(loaded.model(input_ids=ids).logits).all()
-
-
 @pytest.mark.gpu
 @CUDA
 def test_compressed_tensors_export_on_cuda(tiny_llama, tmp_path):

@@ -39,9 +39,8 @@ def cmd_run(args) -> int:
         from workbench.core import optimizations
 
         for step in recipe.optimizations:  # known before loading: say so now, not after the whole run
-            spec = optimizations.get(step.name)
-            if spec.exportable == "no":
-                why = spec.export_reason or "it has no saved form"
+            why = optimizations.get(step.name).export_refusal(step.params)
+            if why:
                 raise InputError(f"--export {args.export}: {step.name} cannot be exported ({why}); expected a "
                                  f"recipe without it, or no --export")
     artifact_dir = None

@@ -142,6 +142,8 @@ class OptSpec:
     tune_reason: str = ""
     exportable: str = "yes"  # "yes": plain transformers; "custom": optbench format + loader; "no"
     export_reason: str = ""  # with exportable "no": why (``run --export`` refuses before loading with it)
+    # param -> {value: why}: parameter values with no saved form (kernel=gemlite), refused like exportable "no"
+    unexportable_params: dict[str, dict] = field(default_factory=dict)
     exclusive_group: str | None = None  # at most one optimization of a group per recipe
     # optimization name -> why the two cannot be in one recipe (either side may declare it). A tuple of names is
     # accepted too (reason: extra["conflict_reason"], else "they are incompatible").
@@ -202,6 +204,15 @@ class OptSpec:
         if callable(self.weights):
             return self.weights(dict(params or {}))
         return self.weights
+
+    def export_refusal(self, params: dict[str, Any]) -> str | None:
+        """Why a step with these params cannot be exported (known before loading), or None."""
+        if self.exportable == "no":
+            return self.export_reason or "it has no saved form"
+        for name, values in self.unexportable_params.items():
+            if params.get(name) in values:
+                return f"{name}={params[name]}: {values[params[name]]}"
+        return None
 
     def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, every given value checked. Unknown names are an InputError."""

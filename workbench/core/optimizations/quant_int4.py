@@ -20,6 +20,7 @@ scales live in the RMSNorm and v_proj / up_proj weights, which export as ordinar
 from __future__ import annotations
 
 from workbench.core.errors import InputError
+from workbench.core.optimizations._gemlite import WHY_NOT_EXPORTABLE as GEMLITE_NOT_EXPORTABLE
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 from workbench.core.optimizations.quant_calibrate import CALIB_DATA, CALIB_SAMPLES, CALIB_SEQ, calibration_batches
 from workbench.core.optimizations.quant_torchao import COMMON, EXPORTS, SKIP_HEAD, quantize_linears
@@ -43,10 +44,6 @@ def _config(device: str, group: int, algorithm: str, kernel: str = "tinygemm", e
                                         intx_choose_qparams_algorithm="hqq_scale_only")
         return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group),
                                     mapping_type=MappingType.SYMMETRIC)
-    if kernel == "gemlite":  # torchao's GemLite path (Triton): HQQ qparams, bit-packed weights
-        from torchao.prototype.quantization.quant_api import UIntxWeightOnlyConfig
-
-        return UIntxWeightOnlyConfig(group_size=group, bit_width=4)
     if device.startswith("cuda"):
         from torchao.quantization import Int4WeightOnlyConfig
 
@@ -91,8 +88,19 @@ def _calibrated(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations._common import layers_path
     from workbench.core.optimizations.context import linear_modules
 
+    from workbench.core.optimizations import _gemlite
+
     algorithm, group = params["algorithm"], params["group_size"]
-    grid = qc.Grid(layout(ctx.device, algorithm, params["export"]), group)
+    # GemLite's HQQ format takes a float zero per group: the tinygemm grid, on any device
+    grid = qc.Grid("asym" if params["kernel"] == "gemlite" else layout(ctx.device, algorithm, params["export"]), group)
+    packed: dict = {}  # kernel=gemlite: name -> codes waiting to be packed (the model computes their dequantization)
+
+    def put(name, lin, q):
+        if params["kernel"] == "gemlite":
+            lin.weight.data = q.dequantize().to(lin.weight.dtype)
+            packed[name] = _gemlite.compact(q)
+        else:
+            qc.install(lin, q)
     prefix = layers_path(model)
     if algorithm.startswith("awq"):  # the layout check, before any calibration work
         qc.fold_groups(model, model.get_submodule(prefix)[0])
@@ -141,70 +149,76 @@ def _calibrated(model, params: dict, ctx) -> dict:
             eff = q.dequantize() if s is None else q.dequantize() / s
             base = qc.output_error(x, w0, qc.rtn(w0, grid).dequantize())
             ratios.append(qc.output_error(x, w0, eff) / base if base > 0 else 1.0)
-            qc.install(lin, q)
+            put(f"{prefix}.{idx}.{name}", lin, q)
             done.append(f"{prefix}.{idx}.{name}")
 
     timing = qc.calibrate_blocks(model, batches, per_block, log=ctx.log, progress=ctx.progress,
                                  hessian=algorithm in ("gptq", "awq-gptq"), sample_tokens=2048)
     head = [(n, m) for n, m in targets if n not in set(done)]
     for name, lin in head:  # the output head (skip_head=false) and any Linear outside the blocks: round to nearest
-        qc.install(lin, qc.rtn(lin.weight, grid))
+        put(name, lin, qc.rtn(lin.weight, grid))
         done.append(name)
-    config = _config(ctx.device, group, algorithm, export=params["export"])
-    modules = dict(model.named_modules())
-    rep = {
-        "config": type(config).__name__, "algorithm": algorithm, "group_size": group, "layout": grid.kind,
+    if packed:
+        rep = {"config": "GemLite A16W4 (HQQ format)", "gemlite": _gemlite.install(model, packed, "int4",
+                                                                                    next(model.parameters()).dtype)}
+    else:
+        rep = {"config": type(_config(ctx.device, group, algorithm, export=params["export"])).__name__}
+    after = model_size_bytes(model)
+    rep.update({
+        "algorithm": algorithm, "group_size": group, "layout": grid.kind,
         "layers_quantized": len(done), "layers_skipped": [],
         "round_to_nearest_layers": [n for n, _ in head],
         "linear_bytes_before": linear_before,
-        "linear_bytes_after": sum(tensor_bytes(modules[n].weight) for n, _ in targets),
-        "bytes_before": before, "bytes_after": model_size_bytes(model),
+        "linear_bytes_after": linear_before - (before - after),  # only the Linear layers changed
+        "bytes_before": before, "bytes_after": after,
         "output_error_vs_rtn_median": round(statistics.median(ratios), 4) if ratios else None,
         "output_error_vs_rtn_max": round(max(ratios), 4) if ratios else None,
         **timing,
-    }
+    })
     if exponents:
         rep["awq_exponent_median"] = statistics.median(exponents)
     ctx.log(f"int4-weight-only:algorithm={algorithm}: {len(done)} layers in {timing['calibration_seconds']:.1f} s; "
             f"output error {rep['output_error_vs_rtn_median']:.2f}x round-to-nearest's (median over layers)")
-    rep.update(_torchao.attach_export(model, config, done))
+    if packed:
+        rep.update({"exportable": "no", "export_note": _gemlite.WHY_NOT_EXPORTABLE})
+    else:
+        rep.update(_torchao.attach_export(model, _config(ctx.device, group, algorithm, export=params["export"]),
+                                          done))
     return rep
 
 
-# (gemlite, torchao) version prefixes that were run together and do not fit: torchao 0.18's UIntxBitPackedTensor
-# unpacks three values from gemlite_linear.get_tensor_args(), gemlite 0.6 returns more (H200, 2026-12-02)
-GEMLITE_MISMATCH = (("0.6", "0.18"),)
+def hqq(weight, group: int):
+    """HQQ's optimised scales and zeros (torchao's implementation, no data) on the tinygemm grid: HQQ's
+    W ~ (W_q - zero) * scale is (W_q - 8) * scale + (8 - zero) * scale."""
+    import torch
+    from torchao.quantization.quant_primitives import _choose_qparams_and_quantize_affine_hqq
+
+    from workbench.core.optimizations import quant_calibrate as qc
+
+    w = weight.detach()
+    q, scale, zero, _ = _choose_qparams_and_quantize_affine_hqq(
+        w, nbits=4, group_size=group, axis=1, compute_dtype=torch.float32, device=str(w.device), raw_output=True)
+    return qc.QuantWeight(q.float(), scale.float(), (8 - zero.float()) * scale.float(), qc.Grid("asym", group))
 
 
-def gemlite_mismatch(gemlite_version: str, torchao_version: str) -> str | None:
-    """Why this gemlite / torchao pair cannot run kernel=gemlite, or None when no mismatch is known."""
-    for g, t in GEMLITE_MISMATCH:
-        if gemlite_version.startswith(g) and torchao_version.startswith(t):
-            return (f"gemlite {gemlite_version} does not fit torchao {torchao_version}'s GemLite path (torchao unpacks "
-                    f"3 tensors from gemlite's get_tensor_args, this gemlite returns more)")
-    return None
+def _not_fp16(model) -> None:
+    import torch
+
+    if next(model.parameters()).dtype == torch.float16:
+        raise InputError("int4-weight-only: the model is float16; expected float32 or bfloat16 weights", param="opt")
 
 
-def _check_gemlite(algorithm: str, device: str) -> None:
-    """kernel=gemlite: CUDA, torchao's GemLite config (which picks HQQ qparams itself), gemlite importable and of a
-    version torchao's GemLite path fits; refused before anything is quantized."""
-    if not device.startswith("cuda"):
-        raise InputError("int4-weight-only:kernel=gemlite: GemLite's kernels are Triton on CUDA; expected device "
-                         "cuda, or kernel=tinygemm", param="opt")
-    if algorithm != "hqq":
-        raise InputError(f"int4-weight-only:kernel=gemlite: torchao's GemLite path chooses HQQ qparams itself; "
-                         f"expected algorithm=hqq, not {algorithm} (calibrated codes go to kernel=tinygemm)",
-                         param="opt")
-    try:
-        import gemlite  # noqa: F401
-    except ImportError:
-        raise InputError("int4-weight-only:kernel=gemlite: the gemlite package is not installed; expected "
-                         "`pip install gemlite`", param="opt") from None
-    from importlib.metadata import version
+def _bf16_first(model, ctx) -> dict:
+    """The CUDA kernels take bf16 activations: cast a float32 model first (and say so)."""
+    import torch
 
-    why = gemlite_mismatch(version("gemlite"), version("torchao"))
-    if why:
-        raise InputError(f"int4-weight-only:kernel=gemlite: {why}; expected kernel=tinygemm", param="opt")
+    from workbench.core.optimizations._common import cast
+
+    if next(model.parameters()).dtype == torch.bfloat16:
+        return {}
+    ctx.log("int4-weight-only: casting the model to bfloat16 first (the kernel takes bf16 activations)")
+    cast(model, torch.bfloat16)
+    return {"cast_to": "bfloat16"}
 
 
 @register(name="int4-weight-only", summary="torchao int4 weight-only with per-group scales; round to nearest, "
@@ -216,8 +230,8 @@ def _check_gemlite(algorithm: str, device: str) -> None:
                         "(error compensation, calibrates), awq-gptq (AWQ's scales, then GPTQ)", choices=ALGORITHMS,
                         search=("rtn", "hqq", "gptq")),
                   Param("kernel", str, "tinygemm", "CUDA kernel: tinygemm (torchao's int4 matmul; exports) or "
-                        "gemlite (GemLite's Triton kernels through torchao, with HQQ qparams: algorithm=hqq; not "
-                        "exportable)", choices=KERNELS),
+                        "gemlite (GemLite's Triton kernels, any algorithm, q/k/v and gate/up packed as one kernel "
+                        "each; pays off inside graph-decode; not exportable)", choices=KERNELS),
                   Param("export", str, "torchao", "export format: torchao (TorchAoConfig safetensors, reloads with "
                         "torchao) or compressed-tensors (W4A16 pack-quantized, what vLLM serves; codes on the "
                         "symmetric grid and stored one byte per weight in memory, so on CUDA slower than tinygemm)",
@@ -235,7 +249,8 @@ def _check_gemlite(algorithm: str, device: str) -> None:
           tune_devices=("cuda",), tune_reason="on CPU int4 is stored one byte per weight (torchao 0.18) and "
           "dequantized per matmul: no size or speed gain over int8-weight-only",
           # int4 + a bf16 scale and zero point per group (the estimate assumes group 128); the rest in bf16
-          weights=WeightStorage("int4-weight-only", 0.5, bytes_per_group=4.0, float_bytes=2.0), **COMMON)
+          weights=WeightStorage("int4-weight-only", 0.5, bytes_per_group=4.0, float_bytes=2.0),
+          unexportable_params={"kernel": {"gemlite": GEMLITE_NOT_EXPORTABLE}}, **COMMON)
 def apply_int4_wo(model, params: dict, ctx) -> Applied:
     import time
 
@@ -249,36 +264,38 @@ def apply_int4_wo(model, params: dict, ctx) -> Applied:
                          "GemLite's; expected kernel=tinygemm (the default)", param="opt")
     export_ct.require("int4-weight-only", params)
     if kernel == "gemlite":
-        _check_gemlite(algorithm, ctx.device)
+        from workbench.core.optimizations import _gemlite
+
+        _gemlite.check("int4-weight-only", ctx.device)
     t0 = time.perf_counter()
     tinygemm = ctx.device.startswith("cuda") and kernel == "tinygemm" and export == "torchao"
     padded = ([n for n, m in linear_modules(model, skip_head=params["skip_head"]) if m.in_features % 1024]
               if tinygemm else [])
-    if algorithm in ("rtn", "hqq"):
+    if kernel == "gemlite" and algorithm in ("rtn", "hqq"):
+        _not_fp16(model)
+        from workbench.core.optimizations import quant_calibrate as qc
+
+        group = params["group_size"]
+        rep = _bf16_first(model, ctx)
+        rep.update(_gemlite.quantize(
+            model, params, "int4", group,
+            lambda w: qc.rtn(w, qc.Grid("asym", group)) if algorithm == "rtn" else hqq(w, group)))
+        rep.update({"algorithm": algorithm, "group_size": params["group_size"], "layout": "asym"})
+    elif algorithm in ("rtn", "hqq"):
         rep = quantize_linears(model, params, ctx, "int4-weight-only",
                    lambda: _config(ctx.device, params["group_size"], algorithm, kernel, export),
                    need_bf16=tinygemm)
         rep.update({"algorithm": algorithm, "group_size": params["group_size"], "kernel": kernel,
                     "layout": layout(ctx.device, algorithm, export)})
     else:
-        import torch
-
         from workbench.core.optimizations import _torchao
-        from workbench.core.optimizations._common import cast
 
         _torchao.require("int4-weight-only")
-        if next(model.parameters()).dtype == torch.float16:
-            raise InputError("int4-weight-only: the model is float16; expected float32 or bfloat16 weights",
-                             param="opt")
-        if tinygemm and next(model.parameters()).dtype != torch.bfloat16:
-            ctx.log("int4-weight-only: casting the model to bfloat16 first (the kernel takes bf16 activations)")
-            cast(model, torch.bfloat16)
-            rep = {"cast_to": "bfloat16"}
-        else:
-            rep = {}
+        _not_fp16(model)
+        rep = _bf16_first(model, ctx) if tinygemm or kernel == "gemlite" else {}
         rep.update(_calibrated(model, params, ctx))
     rep["quantize_seconds"] = round(time.perf_counter() - t0, 3)
-    rep["export"] = export
+    rep["export"], rep["kernel"] = export, kernel
     export_ct.mark(rep, params)
     if padded:
         # torchao's tile-packed int4 layout pads every layer's input size up to a multiple of 1024 (and the
