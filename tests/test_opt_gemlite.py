@@ -228,3 +228,30 @@ def test_gemlite_kernels_compute_what_their_codes_mean(name, params):
             assert float((got - want).abs().max() / want.abs().max()) < 2e-2, m
         got, want = loaded.model(input_ids=ids).logits.float(), ref.model(input_ids=ids).logits.float()
     assert float((got - want).abs().max() / want.abs().max()) < 3e-2
+
+
+def test_a_gemlite_run_under_graph_decode_keeps_its_results_without_an_artifact(tiny_llama, fake_gemlite, tmp_path):
+    from tests.conftest import fast_recipe
+    from workbench.core import pipeline
+
+    r = fast_recipe(str(tiny_llama), [("int8-weight-only", {"kernel": "gemlite"}), ("graph-decode", {"fuse": True})])
+    report = pipeline.run(r.validate(), lambda *a, **k: None, artifact_dir=str(tmp_path / "art"))
+    opt = report["optimization_reports"][0]
+    assert opt["kernel"] == "gemlite" and opt["gemlite"]["packed_groups"] == 4
+    assert report["optimized"]["decode_ms_per_token"]["count"] >= 2
+    assert report["export"]["verified"] is False
+    assert "cannot be exported" in report["export"]["error"] and "GemLite" in report["export"]["error"]
+    assert not (tmp_path / "art").exists() or not any((tmp_path / "art").iterdir())
+
+
+def test_graph_decode_over_gemlite_projections_gives_generates_tokens(tiny_llama, fake_gemlite):
+    from workbench.core.optimizations.fastgen import GraphedGreedy
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    apply(loaded, "int4-weight-only", kernel="gemlite", group_size=32)
+    ids = torch.arange(7, 19)[None]
+    with torch.inference_mode():
+        want = loaded.model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)[:, ids.shape[1]:]
+        gen = GraphedGreedy(loaded.model, batch=1, max_len=64, mode="eager", fuse=True)
+        got = gen.generate(ids, 8)
+    assert torch.equal(got.reshape(-1)[-8:], want.reshape(-1))
