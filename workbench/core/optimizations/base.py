@@ -148,8 +148,9 @@ class OptSpec:
     # optimization name -> why the two cannot be in one recipe (either side may declare it). A tuple of names is
     # accepted too (reason: extra["conflict_reason"], else "they are incompatible").
     conflicts: dict[str, str] = field(default_factory=dict)
-    # optimization name -> {param: value}: the declared conflict does not hold when this step's params have those
-    # values (speculative:method=prompt-lookup runs inside graph-decode's loop; method=draft does not)
+    # optimization name -> {param: value or tuple of values}: the declared conflict does not hold when this step's
+    # params have those values (speculative:method=prompt-lookup runs inside graph-decode's loop; method=draft
+    # does not)
     conflicts_unless: dict[str, dict] = field(default_factory=dict)
     # optimization name -> why the two cannot be in one recipe on CUDA (a kernel path CPU has and CUDA lacks);
     # checked once the device is known to be CUDA
@@ -192,7 +193,8 @@ class OptSpec:
         for spec, mine, name in ((self, params, other.name), (other, other_params, self.name)):
             if name in spec.conflicts:
                 lift = spec.conflicts_unless.get(name)
-                if lift and mine is not None and all(mine.get(k) == v for k, v in lift.items()):
+                if lift and mine is not None and all(mine.get(k) == v or (isinstance(v, tuple) and mine.get(k) in v)
+                                                     for k, v in lift.items()):
                     continue
                 return spec.conflicts[name]
             if cuda and name in spec.cuda_conflicts:

@@ -49,9 +49,9 @@ def apply(model, params: dict, ctx) -> Applied:
     report = {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
               "fuse": params["fuse"], "max_len": params["max_len"]}
     lookup = ctx.extra["generate_kwargs"].pop("optbench_speculative", None)
-    if lookup is not None:  # speculative:method=prompt-lookup before this step: drafts verified in this loop
+    if lookup is not None:  # speculative (prompt-lookup, draft-head) before this step: drafts verified here
         factory = _lookup_factory(model, params, ctx, lookup, kw)
-        report["speculative"] = {"method": "prompt-lookup", "num_tokens": lookup["num_tokens"],
+        report["speculative"] = {"method": lookup["method"], "num_tokens": lookup["num_tokens"],
                                  "ngram": lookup["ngram"], "loop": "graph-decode verify step (spec_lookup.py)"}
     else:
         def factory(batch: int, max_len: int):
@@ -76,8 +76,14 @@ def _lookup_factory(model, params: dict, ctx, lookup: dict, kw: dict):
                              f"{batch}", param="opt")
         want = max(params["max_len"] or max_len, speculative.CHECK_PROMPT + speculative.CHECK_NEW)
         if "gen" not in made or made["gen"].max_len < want + lookup["num_tokens"]:
-            made["gen"] = LookupGreedy(model, 1, want, lookup["num_tokens"], lookup["ngram"], stats=lookup["stats"],
-                                       **kw)
+            if lookup["method"] == "draft-head":
+                from workbench.core.optimizations.spec_head import head_greedy_class
+
+                made["gen"] = head_greedy_class()(model, 1, want, lookup["head"], lookup["num_tokens"],
+                                                  stats=lookup["stats"], **kw)
+            else:
+                made["gen"] = LookupGreedy(model, 1, want, lookup["num_tokens"], lookup["ngram"],
+                                           stats=lookup["stats"], **kw)
         if "check" not in made:
             made["check"] = check = speculative.check_against_greedy(made["gen"], model, ctx.tokenizer, ctx.device)
             shown = lookup["report"]["greedy_check"]  # in place: the step's report was handed on at apply time

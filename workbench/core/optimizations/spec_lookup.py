@@ -78,6 +78,19 @@ class LookupGreedy(GraphedGreedy):
             if length is not None and hasattr(length, "fill_"):
                 length.fill_(pos)
 
+    # what a subclass with another drafter changes (spec_head.HeadGreedy)
+    def _prefill(self, input_ids, t: int, device) -> int:
+        """Fill the cache with the prompt; the model's first token."""
+        logits = self.model(input_ids=input_ids, cache_position=self.torch.arange(t, device=device),
+                            use_cache=True, **self._cache_kw).logits
+        return int(logits[0, -1].argmax())
+
+    def _propose(self, text: list[int]) -> list[int]:
+        return propose(text, self.num_tokens, self.ngram)
+
+    def _accepted(self, n_ok: int) -> None:
+        """After a verify step: drafts 1..n_ok stood and the model's token after the n_ok-th is the newest."""
+
     def _verify(self, tokens: list[int], pos: int, device) -> list[int]:
         torch = self.torch
         k1 = self.num_tokens + 1
@@ -102,9 +115,7 @@ class LookupGreedy(GraphedGreedy):
         rounds = proposed = 0
         with torch.inference_mode():
             self.cache.reset()
-            logits = self.model(input_ids=input_ids, cache_position=torch.arange(t, device=device),
-                                use_cache=True, **self._cache_kw).logits
-            first = int(logits[0, -1].argmax())
+            first = self._prefill(input_ids, t, device)
             if self.mode == "graph" and self.graph is None and device.type == "cuda":
                 self._capture(input_ids[:, :1], t)
                 self.cache.reset()  # the warm-up replays wrote the cache: start this call again from a clean one
@@ -115,7 +126,7 @@ class LookupGreedy(GraphedGreedy):
             text = input_ids[0].tolist() + [first]
             out, pos = [first], t  # ``pos``: the cache position of the newest token, not yet in the cache
             while len(out) < max_new_tokens:
-                drafts = propose(text, self.num_tokens, self.ngram)
+                drafts = self._propose(text)
                 pad = drafts[-1] if drafts else text[-1]
                 if drafts or self.mode != "eager":
                     given = [text[-1]] + drafts + [pad] * (self.num_tokens - len(drafts))
@@ -126,6 +137,7 @@ class LookupGreedy(GraphedGreedy):
                 n_ok = 0
                 while n_ok < len(given) - 1 and argmax[n_ok] == given[n_ok + 1]:
                     n_ok += 1
+                self._accepted(n_ok)
                 proposed += max(len(drafts), n_ok)  # a padding token the model confirmed counts as proposed
                 new = argmax[:n_ok + 1][:max_new_tokens - len(out)]
                 out += new

@@ -25,7 +25,8 @@ from __future__ import annotations
 from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, register
 
-METHODS = ("draft", "prompt-lookup")
+METHODS = ("draft", "prompt-lookup", "draft-head")
+HEAD_SEQ = 256  # method=draft-head: training windows of the built-in text
 CHECK_PROMPT, CHECK_NEW = 64, 48  # the greedy check: built-in text tokens in, tokens out
 SCHEDULES = ("constant", "heuristic_transient", "heuristic")
 
@@ -39,16 +40,21 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
             "the model's own, token for token.",
     params=(
         Param("method", str, "draft", "draft: a smaller model drafts; prompt-lookup: n-grams of the prompt "
-              "propose (no second model; pays off where the output repeats the input)", choices=METHODS,
-              search=METHODS),
+              "propose (no second model; pays off where the output repeats the input); draft-head: a small head "
+              "trained here on the model's own last hidden states drafts from them (EAGLE/Hydra-style; "
+              "core/optimizations/spec_head.py; Llama-family models)", choices=METHODS,
+              search=("draft", "prompt-lookup")),
         Param("draft", str, "layers", "method=draft: layers (a student made of this model's own blocks, built "
               "here) or a model reference with the same tokenizer (demo:NAME, a folder, a hub id)"),
         Param("draft_layers", int, 0, "draft=layers: blocks kept in the student (0: a quarter, at least 1)",
               min=0, max=4096),
         Param("distill_steps", int, 0, "draft=layers: distillation steps on the built-in text before drafting "
-              "(0: the raw block subset)", min=0, max=1_000_000),
-        Param("distill_seconds", float, 600.0, "draft=layers: wall-time cap on the distillation", min=1.0,
-              max=1e6),
+              "(0: the raw block subset); method=draft-head: training steps (0: until distill_seconds)", min=0,
+              max=1_000_000),
+        Param("distill_seconds", float, 600.0, "draft=layers and method=draft-head: wall-time cap on the "
+              "distillation / the head's training", min=1.0, max=1e6),
+        Param("head_tokens", int, 32768, "method=draft-head: built-in text tokens whose features the head trains "
+              "on (one forward of the model over them first)", min=HEAD_SEQ, max=10_000_000),
         Param("draft_dtype", str, "auto", "precision the draft runs in: auto (bf16 where the CPU has native bf16 "
               "matmuls or on a GPU, else the model's), fp32, bf16, or model (the model's own); a draft only "
               "proposes, so its rounding costs acceptance, never correctness",
@@ -74,7 +80,7 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
                                "runs inside graph-decode's loop)",
                "compile": "speculative runs transformers' assisted-generation loop; compile recompiles the decode "
                           "step it calls (with graph-decode, method=prompt-lookup has a compiled verify step)"},
-    conflicts_unless={"graph-decode": {"method": "prompt-lookup"}},
+    conflicts_unless={"graph-decode": {"method": ("prompt-lookup", "draft-head")}},
     exportable="yes",
     notes="Changes how tokens are generated, not the weights: the export is the model itself (a built draft is "
           "not exported). Batch 1. The gain depends on the workload: prompt lookup pays where the output repeats "
@@ -101,6 +107,8 @@ def apply(model, params: dict, ctx) -> Applied:
         report["draft_params"] = param_count(draft)
         report["draft_bytes"] = model_size_bytes(draft)
         report["draft_cost_ratio"] = report["draft_bytes"] / max(1, model_size_bytes(model))
+    if method == "draft-head":
+        return _apply_head(model, params, ctx, report, t0)
     num = params["num_tokens"] or (4 if method == "draft" else 10)
     report.update({"num_tokens": num, "schedule": params["schedule"] if method == "draft" else None,
                    "confidence": params["confidence"] if method == "draft" else None,
@@ -127,6 +135,68 @@ def apply(model, params: dict, ctx) -> Applied:
                                     "report": report}
     report["setup_seconds"] = time.perf_counter() - t0
     report["stats"] = stats.live  # the same dict: the benchmark's calls fill it in before the report is written
+    return Applied(model, report)
+
+
+def _apply_head(model, params: dict, ctx, report: dict, t0: float) -> Applied:
+    """method=draft-head: train the head (spec_head), then decode with it in graph-decode's verify-step loop —
+    graph-decode's own (CUDA graphs) when it follows in the recipe, else the same loop run eagerly."""
+    import time
+
+    import torch
+
+    from workbench.core.optimizations import spec_head
+    from workbench.core.optimizations.calibration import token_batches
+
+    num = params["num_tokens"] or 3
+    n = max(1, params["head_tokens"] // HEAD_SEQ)
+    ctx.log(f"speculative: the model's features over {n * HEAD_SEQ} built-in tokens (one forward)")
+    spec_head._parts(model)  # a Llama-family model, or the reason, before the forward pass
+    windows = token_batches(ctx.tokenizer, "causal-lm", n + 2, 1, HEAD_SEQ, device=ctx.device)
+    f, y, x = spec_head.features(model, windows)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    keep = min(vocab, params["draft_vocab"] or 8192)
+    counts = torch.bincount(y[:n].flatten(), minlength=vocab).float()
+    counts[frequent_tokens(ctx.tokenizer, keep, vocab)] += 0.5  # ties and unseen tokens: the text's, then low ids
+    head = spec_head.build(model, counts.argsort(descending=True)[:keep].sort().values)
+    trained = spec_head.train(head, f[:n], y[:n], x[:n], seconds=params["distill_seconds"],
+                              steps=params["distill_steps"] or 10**9, log=ctx.log)
+    agree = spec_head.agreement(head, f[n:], y[n:], x[n:], depth=num)
+    ctx.log(f"speculative: draft head trained {trained['steps']} steps in {trained['seconds']:.0f} s; held-out "
+            f"agreement per draft {', '.join(f'{a:.2f}' for a in agree)}")
+    from workbench.core.measure.memory import model_size_bytes
+
+    report.update({"num_tokens": num, "draft_vocab": keep, "head_training": trained,
+                   "held_out_agreement": [round(a, 4) for a in agree], "draft_params":
+                   sum(p.numel() for p in head.parameters()), "draft_bytes": model_size_bytes(head),
+                   "features_tokens": int(f[:n].shape[0] * f.shape[1])})
+    report["draft_cost_ratio"] = report["draft_bytes"] / max(1, model_size_bytes(model))
+    del f, y, x
+    stats = _Stats()
+    HeadGreedy = spec_head.head_greedy_class()
+    made: dict = {}
+
+    def factory(batch: int, max_len: int):
+        if batch != 1:
+            raise InputError(f"speculative: runs one sequence at a time; expected batch 1, not {batch}",
+                             param="opt")
+        want = max(max_len, CHECK_PROMPT + CHECK_NEW)
+        if "gen" not in made or made["gen"].max_len < want + num:
+            made["gen"] = HeadGreedy(model, 1, want, head, num, stats=stats, mode="eager")
+        return made["gen"]
+
+    report["greedy_check"] = check_against_greedy(factory(1, 0), model, ctx.tokenizer, ctx.device)
+    if not report["greedy_check"]["identical"]:
+        ctx.warning(f"speculative: output differs from plain greedy decoding at token "
+                    f"{report['greedy_check']['first_difference']} of {report['greedy_check']['tokens']} "
+                    f"(a near-tie the verify step rounds differently)")
+    stats.reset()
+    ctx.extra["generate_kwargs"]["optbench_generator"] = factory
+    # graph-decode, applied after this, runs the head inside its own (captured) loop
+    ctx.extra["generate_kwargs"]["optbench_speculative"] = {"method": "draft-head", "num_tokens": num, "ngram": 1,
+                                                            "stats": stats, "report": report, "head": head}
+    report["setup_seconds"] = time.perf_counter() - t0
+    report["stats"] = stats.live
     return Applied(model, report)
 
 
