@@ -56,12 +56,21 @@ PROMPTS = {
 
 
 def draft_line(rep: dict) -> str:
-    if not rep:
-        return "No draft model in this run."
+    head = rep.get("draft_head")
+    text = ""
+    if head:
+        t = head["head_training"]
+        text = (f" Draft head (speculative:method=draft-head): trained {t['steps']} steps in {t['seconds']:.0f} s on "
+                f"{head['features_tokens']} tokens' features, {head['num_tokens']} drafts per round, head rows "
+                f"{head['draft_vocab']}, {head['draft_cost_ratio']:.3f}× the model's bytes; held-out teacher-forced "
+                f"agreement per draft {', '.join(f'{a:.2f}' for a in head['held_out_agreement'])}; setup "
+                f"{head['setup_seconds']:.0f} s.")
+    if "draft_layers" not in rep:
+        return ("No draft model in this run." + text) if not head else text.strip()
     return (f"Draft: {rep.get('draft_layers')} of the model's blocks {rep.get('draft_blocks')}, distilled "
             f"{rep.get('distill', {}).get('steps', rep.get('distill_steps'))} steps in {rep['setup_seconds']:.0f} s; "
             f"its weights are {rep.get('draft_cost_ratio', 0):.2f}× the model's bytes (draft_vocab=N keeps N rows "
-            f"of its head).")
+            f"of its head)." + text)
 
 
 def vs_graph(row: dict) -> str:
@@ -87,6 +96,10 @@ def main() -> int:
     ap.add_argument("--graph", action="store_true",
                     help="also graph-decode alone (the best plain recipe on a GPU) and prompt lookup inside "
                          "graph-decode's loop (speculative:method=prompt-lookup + graph-decode)")
+    ap.add_argument("--head-seconds", type=float, default=0.0,
+                    help="also speculative:method=draft-head, its head trained this long (0: no draft-head rows)")
+    ap.add_argument("--head-tokens", type=int, default=32768, help="built-in tokens the head trains on")
+    ap.add_argument("--head-k", type=int, default=3, help="drafts per round of the draft head")
     ap.add_argument("--prompts", default=",".join(PROMPTS))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--stem", default=None, help="file name stem (default speculative_<device>)")
@@ -150,6 +163,27 @@ def main() -> int:
 
         variants["graph-decode"] = with_graph(None)
         variants["prompt-lookup+graph-decode"] = with_graph({"method": "prompt-lookup"})
+    if args.head_seconds:  # one head, trained once, handed to both loops (eager, and graph-decode's)
+        print(f"training the draft head ({args.head_seconds:.0f} s)", flush=True)
+        head_params = {"method": "draft-head", "distill_seconds": args.head_seconds, "head_tokens": args.head_tokens,
+                       "num_tokens": args.head_k}
+        head_rep, head_gk = make(head_params)
+        draft_report["draft_head"] = {k: v for k, v in head_rep.items() if k not in ("stats",)}
+        variants["draft-head"] = (head_rep, head_gk)
+        if args.graph:  # the same head in graph-decode's loop, counted on its own
+            import copy
+
+            from workbench.core.optimizations.speculative import _Stats
+
+            stats2 = _Stats()
+            rep2 = {k: copy.deepcopy(v) for k, v in head_rep.items() if k != "stats"}
+            rep2["stats"] = stats2.live
+            gk2 = {"optbench_speculative": {**head_gk["optbench_speculative"], "stats": stats2, "report": rep2}}
+            ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
+            ctx.extra["generate_kwargs"] = gk2
+            rep2["graph_decode"] = optimizations.get("graph-decode").apply(
+                model, optimizations.get("graph-decode").resolve({}), ctx).report
+            variants["draft-head+graph-decode"] = (rep2, gk2)
     for spec_text in drafts:
         kv = dict(part.split("=", 1) for part in spec_text.split(","))
         vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))

@@ -95,10 +95,12 @@ def features(model, batches) -> tuple:
     return torch.cat(fs), torch.cat(ys), torch.cat(xs)
 
 
-def train(head, f, y, x, seconds: float, steps: int, unroll: int = 3, batch: int = 1024, lr: float = 1e-3,
-          ce_weight: float = 0.1, log=None) -> dict:
+def train(head, f, y, x, seconds: float, steps: int, unroll: int = 3, batch: int = 256, lr: float = 2e-3,
+          ce_weight: float = 0.1, noise: float = 0.1, weight_decay: float = 0.01, log=None) -> dict:
     """Teacher-forced on positions t: from (f_t, x_{t+1}) predict f_{t+1} and the target's y_{t+1}, then from
-    the prediction and x_{t+2} the next, ``unroll`` times. Returns what it did."""
+    the prediction and x_{t+2} the next, ``unroll`` times; the input feature gets uniform noise of ``noise`` times
+    the features' spread (EAGLE's regulariser: at run time the head reads its own, imperfect predictions).
+    Returns what it did."""
     import torch
 
     n, length, d = f.shape
@@ -107,7 +109,8 @@ def train(head, f, y, x, seconds: float, steps: int, unroll: int = 3, batch: int
     index[head.vocab] = torch.arange(len(head.vocab), device=f.device)
     starts = torch.arange(length - unroll - 1, device=f.device)
     params = [p for p in head.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    spread = float(f[: min(len(f), 8)].std()) * noise
     t0, step, losses = time.perf_counter(), 0, []
     g = torch.Generator(device="cpu").manual_seed(0)
     head.train()
@@ -115,6 +118,8 @@ def train(head, f, y, x, seconds: float, steps: int, unroll: int = 3, batch: int
         rows = torch.randint(0, n, (batch,), generator=g).to(f.device)
         cols = starts[torch.randint(0, len(starts), (batch,), generator=g).to(f.device)]
         h = f[rows, cols]
+        if spread:
+            h = h + (torch.rand_like(h) * 2 - 1) * spread
         loss = 0.0
         for j in range(1, unroll + 1):
             h = head(h, x[rows, cols + j])
@@ -131,7 +136,7 @@ def train(head, f, y, x, seconds: float, steps: int, unroll: int = 3, batch: int
             log(f"speculative: draft head step {step}, loss {losses[-1]:.3f}")
     head.eval()
     return {"steps": step, "seconds": round(time.perf_counter() - t0, 2), "loss_first": losses[0] if losses else None,
-            "loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])), "unroll": unroll, "batch": batch}
+            "loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])), "unroll": unroll, "batch": batch, "lr": lr, "noise": noise}
 
 
 def agreement(head, f, y, x, depth: int = 3) -> list[float]:

@@ -148,8 +148,12 @@ def _apply_head(model, params: dict, ctx, report: dict, t0: float) -> Applied:
     from workbench.core.optimizations import spec_head
     from workbench.core.optimizations.calibration import token_batches
 
+    from workbench.core.optimizations.calibration import calibration_text
+
     num = params["num_tokens"] or 3
-    n = max(1, params["head_tokens"] // HEAD_SEQ)
+    text_tokens = len(ctx.tokenizer(calibration_text(), add_special_tokens=False, verbose=False)["input_ids"])
+    # no window twice: the last two, held out, are text the head never trained on
+    n = max(1, min(params["head_tokens"], text_tokens - 2 * HEAD_SEQ) // HEAD_SEQ)
     ctx.log(f"speculative: the model's features over {n * HEAD_SEQ} built-in tokens (one forward)")
     spec_head._parts(model)  # a Llama-family model, or the reason, before the forward pass
     windows = token_batches(ctx.tokenizer, "causal-lm", n + 2, 1, HEAD_SEQ, device=ctx.device)
