@@ -53,7 +53,7 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               max=1_000_000),
         Param("distill_seconds", float, 600.0, "draft=layers and method=draft-head: wall-time cap on the "
               "distillation / the head's training", min=1.0, max=1e6),
-        Param("head_tokens", int, 32768, "method=draft-head: built-in text tokens whose features the head trains "
+        Param("head_tokens", int, 98304, "method=draft-head: built-in text tokens whose features the head trains "
               "on (one forward of the model over them first)", min=HEAD_SEQ, max=10_000_000),
         Param("draft_dtype", str, "auto", "precision the draft runs in: auto (bf16 where the CPU has native bf16 "
               "matmuls or on a GPU, else the model's), fp32, bf16, or model (the model's own); a draft only "
