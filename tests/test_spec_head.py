@@ -14,7 +14,7 @@ from workbench.core.optimizations import spec_head
 from workbench.core.optimizations.calibration import token_batches
 from workbench.core.optimizations.context import ApplyContext
 
-QUICK = {"method": "draft-head", "distill_steps": 30, "head_tokens": 1024, "draft_vocab": 256}
+QUICK = {"method": "draft-head", "distill_steps": 30, "head_tokens": 1024, "draft_vocab": 256, "head_chats": 3}
 
 
 def apply(loaded, **params):
@@ -44,6 +44,7 @@ def test_draft_head_output_is_the_models_own(tiny_llama):
     rep = applied.report
     assert rep["greedy_check"]["identical"], rep["greedy_check"]
     assert rep["head_training"]["steps"] == 30 and len(rep["held_out_agreement"]) == rep["num_tokens"] == 3
+    assert rep["features_tokens"] == 7 * 192  # 5 text windows + 3 chat replies, one of them held out
     assert rep["draft_bytes"] < 0.5 * sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     gen = ctx.extra["generate_kwargs"]["optbench_generator"](1, 40)
     ids = torch.arange(11, 31)[None]

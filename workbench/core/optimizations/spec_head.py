@@ -69,7 +69,7 @@ def build(model, vocab_ids):
         def draft(self, feature, token: int, k: int) -> list[int]:
             """k greedy drafts after ``token``, whose feature-in-waiting is predicted from ``feature`` [d]."""
             out = []
-            f = feature.float().view(1, -1)
+            f = feature.to(self.rows.dtype).view(1, -1)
             t = torch.tensor([token], device=f.device)
             for _ in range(k):
                 f = self(f, t)
@@ -78,6 +78,47 @@ def build(model, vocab_ids):
             return out
 
     return DraftHead().to(head_w.device)
+
+
+# instructions over built-in passages: the chat turns the head learns the model's own replies to
+INSTRUCTIONS = ("Summarise this passage in three sentences.", "Explain the main idea of this passage to a beginner.",
+                "Rewrite this passage as a short bulleted list.", "Write two questions a reader might ask about "
+                "this passage, with answers.", "What is the most important point of this passage, and why?",
+                "Write a short poem inspired by this passage.")
+
+
+def chat_windows(model, tokenizer, n: int, length: int, new_tokens: int, device: str, batch: int = 16) -> list:
+    """``n`` windows of ``length`` tokens ending in the model's own greedy replies to chat-formatted instructions
+    over built-in passages (what the head drafts at run time is a reply, not the built-in prose): self-distillation
+    data, as EAGLE regenerates its training conversations with the target."""
+    import torch
+
+    from workbench.core.optimizations.calibration import calibration_texts
+
+    passages = [t for t in calibration_texts(2 * n, max_chars=700) if len(t) > 200][:n]
+    turns = [f"{INSTRUCTIONS[i % len(INSTRUCTIONS)]}\n\n{p}" for i, p in enumerate(passages)]
+    if getattr(tokenizer, "chat_template", None):
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                               tokenize=False) for t in turns]
+    else:  # a base model's tokenizer: the instruction as plain text, the reply after it
+        texts = [t + "\n\n" for t in turns]
+    side, pad = tokenizer.padding_side, tokenizer.pad_token_id
+    tokenizer.padding_side = "left"
+    out = []
+    try:
+        for i in range(0, len(texts), batch):
+            enc = tokenizer(texts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False,
+                            return_token_type_ids=False).to(device)
+            with torch.inference_mode():
+                ids = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                     pad_token_id=pad if pad is not None else tokenizer.eos_token_id)
+            real = torch.cat([enc["attention_mask"], torch.ones_like(ids[:, enc["input_ids"].shape[1]:])], dim=1)
+            for row, mask in zip(ids, real):
+                if int(mask[-length:].sum()) == length:  # no padding inside the window
+                    out.append({"input_ids": row[-length:].unsqueeze(0)})
+    finally:
+        tokenizer.padding_side = side
+    return out
 
 
 def features(model, batches) -> tuple:

@@ -26,7 +26,7 @@ from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, register
 
 METHODS = ("draft", "prompt-lookup", "draft-head")
-HEAD_SEQ = 256  # method=draft-head: training windows of the built-in text
+HEAD_SEQ = 192  # method=draft-head: training windows (built-in text, and the model's own chat replies)
 CHECK_PROMPT, CHECK_NEW = 64, 48  # the greedy check: built-in text tokens in, tokens out
 SCHEDULES = ("constant", "heuristic_transient", "heuristic")
 
@@ -55,6 +55,9 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               "distillation / the head's training", min=1.0, max=1e6),
         Param("head_tokens", int, 98304, "method=draft-head: built-in text tokens whose features the head trains "
               "on (one forward of the model over them first)", min=HEAD_SEQ, max=10_000_000),
+        Param("head_chats", int, 96, "method=draft-head: chat turns (instructions over built-in passages) the model "
+              "answers first, 128 tokens each, whose features the head also trains on (what it drafts at run time "
+              "is a reply; 0: the built-in text only)", min=0, max=100_000),
         Param("draft_dtype", str, "auto", "precision the draft runs in: auto (bf16 where the CPU has native bf16 "
               "matmuls or on a GPU, else the model's), fp32, bf16, or model (the model's own); a draft only "
               "proposes, so its rounding costs acceptance, never correctness",
@@ -157,6 +160,13 @@ def _apply_head(model, params: dict, ctx, report: dict, t0: float) -> Applied:
     ctx.log(f"speculative: the model's features over {n * HEAD_SEQ} built-in tokens (one forward)")
     spec_head._parts(model)  # a Llama-family model, or the reason, before the forward pass
     windows = token_batches(ctx.tokenizer, "causal-lm", n + 2, 1, HEAD_SEQ, device=ctx.device)
+    if params["head_chats"]:
+        tc = time.perf_counter()
+        chats = spec_head.chat_windows(model, ctx.tokenizer, params["head_chats"], HEAD_SEQ, 128, ctx.device)
+        ctx.log(f"speculative: the model answered {len(chats)} chat turns in {time.perf_counter() - tc:.0f} s")
+        held = max(1, len(chats) // 16)  # held out with the text's last two windows
+        windows = windows[:n] + chats[held:] + windows[n:] + chats[:held]
+        n += len(chats) - held
     f, y, x = spec_head.features(model, windows)
     vocab = model.get_output_embeddings().weight.shape[0]
     keep = min(vocab, params["draft_vocab"] or 8192)
@@ -166,6 +176,9 @@ def _apply_head(model, params: dict, ctx, report: dict, t0: float) -> Applied:
     trained = spec_head.train(head, f[:n], y[:n], x[:n], seconds=params["distill_seconds"],
                               steps=params["distill_steps"] or 10**9, log=ctx.log)
     agree = spec_head.agreement(head, f[n:], y[n:], x[n:], depth=num)
+    # the head runs in draft_dtype (auto: bf16 where the CPU has native bf16 matmuls, or on a GPU): at batch 1 a
+    # draft step reads the head's weights once, so its bytes are its cost (the agreement above is fp32's)
+    report["draft_dtype"] = _draft_precision(head, model, params["draft_dtype"], ctx.device)
     ctx.log(f"speculative: draft head trained {trained['steps']} steps in {trained['seconds']:.0f} s; held-out "
             f"agreement per draft {', '.join(f'{a:.2f}' for a in agree)}")
     from workbench.core.measure.memory import model_size_bytes
