@@ -36,7 +36,7 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
     tp_reason=("its draft model and lookup loop run in one process beside the target; on a tp 2 CPU run it "
                "failed (copy_() on an invalid python storage)"),
     summary="Speculative decoding (greedy, batch 1): a drafter proposes tokens — a small model with the same "
-            "vocabulary, or n-grams from the prompt — and one forward of the model verifies them; the output is "
+            "vocabulary, a head trained on the model's own hidden states, or n-grams from the prompt — and one forward of the model verifies them; the output is "
             "the model's own, token for token.",
     params=(
         Param("method", str, "draft", "draft: a smaller model drafts; prompt-lookup: n-grams of the prompt "
