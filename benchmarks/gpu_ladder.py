@@ -78,19 +78,25 @@ def copy_bandwidth(torch, gib: float = 1.0, reps: int = 20) -> float:
     return 2 * n * 2 / statistics.median(times)
 
 
+def shape(name: str) -> dict:
+    """The LlamaConfig keywords of a ladder model: this file's CONFIGS, else build_model.py's real-size shapes."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    from build_model import CONFIGS as SIZES  # the real-size shapes (llama-8b, ...)
+
+    if name not in SIZES:
+        raise SystemExit(f"--models {name}: expected one of {', '.join(sorted({*CONFIGS, *SIZES}))}")
+    family, kw = SIZES[name]
+    if family != "llama":
+        raise SystemExit(f"--models {name}: only Llama-family shapes build here (got {family})")
+    return kw
+
+
 def build(torch, name: str, attn: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    if name in CONFIGS:
-        kw = CONFIGS[name]
-    else:  # the real-size shapes of build_model.py (llama-8b, ...)
-        from build_model import CONFIGS as SIZES
-
-        family, kw = SIZES[name]
-        if family != "llama":
-            raise SystemExit(f"--model {name}: only Llama-family shapes build here (got {family})")
-    cfg = LlamaConfig(**kw, attn_implementation=attn)
+    cfg = LlamaConfig(**shape(name), attn_implementation=attn)
     with torch.device(DEVICE):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     return model
@@ -295,15 +301,16 @@ def main() -> int:
                                             **(VARIANTS[variant] if mode == "graph"
                                                else {"fuse": VARIANTS[variant].get("fuse", False)}))
                     r = time_rung(torch, model, base, batch, args.prompt, args.new, args.rounds, gen=gen)
-                    t_tok = r["decode_ms_per_token"]["p50"] / 1000
-                    need = bytes_per_token(model, CONFIGS[name], batch, args.prompt, args.new)
+                    # the measured figures first, so that a failure in what is derived from them loses nothing
                     row.update({
                         "ttft_ms": r["ttft_ms"]["p50"], "decode_ms_per_token": r["decode_ms_per_token"]["p50"],
                         "decode_tokens_per_s": r["throughput"]["value"], "peak_allocated_mb": r["peak_allocated_mb"],
-                        "bytes_per_token": need, "achieved_GBps": need / t_tok / 1e9, "mbu": need / t_tok / bw,
                         "cold_start_ms": r["cold_start_ms"], "timed_runs": r["latency_ms"]["count"],
                         "decode_ms_samples": r["decode_ms_per_token"]["samples"],
                     })
+                    t_tok = r["decode_ms_per_token"]["p50"] / 1000
+                    need = bytes_per_token(model, shape(name), batch, args.prompt, args.new)
+                    row.update({"bytes_per_token": need, "achieved_GBps": need / t_tok / 1e9, "mbu": need / t_tok / bw})
                     if not args.skip_extras and batch == 1 and rung in ("hf-sdpa", args.truth_rung):
                         row["truth_check"] = truth_check(torch, model, batch, args.prompt, args.new, gen=gen)
                     if not args.skip_extras and batch == 1 and rung == args.truth_rung:

@@ -58,6 +58,26 @@ def test_qwen_and_llama_8b_shapes_are_the_real_ones():
     assert qwen.model.layers[0].self_attn.q_proj.bias is not None
 
 
+
+def test_gpu_ladder_counts_the_bytes_of_build_model_shapes(monkeypatch):
+    """The ladder's MBU for build_model.py's shapes (llama-8b, tiny-llama), which are not in its own CONFIGS: weights
+    read per step (the untied input table excluded) + the KV cache at mid-generation; an unknown name is refused."""
+    import gpu_ladder
+
+    assert gpu_ladder.shape("llama-8b")["num_key_value_heads"] == 8
+    kw = gpu_ladder.shape("tiny-llama")
+    monkeypatch.setattr(gpu_ladder, "DEVICE", "cpu")
+    model = gpu_ladder.build(torch, "tiny-llama", "sdpa")  # the ladder's own builder
+    assert model.config.hidden_size == kw["hidden_size"] and next(model.parameters()).dtype == torch.bfloat16
+    need = gpu_ladder.bytes_per_token(model, kw, batch=8, prompt=128, new=128)
+    params = sum(p.numel() for p in model.parameters())
+    head_dim = kw.get("head_dim") or kw["hidden_size"] // kw["num_attention_heads"]
+    kv = 2 * kw["num_hidden_layers"] * kw["num_key_value_heads"] * head_dim * (128 + 64) * 2 * 8
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())  # the rotary frequencies
+    assert need == (params - kw["vocab_size"] * kw["hidden_size"]) * 2 + buffers + kv
+    with pytest.raises(SystemExit, match="--models llama-9b: expected one of"):
+        gpu_ladder.shape("llama-9b")
+
 def test_fingerprint_hashes_every_byte_and_remembers(tmp_path, monkeypatch):
     from workbench.core import models
     from workbench.core.modelref import resolve
