@@ -145,6 +145,27 @@ def test_int8_gemlite_uses_per_row_symmetric_codes(tiny_llama, fake_gemlite):
     torch.testing.assert_close(got, want, rtol=0, atol=2e-2 * float(want.abs().max()))
 
 
+
+def test_codes_are_made_one_group_at_a_time(tiny_llama, fake_gemlite, monkeypatch):
+    """Data-free kernel=gemlite computes a layer's codes only when its group packs: between two kernels at most
+    one group's codes (a byte per weight) are made, so the transient memory is one group, not the model."""
+    events = []
+    codes = _gemlite.int8_codes
+    monkeypatch.setattr(_gemlite, "int8_codes", lambda w: (events.append("codes"), codes(w))[1])
+    monkeypatch.setattr(_gemlite, "int8_kernel",
+                        lambda c, sc, dtype: (events.append("kernel"), ref_int8((c, sc), dtype))[1])
+    loaded = load(str(tiny_llama), None, "cpu")
+    rep = apply(loaded, "int8-weight-only", kernel="gemlite")
+    runs, n = [], 0
+    for e in events:
+        if e == "codes":
+            n += 1
+        else:
+            runs.append(n)
+            n = 0
+    assert len(runs) == rep["gemlite"]["kernels"] and sum(runs) == rep["layers_quantized"]
+    assert max(runs) == 3 and sorted(set(runs)) == [1, 2, 3]  # q/k/v, gate/up, then the lone o/down
+
 def test_calibrated_codes_reach_the_gemlite_kernel(tiny_llama, fake_gemlite):
     loaded = load(str(tiny_llama), None, "cpu")
     rep = apply(loaded, "int4-weight-only", algorithm="gptq", kernel="gemlite", group_size=32, calib_samples=4,

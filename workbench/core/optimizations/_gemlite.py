@@ -19,6 +19,8 @@ buffers are not a format transformers loads, so the result is not exportable.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from workbench.core.errors import InputError
 
 # the projections that read the same input, packed as one kernel (Llama-family names)
@@ -154,14 +156,15 @@ def _cat(items: list, kind: str):
     return torch.cat([c for c, _ in items]), torch.cat([s for _, s in items])
 
 
-def install(model, quantized: dict, kind: str, dtype, make_kernel=None) -> dict:
-    """Replace the Linear layers named in ``quantized`` (name -> QuantWeight for kind "int4", name -> (int8 codes,
-    scales) for "int8") by GemLite kernels, one per q/k/v and gate/up group whose members are all there.
+def install(model, quantized, kind: str, dtype, make_kernel=None) -> dict:
+    """Replace the Linear layers named in ``quantized`` (a mapping: name -> QuantWeight for kind "int4", name ->
+    (int8 codes, scales) for "int8"; read once per layer, when its group packs) by GemLite kernels, one per q/k/v
+    and gate/up group whose members are all there.
     ``make_kernel(payload, dtype)`` builds a kernel (default: GemLite's; tests pass a reference). Returns counts."""
     make = make_kernel or (int4_kernel if kind == "int4" else (lambda p, d: int8_kernel(p[0], p[1], d)))
     cls = _projection_class()
     modules = dict(model.named_modules())
-    todo = dict(quantized)
+    todo = dict.fromkeys(quantized)  # names only: a lazy mapping computes a layer's codes when its group packs
     fused = 0
     groups = []
     for name, mod in modules.items():
@@ -187,6 +190,24 @@ def install(model, quantized: dict, kind: str, dtype, make_kernel=None) -> dict:
     return {"kernels": len(groups), "packed_groups": fused, "layers": len(quantized)}
 
 
+class _LazyCodes(Mapping):
+    """name -> a layer's codes, computed when read: ``install`` packs group by group, so at most one group's codes
+    (a byte per weight before packing) exist beside the model at a time, not the whole model's."""
+
+    def __init__(self, layers: dict, codes, kind: str) -> None:
+        self.layers, self.codes, self.kind = layers, codes, kind
+
+    def __getitem__(self, name: str):
+        q = self.codes(self.layers[name].weight)
+        return compact(q) if self.kind == "int4" else q
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
 def quantize(model, params: dict, kind: str, group: int | None, codes) -> dict:
     """Data-free kernel=gemlite: ``codes(weight)`` for every target Linear (a QuantWeight for "int4", (int8 codes,
     scales) for "int8"), then packed (``install``); layers whose input size ``group`` does not divide stay as
@@ -198,19 +219,18 @@ def quantize(model, params: dict, kind: str, group: int | None, codes) -> dict:
     targets = linear_modules(model, skip_head=params["skip_head"])
     before = model_size_bytes(model)
     linear_before = sum(tensor_bytes(m.weight) for _, m in targets)
-    packed, skipped = {}, []
+    layers, skipped = {}, []
     for name, lin in targets:
         if group and lin.in_features % group:
             skipped.append(name)
-            continue
-        q = codes(lin.weight)
-        packed[name] = compact(q) if kind == "int4" else q
-    if not packed:
+        else:
+            layers[name] = lin
+    if not layers:
         raise InputError(f"{opt}:group_size={group}: no layer's input size is a multiple of the group size; "
                          f"expected a group size dividing the layers' input sizes", param="opt")
-    counts = install(model, packed, kind, next(model.parameters()).dtype)
+    counts = install(model, _LazyCodes(layers, codes, kind), kind, next(model.parameters()).dtype)
     after = model_size_bytes(model)
-    return {"config": f"GemLite A16W{kind[-1]}", "gemlite": counts, "layers_quantized": len(packed),
+    return {"config": f"GemLite A16W{kind[-1]}", "gemlite": counts, "layers_quantized": len(layers),
             "layers_skipped": skipped, "linear_bytes_before": linear_before,
             "linear_bytes_after": linear_before - (before - after), "bytes_before": before, "bytes_after": after,
             "exportable": "no", "export_note": WHY_NOT_EXPORTABLE}
