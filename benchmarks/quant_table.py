@@ -13,8 +13,10 @@ Usage: python benchmarks/quant_table.py [--out benchmarks/results/quant_table_h2
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUANT = ("int8-wo", "int4-wo", "float8-wo", "float8-dyn", "int4-gl", "int4-hqq", "int8-gl")
@@ -30,16 +32,12 @@ SOURCES = [
 
 
 def rows_of(path: Path, label: str) -> list[dict]:
-    if path.suffix == ".log":
-        found = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
-    else:
-        doc = json.loads(path.read_text())
-        found = [r for r in doc.get("rows", []) if r.get("section", "ladder") == "ladder" and "rung" in r]
-    out = []
-    for r in found:
-        run = f"{label} {r['run']}" if "run" in r else label
-        out.append({**r, "run": run})
-    return out
+    """The ladder rows of one file (ladder_table's reader: a gpu_ladder JSON, or a log's JSON lines; gpu_8b's
+    document keeps them under section "ladder"), each labelled with its run."""
+    from ladder_table import read
+
+    found = [r for r in read(path)[1] if r.get("section", "ladder") == "ladder" and "rung" in r]
+    return [{**r, "run": f"{label} {r['run']}" if "run" in r else label} for r in found]
 
 
 def base(rung: str) -> str:
