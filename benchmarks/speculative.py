@@ -100,6 +100,8 @@ def main() -> int:
                     help="also speculative:method=draft-head, its head trained this long (0: no draft-head rows)")
     ap.add_argument("--head-tokens", type=int, default=32768, help="built-in tokens the head trains on")
     ap.add_argument("--head-k", type=int, default=3, help="drafts per round of the draft head")
+    ap.add_argument("--head-lookup", type=int, default=0,
+                    help="also the head with prompt lookup (speculative:lookup=N: n-gram matches of N+ tokens draft)")
     ap.add_argument("--prompts", default=",".join(PROMPTS))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--stem", default=None, help="file name stem (default speculative_<device>)")
@@ -170,20 +172,42 @@ def main() -> int:
         head_rep, head_gk = make(head_params)
         draft_report["draft_head"] = {k: v for k, v in head_rep.items() if k not in ("stats",)}
         variants["draft-head"] = (head_rep, head_gk)
-        if args.graph:  # the same head in graph-decode's loop, counted on its own
+        head = head_gk["optbench_speculative"]["head"]
+
+        def head_variant(lookup: int, graph: bool):
+            """The same head in another loop (graph-decode's) or with prompt lookup, its stats counted on its own."""
             import copy
 
+            from workbench.core.optimizations.spec_head import head_greedy_class
             from workbench.core.optimizations.speculative import _Stats
 
             stats2 = _Stats()
             rep2 = {k: copy.deepcopy(v) for k, v in head_rep.items() if k != "stats"}
-            rep2["stats"] = stats2.live
-            gk2 = {"optbench_speculative": {**head_gk["optbench_speculative"], "stats": stats2, "report": rep2}}
+            rep2.update({"stats": stats2.live, "lookup": lookup})
+            if not graph:
+                made: dict = {}
+
+                def factory(batch: int, max_len: int):
+                    if "gen" not in made or made["gen"].max_len < max_len + args.head_k:
+                        made["gen"] = head_greedy_class()(model, 1, max_len, head, args.head_k, stats=stats2,
+                                                          mode="eager", lookup=lookup)
+                    return made["gen"]
+
+                return rep2, {"optbench_generator": factory}
+            gk2 = {"optbench_speculative": {**head_gk["optbench_speculative"], "stats": stats2, "report": rep2,
+                                            "lookup": lookup}}
             ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
             ctx.extra["generate_kwargs"] = gk2
             rep2["graph_decode"] = optimizations.get("graph-decode").apply(
                 model, optimizations.get("graph-decode").resolve({}), ctx).report
-            variants["draft-head+graph-decode"] = (rep2, gk2)
+            return rep2, gk2
+
+        if args.head_lookup:
+            variants[f"draft-head+lookup={args.head_lookup}"] = head_variant(args.head_lookup, False)
+        if args.graph:
+            variants["draft-head+graph-decode"] = head_variant(0, True)
+            if args.head_lookup:
+                variants[f"draft-head+lookup={args.head_lookup}+graph-decode"] = head_variant(args.head_lookup, True)
     for spec_text in drafts:
         kv = dict(part.split("=", 1) for part in spec_text.split(","))
         vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))

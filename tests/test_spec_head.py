@@ -56,8 +56,27 @@ def test_draft_head_output_is_the_models_own(tiny_llama):
     assert live["tokens"] >= 20 and live["target_forwards"] <= live["tokens"]
 
 
+
+def test_draft_head_with_lookup_copies_from_the_text_and_stays_the_models_own(tiny_llama):
+    """lookup=2: rounds whose last 2..3 tokens occurred earlier draft by prompt lookup, the others by the head."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    applied, ctx = apply(loaded, **QUICK, lookup=2)
+    gen = ctx.extra["generate_kwargs"]["optbench_generator"](1, 80)
+    ids = torch.arange(11, 31).repeat(2)[None]  # a prompt that repeats itself: its 2-grams recur
+    with torch.inference_mode():
+        want = loaded.model.generate(ids, max_new_tokens=24, min_new_tokens=24, do_sample=False)
+    live = applied.report["stats"]
+    live.clear()
+    live.update({"calls": 0, "tokens": 0, "target_forwards": 0, "proposed": 0})
+    got = gen.generate(ids, 24)
+    assert torch.equal(got, want)
+    text = ids[0].tolist() + want[0, 40:].tolist()
+    recurring = sum(any(text[j - 2:j] == text[i - 2:i] for i in range(2, j)) for j in range(41, len(text)))
+    assert recurring > 0 and live.get("lookup_rounds", 0) > 0, (recurring, live)
+    assert live["target_forwards"] < live["tokens"] + 1
+
 def test_draft_head_runs_inside_graph_decode_in_a_pipeline(tiny_llama):
-    r = fast_recipe(str(tiny_llama), [("speculative", QUICK), ("graph-decode", {})])
+    r = fast_recipe(str(tiny_llama), [("speculative", {**QUICK, "lookup": 2}), ("graph-decode", {})])
     report = pipeline.run(r.validate(), lambda *a, **k: None)
     spec, graph = report["optimization_reports"]
     assert graph["speculative"]["method"] == "draft-head"

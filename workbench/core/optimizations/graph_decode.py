@@ -80,7 +80,8 @@ def _lookup_factory(model, params: dict, ctx, lookup: dict, kw: dict):
                 from workbench.core.optimizations.spec_head import head_greedy_class
 
                 made["gen"] = head_greedy_class()(model, 1, want, lookup["head"], lookup["num_tokens"],
-                                                  stats=lookup["stats"], **kw)
+                                                  stats=lookup["stats"], lookup=lookup.get("lookup", 0),
+                                                  ngram=lookup["ngram"], **kw)
             else:
                 made["gen"] = LookupGreedy(model, 1, want, lookup["num_tokens"], lookup["ngram"],
                                            stats=lookup["stats"], **kw)

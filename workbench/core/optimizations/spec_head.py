@@ -203,16 +203,19 @@ def agreement(head, f, y, x, depth: int = 3) -> list[float]:
 def head_greedy_class():
     """``HeadGreedy``: graph-decode's verify-step loop (``spec_lookup.LookupGreedy``) with the draft head as the
     drafter. Its step returns the target's argmax *and* final-norm feature at every position, so the head starts
-    each round from the feature of the last accepted position."""
+    each round from the feature of the last accepted position. With ``lookup`` = n > 0, a round whose last n..
+    ``ngram`` tokens occurred earlier in the text drafts what followed them instead (prompt lookup): a head without
+    attention cannot copy from the context, which lookup does for free."""
     from workbench.core.optimizations.fastgen import cache_argument
-    from workbench.core.optimizations.spec_lookup import LookupGreedy
+    from workbench.core.optimizations.spec_lookup import LookupGreedy, propose
 
     class HeadGreedy(LookupGreedy):
         what = "speculative:draft-head (verify step)"
 
-        def __init__(self, model, batch: int, max_len: int, head, num_tokens: int, stats=None, **kw) -> None:
-            super().__init__(model, batch, max_len, num_tokens, 1, stats=stats, **kw)
-            self.head = head
+        def __init__(self, model, batch: int, max_len: int, head, num_tokens: int, stats=None, lookup: int = 0,
+                     ngram: int = 3, **kw) -> None:
+            super().__init__(model, batch, max_len, num_tokens, max(ngram, lookup), stats=stats, **kw)
+            self.head, self.lookup = head, lookup
             self._decoder, self._lm_head = model.get_decoder(), model.get_output_embeddings()
             self._dec_kw = {cache_argument(self._decoder): self.cache}
             self._feats = self._feat = self._vfeat = None
@@ -257,6 +260,12 @@ def head_greedy_class():
             return argmax[0].tolist()
 
         def _propose(self, text: list[int]) -> list[int]:
+            if self.lookup:
+                looked = propose(text, self.num_tokens, self.ngram, self.lookup)
+                if looked:
+                    if self.stats is not None:
+                        self.stats.live["lookup_rounds"] = self.stats.live.get("lookup_rounds", 0) + 1
+                    return looked
             return self.head.draft(self._feat, text[-1], self.num_tokens)
 
         def _accepted(self, n_ok: int) -> None:

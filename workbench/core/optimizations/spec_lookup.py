@@ -29,11 +29,11 @@ from typing import Callable
 from workbench.core.optimizations.fastgen import GraphedGreedy
 
 
-def propose(tokens: list[int], k: int, max_ngram: int) -> list[int]:
+def propose(tokens: list[int], k: int, max_ngram: int, min_ngram: int = 1) -> list[int]:
     """Up to ``k`` tokens that followed the earliest earlier occurrence of the longest n-gram (``max_ngram`` down to
-    1) ending ``tokens``; [] when nothing matches."""
+    ``min_ngram``) ending ``tokens``; [] when nothing matches."""
     n = len(tokens)
-    for size in range(min(max_ngram, n - 1), 0, -1):
+    for size in range(min(max_ngram, n - 1), max(1, min_ngram) - 1, -1):
         tail = tokens[n - size:]
         for start in range(0, n - size):
             if tokens[start:start + size] == tail:

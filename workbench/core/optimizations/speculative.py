@@ -75,8 +75,11 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
         Param("confidence", float, 0.4, "method=draft: the draft stops a round early when its own probability for "
               "the next token is below this (transformers' assistant_confidence_threshold; 0: always draft "
               "num_tokens)", min=0.0, max=1.0),
-        Param("ngram", int, 3, "method=prompt-lookup: longest n-gram matched against the text so far", min=1,
-              max=32),
+        Param("ngram", int, 3, "method=prompt-lookup (and draft-head with lookup): longest n-gram matched "
+              "against the text so far", min=1, max=32),
+        Param("lookup", int, 0, "method=draft-head: where the text's last N..ngram tokens occurred earlier, draft "
+              "what followed them (prompt lookup) instead of the head — a head without attention cannot copy from "
+              "the context; N is the shortest match taken (0: the head always drafts)", min=0, max=32),
     ),
     conflicts={"graph-decode": "method=draft runs transformers' assisted-generation loop, whose dynamic cache and "
                                "second model graph-decode's static, captured step does not take (method=prompt-lookup "
@@ -199,7 +202,8 @@ def _apply_head(model, params: dict, ctx, report: dict, t0: float) -> Applied:
                              param="opt")
         want = max(max_len, CHECK_PROMPT + CHECK_NEW)
         if "gen" not in made or made["gen"].max_len < want + num:
-            made["gen"] = HeadGreedy(model, 1, want, head, num, stats=stats, mode="eager")
+            made["gen"] = HeadGreedy(model, 1, want, head, num, stats=stats, mode="eager",
+                                     lookup=params["lookup"], ngram=params["ngram"])
         return made["gen"]
 
     report["greedy_check"] = check_against_greedy(factory(1, 0), model, ctx.tokenizer, ctx.device)
@@ -210,7 +214,8 @@ def _apply_head(model, params: dict, ctx, report: dict, t0: float) -> Applied:
     stats.reset()
     ctx.extra["generate_kwargs"]["optbench_generator"] = factory
     # graph-decode, applied after this, runs the head inside its own (captured) loop
-    ctx.extra["generate_kwargs"]["optbench_speculative"] = {"method": "draft-head", "num_tokens": num, "ngram": 1,
+    ctx.extra["generate_kwargs"]["optbench_speculative"] = {"method": "draft-head", "num_tokens": num,
+                                                            "ngram": params["ngram"], "lookup": params["lookup"],
                                                             "stats": stats, "report": report, "head": head}
     report["setup_seconds"] = time.perf_counter() - t0
     report["stats"] = stats.live
