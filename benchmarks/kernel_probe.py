@@ -1,7 +1,8 @@
 """Decode-step matmul kernels on one GPU, side by side: the Linear layers of a decoder (a Llama-3.1-8B or
 Llama-3.2-1B shape: fused qkv, o, fused gate/up, down per layer, plus the head) run once per step at batch M, as
-one CUDA graph, for each weight format: bf16, torchao's tinygemm int4 and int8 weight-only, and GemLite's Triton
-int4 (HQQ format, codes from workbench's own round-to-nearest grid) and int8 kernels.
+one CUDA graph, for each weight format: bf16, torchao's tinygemm int4 and int8 weight-only, GemLite's Triton
+int4 (HQQ format, codes from workbench's own round-to-nearest grid) and int8 kernels, and the mslk package's
+int4 kernels through torchao (``mslk-*``: plain and preshuffled int4, and fp8-activation W4A8).
 
 This is the evidence for which kernel an optimization should use: it isolates the matmuls (no attention, no
 norms), so it says what a format can at best give a decode step. Weights are random (speed only).
@@ -22,7 +23,12 @@ SHAPES = {  # hidden, intermediate, layers, q heads, kv heads, head dim, vocab
     "8b": (4096, 14336, 32, 32, 8, 128, 128256),
     "1b": (2048, 8192, 16, 32, 8, 64, 128256),
 }
-VARIANTS = ("bf16", "tinygemm-int4", "torchao-int8", "gemlite-int4", "gemlite-int4-g64", "gemlite-int8")
+VARIANTS = ("bf16", "tinygemm-int4", "torchao-int8", "gemlite-int4", "gemlite-int4-g64", "gemlite-int8",
+            "mslk-int4", "mslk-int4-shuffled", "mslk-w4a8")
+# torchao configs over the mslk package's int4 kernels (pip mslk-cuda; torchao's int4 "plain" and "preshuffled"
+# packing formats: bf16i4bf16_rowwise / _shuffled; w4a8: fp8 rowwise activations x int4 weights, f8i4bf16_shuffled)
+MSLK = {"mslk-int4": ("int4", "plain"), "mslk-int4-shuffled": ("int4", "preshuffled"),
+        "mslk-w4a8": ("w4a8", "preshuffled")}
 
 
 def layer_shapes(shape: str) -> list[tuple[int, int]]:
@@ -38,11 +44,20 @@ def build(variant: str, weights, torch):
 
     if variant == "bf16":
         return [lambda x, w=w: F.linear(x, w) for w in weights]
-    if variant in ("tinygemm-int4", "torchao-int8"):
+    if variant in ("tinygemm-int4", "torchao-int8") or variant in MSLK:
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
-        cfg = (Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d")
-               if variant == "tinygemm-int4" else Int8WeightOnlyConfig())
+        if variant in MSLK:
+            kind, packing = MSLK[variant]
+            if kind == "int4":
+                cfg = Int4WeightOnlyConfig(group_size=128, int4_packing_format=packing)
+            else:
+                from torchao.quantization import Float8DynamicActivationInt4WeightConfig
+
+                cfg = Float8DynamicActivationInt4WeightConfig(int4_packing_format=packing)
+        else:
+            cfg = (Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d")
+                   if variant == "tinygemm-int4" else Int8WeightOnlyConfig())
         mods = []
         for w in weights:
             lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
@@ -121,7 +136,7 @@ def write(a, env, wbytes, copy_bw, rows) -> str:
            "env": env, "rows": rows}
     (a.out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
     lines = [f"# Decode-step matmuls, {a.shape} shape, {env['gpu']} (torch {env['torch']}, torchao {env['torchao']}, "
-             f"gemlite {env['gemlite']}, triton {env['triton']})", "",
+             f"gemlite {env['gemlite']}, triton {env['triton']}, mslk-cuda {env.get('mslk-cuda')})", "",
              f"bf16 weights {wbytes / 1e9:.2f} GB; copy bandwidth {copy_bw / 1e12:.2f} TB/s in the same run. One "
              f"step = every Linear once (no attention or norms), median of {a.reps} steps as one CUDA graph.", "",
              "| variant | batch | graph ms | eager ms | x bf16 | bf16-equiv TB/s | layer-0 rel err |", "|---|---|---|---|---|---|---|"]
@@ -157,7 +172,7 @@ def main(argv=None) -> int:
     from importlib.metadata import version
 
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    for pkg in ("torchao", "gemlite", "triton"):
+    for pkg in ("torchao", "gemlite", "triton", "mslk-cuda"):
         try:
             env[pkg] = version(pkg)
         except Exception:
