@@ -62,6 +62,7 @@ def test_draft_head_with_lookup_copies_from_the_text_and_stays_the_models_own(ti
     loaded = load(str(tiny_llama), None, "cpu")
     applied, ctx = apply(loaded, **QUICK, lookup=2)
     gen = ctx.extra["generate_kwargs"]["optbench_generator"](1, 80)
+    assert (gen.num_tokens, gen.head_tokens) == (spec_head.LOOKUP_TOKENS, 3)  # lookup rounds propose up to 10
     ids = torch.arange(11, 31).repeat(2)[None]  # a prompt that repeats itself: its 2-grams recur
     with torch.inference_mode():
         want = loaded.model.generate(ids, max_new_tokens=24, min_new_tokens=24, do_sample=False)

@@ -200,22 +200,30 @@ def agreement(head, f, y, x, depth: int = 3) -> list[float]:
     return out
 
 
+LOOKUP_TOKENS = 10  # what a lookup round of draft-head,lookup=N may propose (prompt lookup's own default)
+
+
 def head_greedy_class():
     """``HeadGreedy``: graph-decode's verify-step loop (``spec_lookup.LookupGreedy``) with the draft head as the
     drafter. Its step returns the target's argmax *and* final-norm feature at every position, so the head starts
     each round from the feature of the last accepted position. With ``lookup`` = n > 0, a round whose last n..
-    ``ngram`` tokens occurred earlier in the text drafts what followed them instead (prompt lookup): a head without
-    attention cannot copy from the context, which lookup does for free."""
+    ``ngram`` tokens occurred earlier in the text drafts up to ``LOOKUP_TOKENS`` tokens that followed them instead
+    (prompt lookup): a head without attention cannot copy from the context, which lookup does for free. The verify
+    step is then that wide (on a GPU the head's ``num_tokens`` drafts are padded to it, nearly free there; the
+    eager loop on a CPU verifies only what was proposed)."""
     from workbench.core.optimizations.fastgen import cache_argument
     from workbench.core.optimizations.spec_lookup import LookupGreedy, propose
 
     class HeadGreedy(LookupGreedy):
         what = "speculative:draft-head (verify step)"
 
+        pad_eager = False
+
         def __init__(self, model, batch: int, max_len: int, head, num_tokens: int, stats=None, lookup: int = 0,
                      ngram: int = 3, **kw) -> None:
-            super().__init__(model, batch, max_len, num_tokens, max(ngram, lookup), stats=stats, **kw)
-            self.head, self.lookup = head, lookup
+            width = max(num_tokens, LOOKUP_TOKENS) if lookup else num_tokens
+            super().__init__(model, batch, max_len, width, max(ngram, lookup), stats=stats, **kw)
+            self.head, self.lookup, self.head_tokens = head, lookup, num_tokens
             self._decoder, self._lm_head = model.get_decoder(), model.get_output_embeddings()
             self._dec_kw = {cache_argument(self._decoder): self.cache}
             self._feats = self._feat = self._vfeat = None
@@ -266,7 +274,7 @@ def head_greedy_class():
                     if self.stats is not None:
                         self.stats.live["lookup_rounds"] = self.stats.live.get("lookup_rounds", 0) + 1
                     return looked
-            return self.head.draft(self._feat, text[-1], self.num_tokens)
+            return self.head.draft(self._feat, text[-1], self.head_tokens)
 
         def _accepted(self, n_ok: int) -> None:
             self._feat = self._feats[n_ok].clone()

@@ -47,6 +47,7 @@ class LookupGreedy(GraphedGreedy):
     """``generate(ids, n_new, on_step)`` like ``GraphedGreedy``, with prompt-lookup drafts verified per round."""
 
     what = "speculative+graph-decode (verify step)"
+    pad_eager = True  # the eager loop pads short proposals too (a padding token the model confirms is a token)
 
     def __init__(self, model, batch: int, max_len: int, num_tokens: int, ngram: int, stats=None, **kw) -> None:
         if batch != 1:
@@ -128,8 +129,10 @@ class LookupGreedy(GraphedGreedy):
             while len(out) < max_new_tokens:
                 drafts = self._propose(text)
                 pad = drafts[-1] if drafts else text[-1]
-                if drafts or self.mode != "eager":
+                if self.mode != "eager" or (drafts and self.pad_eager):
                     given = [text[-1]] + drafts + [pad] * (self.num_tokens - len(drafts))
+                elif drafts:  # eager, unpadded: a CPU pays for every position it verifies
+                    given = [text[-1]] + drafts
                 else:  # the eager loop (a CPU): nothing proposed, so a one-token step, cheaper there than K + 1 positions
                     given = [text[-1]]
                 argmax = self._verify(given, pos, device)
