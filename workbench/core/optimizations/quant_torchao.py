@@ -80,7 +80,8 @@ def quantize_linears(model, params: dict, ctx, opt: str, make_config, need_bf16:
                   Param("kernel", str, "torchao", "CUDA kernel: torchao (its int8 weight-only matmul; exports) or "
                         "gemlite (GemLite's Triton int8 kernel, q/k/v and gate/up packed as one kernel each; on an "
                         "H200 8B decode step's matmuls 1.47x bf16 where torchao's are 0.17x; under graph-decode at 1B "
-                        "batch 1 1.29x bf16, at batch 8 0.81x: batch 1 only; not exportable)", choices=("torchao", "gemlite"))),
+                        "batch 1 1.29x bf16, at batch 8 0.81x: batch 1 only; not exportable)",
+                        choices=("torchao", "gemlite"))),
           weights=WeightStorage("int8-weight-only", 1.0, bytes_per_row=4),
           unexportable_params={"kernel": {"gemlite": GEMLITE_NOT_EXPORTABLE}}, **COMMON)
 def apply_int8_wo(model, params: dict, ctx) -> Applied:
