@@ -96,6 +96,7 @@ def test_int4_gemlite_packs_qkv_and_gate_up_into_one_kernel_each(tiny_llama, fak
     # per layer: one kernel for q/k/v, one for gate/up, o_proj and down_proj alone
     assert rep["gemlite"] == {"kernels": 4 * layers, "packed_groups": 2 * layers, "layers": 7 * layers}
     assert rep["exportable"] == "no" and rep["kernel"] == "gemlite" and rep["cast_to"] == "bfloat16"
+    assert rep["pays_at_batch"] == 0  # GemLite int4 paid at no batch measured: the Result pane always warns
     attn = loaded.model.model.layers[0].self_attn
     assert type(attn.q_proj).__name__ == "GemLiteProjection" and attn.k_proj.index == 1
     assert attn.q_proj.kernel.w.shape[0] == attn.q_proj.out_features + attn.k_proj.out_features \
@@ -129,6 +130,7 @@ def test_int8_gemlite_uses_per_row_symmetric_codes(tiny_llama, fake_gemlite):
               if isinstance(m, torch.nn.Linear) and n != "lm_head"}
     rep = apply(loaded, "int8-weight-only", kernel="gemlite")
     assert rep["layers_quantized"] == len(before) and rep["exportable"] == "no"
+    assert rep["pays_at_batch"] == 1 and "batch 1" in rep["batch_note"]  # the Result pane warns above it
     down = loaded.model.model.layers[1].mlp.down_proj.kernel.w
     w0 = before["model.layers.1.mlp.down_proj"]
     scale = w0.abs().amax(1, keepdim=True) / 127

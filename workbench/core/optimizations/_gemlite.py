@@ -29,6 +29,20 @@ WHY_NOT_EXPORTABLE = ("GemLite's packed buffers are not a format transformers lo
                       "session (use the default kernel to export)")
 
 
+# where GemLite beat the alternative on the one GPU it was measured on (benchmarks/results/quant_table_h200.md):
+# (the largest batch it paid at, 0 for none; what was measured). A report carries it as batch_note / pays_at_batch,
+# and the Results pane warns when a run's batch is above it.
+PAYS = {"int8": (1, "GemLite int8 beat bf16 only at batch 1 (H200, Llama-1B shape under graph-decode: 1.29x at batch "
+                    "1, 0.81x at batch 8)"),
+        "int4": (0, "GemLite int4 was slower than the default tinygemm kernel at batch 1 (1.42 vs 1.05 ms/token) and "
+                    "than bf16 at batch 8 (0.72x) (H200, Llama-1B shape under graph-decode)")}
+
+
+def batch_note(kind: str) -> dict:
+    batch, text = PAYS[kind]
+    return {"pays_at_batch": batch, "batch_note": text}
+
+
 def check(opt: str, device: str) -> None:
     """kernel=gemlite needs CUDA and an importable gemlite (with triton); refused before anything changes."""
     if not device.startswith("cuda"):
@@ -233,4 +247,4 @@ def quantize(model, params: dict, kind: str, group: int | None, codes) -> dict:
     return {"config": f"GemLite A16W{kind[-1]}", "gemlite": counts, "layers_quantized": len(layers),
             "layers_skipped": skipped, "linear_bytes_before": linear_before,
             "linear_bytes_after": linear_before - (before - after), "bytes_before": before, "bytes_after": after,
-            "exportable": "no", "export_note": WHY_NOT_EXPORTABLE}
+            "exportable": "no", "export_note": WHY_NOT_EXPORTABLE, **batch_note(kind)}

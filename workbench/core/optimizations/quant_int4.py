@@ -160,7 +160,8 @@ def _calibrated(model, params: dict, ctx) -> dict:
         done.append(name)
     if packed:
         rep = {"config": "GemLite A16W4 (HQQ format)", "gemlite": _gemlite.install(model, packed, "int4",
-                                                                                    next(model.parameters()).dtype)}
+                                                                                    next(model.parameters()).dtype),
+               **_gemlite.batch_note("int4")}
     else:
         rep = {"config": type(_config(ctx.device, group, algorithm, export=params["export"])).__name__}
     after = model_size_bytes(model)

@@ -43,7 +43,17 @@ def summary_table(report: dict, run_id=None) -> Table:
     if capped:
         t.add_row(Text(f"⚠ the {' and '.join(capped)} bench hit its time cap (max seconds): fewer timed calls, a "
                        "rougher median", style="yellow"), "")
+    for note in batch_caveats(report):
+        t.add_row(Text(f"⚠ {note}", style="yellow"), "")
     return t
+
+
+def batch_caveats(report: dict) -> list[str]:
+    """An optimization's measured batch limit (its report's pays_at_batch / batch_note) that this run is above."""
+    batch = (report.get("bench") or {}).get("batch") or 1
+    return [f"{r.get('name', '?')} at batch {batch}: {r['batch_note']}"
+            for r in report.get("optimization_reports") or []
+            if r.get("batch_note") and batch > r.get("pays_at_batch", 0)]
 
 
 def capped_phases(report: dict) -> list[str]:
