@@ -83,7 +83,6 @@ def main() -> int:
         # in the head's run-time dtype (draft_dtype), as the loop runs it
         f = f.to(head.rows.dtype)
         tf = spec_head.agreement(head, f[:, p - 1:], y[:, p - 1:], x[:, p - 1:], depth=args.head_k)
-        # the same, over the first 8 tokens of the reply alone and the rest (where the reply drifts)
         row = {"prompt": name, "reply_tokens": n, "identical": got[0, p:].tolist() == reply,
                "runtime_acceptance": runtime.get("acceptance_rate"),
                "runtime_tokens_per_forward": runtime.get("tokens_per_target_forward"),

@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUANT = ("int8-wo", "int4-wo", "float8-wo", "float8-dyn", "int4-gl", "int4-hqq", "int8-gl")
 # (run label, file, what it was): JSON documents with "rows", or logs of JSON lines
 SOURCES = [
     ("11-28", "gpu_ladder_h200.json", "the first ladder, 2026-11-28 (runs A–F, T, R1 of that file)"),
@@ -41,8 +40,10 @@ def rows_of(path: Path, label: str) -> list[dict]:
 
 
 def base(rung: str) -> str:
-    return {"graph-cdt": "graph-decode", "graph-gemv": "graph-decode", "graph-fused": "graph-decode"}.get(
-        rung, rung).partition("+")[0]
+    """The ladder's rung without its compile variant ("int4-gl+fuse" -> "int4-gl"; its aliases resolved)."""
+    from gpu_ladder import ALIASES
+
+    return ALIASES.get(rung, rung).partition("+")[0]
 
 
 def is_bf16_best_candidate(rung: str) -> bool:
@@ -50,6 +51,8 @@ def is_bf16_best_candidate(rung: str) -> bool:
 
 
 def table(rows: list[dict]) -> list[str]:
+    from gpu_ladder import QUANT_RUNGS as QUANT
+
     ok = [r for r in rows if "decode_ms_per_token" in r]
     best_run: dict = {}
     best_any: dict = {}
