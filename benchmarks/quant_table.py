@@ -27,6 +27,9 @@ SOURCES = [
     ("12-03 L1", "h200_2026-12-03b/l1b/gpu_ladder.json", "GemLite, first lease (ended idle after two rungs)"),
     ("12-03 L2a", "h200_2026-12-03b/lease2/l1b1.log", "GemLite int4 / tinygemm int4, 1B batch 1"),
     ("12-03 L2b", "h200_2026-12-03b/lease2/l1b8.log", "GemLite at 1B batch 8, with its bf16 rung"),
+    ("12-03 8B1", "h200_2026-12-03c/l8b1/gpu_ladder.json",
+     "GemLite at 8B batch 1, with its bf16 rung (the tinygemm int4 rung ran past the step's time limit)"),
+    ("12-03 8B8", "h200_2026-12-03d/l8b8/gpu_ladder.json", "GemLite at 8B batch 8, with its bf16 rung"),
 ]
 
 

@@ -164,19 +164,24 @@ def test_hangup_with_a_stalled_terminal_still_ends_the_app(tiny_llama, tmp_path)
 
 
 def test_result_pane_warns_when_the_batch_is_above_where_a_kernel_paid():
-    """kernel=gemlite's reports say where GemLite was measured to pay (int8: batch 1 only; int4: nowhere); the
-    Result pane warns for a run above that batch, and says nothing for one within it."""
+    """kernel=gemlite's reports say where GemLite was measured to pay, for the measured shape nearest the model's
+    size (int8: batch 1 only at 1B, batch 1 and 8 at 8B; int4: nowhere at 1B); the Result pane warns for a run
+    above that batch, and says nothing for one within it."""
     from rich.console import Console
 
     from workbench.core.optimizations import _gemlite
     from workbench.tui.panes.summary import batch_caveats, summary_table
 
-    int8 = {"name": "int8-weight-only", **_gemlite.batch_note("int8")}
+    int8 = {"name": "int8-weight-only", **_gemlite.batch_note("int8", 1.5e9)}
     plain = {"name": "bf16"}
     assert batch_caveats({"bench": {"batch": 1}, "optimization_reports": [int8, plain]}) == []
     notes = batch_caveats({"bench": {"batch": 8}, "optimization_reports": [int8, plain]})
-    assert len(notes) == 1 and notes[0].startswith("int8-weight-only at batch 8: GemLite int8 beat bf16 only at batch 1")
-    int4 = {"name": "int4-weight-only", **_gemlite.batch_note("int4")}
+    assert len(notes) == 1 and notes[0].startswith("int8-weight-only at batch 8: GemLite int8 beat bf16 at batch 1 "
+                                                   "only on the Llama-1B shape")
+    int8_7b = {"name": "int8-weight-only", **_gemlite.batch_note("int8", 7e9)}
+    assert batch_caveats({"bench": {"batch": 8}, "optimization_reports": [int8_7b]}) == []
+    assert len(batch_caveats({"bench": {"batch": 16}, "optimization_reports": [int8_7b]})) == 1
+    int4 = {"name": "int4-weight-only", **_gemlite.batch_note("int4", 135e6)}
     assert len(batch_caveats({"bench": {"batch": 1}, "optimization_reports": [int4]})) == 1
     console = Console(width=200, record=True)
     console.print(summary_table({"bench": {"batch": 8}, "optimization_reports": [int8]}))

@@ -29,18 +29,31 @@ WHY_NOT_EXPORTABLE = ("GemLite's packed buffers are not a format transformers lo
                       "session (use the default kernel to export)")
 
 
-# where GemLite beat the alternative on the one GPU it was measured on (benchmarks/results/quant_table_h200.md):
-# (the largest batch it paid at, 0 for none; what was measured). A report carries it as batch_note / pays_at_batch,
-# and the Results pane warns when a run's batch is above it.
-PAYS = {"int8": (1, "GemLite int8 beat bf16 only at batch 1 (H200, Llama-1B shape under graph-decode: 1.29x at batch "
-                    "1, 0.81x at batch 8)"),
-        "int4": (0, "GemLite int4 was slower than the default tinygemm kernel at batch 1 (1.42 vs 1.05 ms/token) and "
-                    "than bf16 at batch 8 (0.72x) (H200, Llama-1B shape under graph-decode)")}
+# where GemLite beat bf16 on the one GPU it was measured on (H200, graph-decode, benchmarks/results/
+# quant_table_h200.md), per measured shape: (parameters of the shape, the largest batch it paid at (0: none), what
+# was measured). A report carries the row of the measured shape nearest the model's size (log scale) as
+# pays_at_batch / batch_note, and the Results pane warns when a run's batch is above it.
+PAYS = {"int8": ((1.24e9, 1, "GemLite int8 beat bf16 at batch 1 only on the Llama-1B shape (H200, graph-decode: "
+                             "1.29x at batch 1, 0.81x at batch 8)"),
+                 (8.03e9, 8, "GemLite int8 beat bf16 at batch 1 and 8 on the Llama-8B shape (H200, graph-decode: "
+                             "1.38x and 1.28x)")),
+        "int4": ((1.24e9, 0, "GemLite int4 was slower than the default tinygemm kernel at batch 1 (1.42 vs 1.05 "
+                             "ms/token) and than bf16 at batch 8 (0.72x) on the Llama-1B shape (H200, graph-decode)"),
+                 (8.03e9, 8, "GemLite int4 beat bf16 at batch 1 and 8 on the Llama-8B shape (H200, graph-decode: "
+                             "1.44x and 1.05x); tinygemm was 1.51x at batch 1"))}
 
 
-def batch_note(kind: str) -> dict:
-    batch, text = PAYS[kind]
+def batch_note(kind: str, n_params: float) -> dict:
+    """The PAYS row of the measured shape nearest ``n_params`` parameters (by ratio)."""
+    import math
+
+    _, batch, text = min(PAYS[kind], key=lambda row: abs(math.log(row[0] / max(n_params, 1.0))))
     return {"pays_at_batch": batch, "batch_note": text}
+
+
+def n_params(model) -> int:
+    """Parameters before quantization (what PAYS is keyed on)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def check(opt: str, device: str) -> None:
@@ -231,7 +244,7 @@ def quantize(model, params: dict, kind: str, group: int | None, codes) -> dict:
 
     opt = f"{kind}-weight-only"
     targets = linear_modules(model, skip_head=params["skip_head"])
-    before = model_size_bytes(model)
+    before, size = model_size_bytes(model), n_params(model)
     linear_before = sum(tensor_bytes(m.weight) for _, m in targets)
     layers, skipped = {}, []
     for name, lin in targets:
@@ -247,4 +260,4 @@ def quantize(model, params: dict, kind: str, group: int | None, codes) -> dict:
     return {"config": f"GemLite A16W{kind[-1]}", "gemlite": counts, "layers_quantized": len(layers),
             "layers_skipped": skipped, "linear_bytes_before": linear_before,
             "linear_bytes_after": linear_before - (before - after), "bytes_before": before, "bytes_after": after,
-            "exportable": "no", "export_note": WHY_NOT_EXPORTABLE, **batch_note(kind)}
+            "exportable": "no", "export_note": WHY_NOT_EXPORTABLE, **batch_note(kind, size)}

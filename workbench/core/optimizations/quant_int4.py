@@ -91,6 +91,7 @@ def _calibrated(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations import _gemlite
 
     algorithm, group = params["algorithm"], params["group_size"]
+    size = _gemlite.n_params(model)  # before packing: where GemLite paid depends on the model's size
     # GemLite's HQQ format takes a float zero per group: the tinygemm grid, on any device
     grid = qc.Grid("asym" if params["kernel"] == "gemlite" else layout(ctx.device, algorithm, params["export"]), group)
     packed: dict = {}  # kernel=gemlite: name -> codes waiting to be packed (the model computes their dequantization)
@@ -161,7 +162,7 @@ def _calibrated(model, params: dict, ctx) -> dict:
     if packed:
         rep = {"config": "GemLite A16W4 (HQQ format)", "gemlite": _gemlite.install(model, packed, "int4",
                                                                                     next(model.parameters()).dtype),
-               **_gemlite.batch_note("int4")}
+               **_gemlite.batch_note("int4", size)}
     else:
         rep = {"config": type(_config(ctx.device, group, algorithm, export=params["export"])).__name__}
     after = model_size_bytes(model)
@@ -232,8 +233,9 @@ def _bf16_first(model, ctx) -> dict:
                         search=("rtn", "hqq", "gptq")),
                   Param("kernel", str, "tinygemm", "CUDA kernel: tinygemm (torchao's int4 matmul; exports) or "
                         "gemlite (GemLite's Triton kernels, any algorithm, q/k/v and gate/up packed as one kernel "
-                        "each; not exportable; on an H200 under graph-decode slower than tinygemm at 1B batch 1 — "
-                        "1.42 vs 1.05 ms/token — and than bf16 at batch 8)", choices=KERNELS),
+                        "each; not exportable; on an H200 under graph-decode: 8B 1.44x bf16 at batch 1, 1.05x at batch 8 "
+                        "(tinygemm 1.51x, 1.03x); 1B slower than tinygemm at batch 1 — 1.42 vs 1.05 ms/token — and "
+                        "than bf16 at batch 8)", choices=KERNELS),
                   Param("export", str, "torchao", "export format: torchao (TorchAoConfig safetensors, reloads with "
                         "torchao) or compressed-tensors (W4A16 pack-quantized, what vLLM serves; codes on the "
                         "symmetric grid and stored one byte per weight in memory, so on CUDA slower than tinygemm)",

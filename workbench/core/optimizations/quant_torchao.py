@@ -79,8 +79,8 @@ def quantize_linears(model, params: dict, ctx, opt: str, make_config, need_bf16:
           params=(SKIP_HEAD, EXPORT,
                   Param("kernel", str, "torchao", "CUDA kernel: torchao (its int8 weight-only matmul; exports) or "
                         "gemlite (GemLite's Triton int8 kernel, q/k/v and gate/up packed as one kernel each; on an "
-                        "H200 8B decode step's matmuls 1.47x bf16 where torchao's are 0.17x; under graph-decode at 1B "
-                        "batch 1 1.29x bf16, at batch 8 0.81x: batch 1 only; not exportable)",
+                        "H200 under graph-decode: 8B 1.38x bf16 at batch 1 and 1.28x at batch 8 (torchao's matmuls "
+                        "alone: 0.17x); 1B 1.29x at batch 1, 0.81x at batch 8; not exportable)",
                         choices=("torchao", "gemlite"))),
           weights=WeightStorage("int8-weight-only", 1.0, bytes_per_row=4),
           unexportable_params={"kernel": {"gemlite": GEMLITE_NOT_EXPORTABLE}}, **COMMON)
