@@ -52,6 +52,7 @@ def test_int8_dynamic_activation_and_fp8_weight_only_types(tiny_bert):
         with torch.inference_mode():
             got = loaded.model(input_ids=ids).last_hidden_state
         assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.98
+        assert "batch_note" not in rep  # the batch figures were measured on CUDA: a CPU run carries none
 
 
 @pytest.mark.parametrize("runtime", ["compile", "graph-decode"])
@@ -90,6 +91,7 @@ def test_int4_weight_only_on_cuda(tmp_path):
     assert rep["cast_to"] == "bfloat16" or next(loaded.model.parameters()).dtype == torch.bfloat16
     assert type(loaded.model.model.layers[0].mlp.up_proj.weight).__name__ == "Int4TilePackedTo4dTensor"
     assert rep["linear_bytes_after"] < 0.35 * rep["linear_bytes_before"]  # vs bf16: 0.5 byte + group scales
+    assert rep["pays_at_batch"] == 1 and rep["batch_note"].startswith("tinygemm int4")  # nearest measured: 1B
     out = loaded.model.generate(torch.arange(3, 20, device="cuda")[None], max_new_tokens=4, do_sample=False)
     assert out.shape[1] == 21
 
@@ -103,7 +105,8 @@ def test_fp8_dynamic_on_cuda(tmp_path):
 
     path = build_llama(tmp_path / "llama", hidden=256, inter=512)
     loaded = load(str(path), None, "cuda")
-    apply(loaded, "fp8-dynamic", device="cuda")
+    rep = apply(loaded, "fp8-dynamic", device="cuda")
+    assert rep["pays_at_batch"] == 0 and "0.92x" in rep["batch_note"]
     assert type(loaded.model.model.layers[0].mlp.up_proj.weight).__name__ == "Float8Tensor"
     with torch.inference_mode():
         assert torch.isfinite(loaded.model(input_ids=torch.arange(3, 35, device="cuda")[None]).logits).all()

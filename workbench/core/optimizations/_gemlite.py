@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from workbench.core.errors import InputError
+from workbench.core.optimizations import _batch_notes
 
 # the projections that read the same input, packed as one kernel (Llama-family names)
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -29,31 +30,9 @@ WHY_NOT_EXPORTABLE = ("GemLite's packed buffers are not a format transformers lo
                       "session (use the default kernel to export)")
 
 
-# where GemLite beat bf16 on the one GPU it was measured on (H200, graph-decode, benchmarks/results/
-# quant_table_h200.md), per measured shape: (parameters of the shape, the largest batch it paid at (0: none), what
-# was measured). A report carries the row of the measured shape nearest the model's size (log scale) as
-# pays_at_batch / batch_note, and the Results pane warns when a run's batch is above it.
-PAYS = {"int8": ((1.24e9, 1, "GemLite int8 beat bf16 at batch 1 only on the Llama-1B shape (H200, graph-decode: "
-                             "1.29x at batch 1, 0.81x at batch 8)"),
-                 (8.03e9, 8, "GemLite int8 beat bf16 at batch 1 and 8 on the Llama-8B shape (H200, graph-decode: "
-                             "1.38x and 1.28x)")),
-        "int4": ((1.24e9, 0, "GemLite int4 was slower than the default tinygemm kernel at batch 1 (1.42 vs 1.05 "
-                             "ms/token) and than bf16 at batch 8 (0.72x) on the Llama-1B shape (H200, graph-decode)"),
-                 (8.03e9, 8, "GemLite int4 beat bf16 at batch 1 and 8 on the Llama-8B shape (H200, graph-decode: "
-                             "1.44x and 1.05x); tinygemm was 1.51x at batch 1"))}
-
-
 def batch_note(kind: str, n_params: float) -> dict:
-    """The PAYS row of the measured shape nearest ``n_params`` parameters (by ratio)."""
-    import math
-
-    _, batch, text = min(PAYS[kind], key=lambda row: abs(math.log(row[0] / max(n_params, 1.0))))
-    return {"pays_at_batch": batch, "batch_note": text}
-
-
-def n_params(model) -> int:
-    """Parameters before quantization (what PAYS is keyed on)."""
-    return sum(p.numel() for p in model.parameters())
+    """Where GemLite's ``kind`` ("int4", "int8") kernel paid, for a model of ``n_params`` (see _batch_notes)."""
+    return _batch_notes.note(f"{kind}-weight-only", "gemlite", n_params)
 
 
 def check(opt: str, device: str) -> None:
@@ -244,7 +223,7 @@ def quantize(model, params: dict, kind: str, group: int | None, codes) -> dict:
 
     opt = f"{kind}-weight-only"
     targets = linear_modules(model, skip_head=params["skip_head"])
-    before, size = model_size_bytes(model), n_params(model)
+    before, size = model_size_bytes(model), _batch_notes.n_params(model)
     linear_before = sum(tensor_bytes(m.weight) for _, m in targets)
     layers, skipped = {}, []
     for name, lin in targets:

@@ -20,6 +20,7 @@ scales live in the RMSNorm and v_proj / up_proj weights, which export as ordinar
 from __future__ import annotations
 
 from workbench.core.errors import InputError
+from workbench.core.optimizations import _batch_notes
 from workbench.core.optimizations._gemlite import WHY_NOT_EXPORTABLE as GEMLITE_NOT_EXPORTABLE
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 from workbench.core.optimizations.quant_calibrate import CALIB_DATA, CALIB_SAMPLES, CALIB_SEQ, calibration_batches
@@ -91,7 +92,7 @@ def _calibrated(model, params: dict, ctx) -> dict:
     from workbench.core.optimizations import _gemlite
 
     algorithm, group = params["algorithm"], params["group_size"]
-    size = _gemlite.n_params(model)  # before packing: where GemLite paid depends on the model's size
+    size = _batch_notes.n_params(model)  # before packing: where GemLite paid depends on the model's size
     # GemLite's HQQ format takes a float zero per group: the tinygemm grid, on any device
     grid = qc.Grid("asym" if params["kernel"] == "gemlite" else layout(ctx.device, algorithm, params["export"]), group)
     packed: dict = {}  # kernel=gemlite: name -> codes waiting to be packed (the model computes their dequantization)
@@ -273,6 +274,7 @@ def apply_int4_wo(model, params: dict, ctx) -> Applied:
         _gemlite.check("int4-weight-only", ctx.device)
     t0 = time.perf_counter()
     tinygemm = ctx.device.startswith("cuda") and kernel == "tinygemm" and export == "torchao"
+    size = _batch_notes.n_params(model)
     padded = ([n for n, m in linear_modules(model, skip_head=params["skip_head"]) if m.in_features % 1024]
               if tinygemm else [])
     if kernel == "gemlite" and algorithm in ("rtn", "hqq"):
@@ -300,6 +302,8 @@ def apply_int4_wo(model, params: dict, ctx) -> Applied:
         rep.update(_calibrated(model, params, ctx))
     rep["quantize_seconds"] = round(time.perf_counter() - t0, 3)
     rep["export"], rep["kernel"] = export, kernel
+    if tinygemm:
+        rep.update(_batch_notes.note("int4-weight-only", "tinygemm", size, ctx.device))
     export_ct.mark(rep, params)
     if padded:
         # torchao's tile-packed int4 layout pads every layer's input size up to a multiple of 1024 (and the

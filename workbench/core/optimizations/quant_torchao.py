@@ -12,6 +12,7 @@ torchao can serialize; a reload needs torchao. What runs where (torchao 0.18):
 from __future__ import annotations
 
 from workbench.core.errors import InputError
+from workbench.core.optimizations import _batch_notes
 from workbench.core.optimizations._gemlite import WHY_NOT_EXPORTABLE as GEMLITE_NOT_EXPORTABLE
 from workbench.core.optimizations.base import Applied, Param, WeightStorage, register
 
@@ -113,8 +114,10 @@ def apply_int8_wo(model, params: dict, ctx) -> Applied:
         rep["kernel"] = "gemlite"
         return Applied(model, rep)
     export_ct.require("int8-weight-only", params)
+    size = _batch_notes.n_params(model)
     rep = quantize_linears(model, params, ctx, "int8-weight-only", make)
     rep["kernel"] = "torchao"
+    rep.update(_batch_notes.note("int8-weight-only", "torchao", size, ctx.device))
     return Applied(model, export_ct.mark(rep, params))
 
 
@@ -164,7 +167,9 @@ def apply_fp8_wo(model, params: dict, ctx) -> Applied:
 
         return Float8WeightOnlyConfig()
 
-    return Applied(model, quantize_linears(model, params, ctx, "fp8-weight-only", make))
+    size = _batch_notes.n_params(model)
+    rep = quantize_linears(model, params, ctx, "fp8-weight-only", make)
+    return Applied(model, {**rep, **_batch_notes.note("fp8-weight-only", None, size, ctx.device)})
 
 
 @register(name="fp8-dynamic", summary="torchao float8 dynamic activation + float8 weight, per-row scales "
@@ -193,6 +198,8 @@ def apply_fp8_dyn(model, params: dict, ctx) -> Applied:
         gran = PerRow() if params["granularity"] == "row" else PerTensor()
         return Float8DynamicActivationFloat8WeightConfig(granularity=gran)
 
+    size = _batch_notes.n_params(model)
     rep = quantize_linears(model, params, ctx, "fp8-dynamic", make, need_bf16=True)
     rep["granularity"] = params["granularity"]
+    rep.update(_batch_notes.note("fp8-dynamic", None, size, ctx.device))
     return Applied(model, rep)
