@@ -36,6 +36,8 @@ class Param:
     max: float | None = None
     choices: tuple | None = None
     search: tuple | None = None  # values a tuner may try
+    search_cuda: tuple | None = None  # on CUDA, the values a tuner tries instead of ``search``
+    search_needs: tuple = ()  # ((value, module), ...): a value a tuner tries only where its module imports
 
     def describe(self) -> dict:
         return {
@@ -47,6 +49,7 @@ class Param:
             "max": self.max,
             "choices": list(self.choices) if self.choices else None,
             "search": list(self.search) if self.search else None,
+            "search_cuda": list(self.search_cuda) if self.search_cuda else None,
         }
 
     def coerce(self, opt: str, raw: Any) -> Any:

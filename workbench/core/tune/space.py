@@ -93,39 +93,47 @@ def _step_cost(spec, params: dict) -> float:
 CALIBRATED = ("gptq", "awq", "awq-gptq")
 
 
-def _grid(spec) -> list[dict]:
+def _values(p, dev_kind: str) -> tuple:
+    """The values a tuner tries for parameter ``p`` on ``dev_kind``: its CUDA values there, and only those whose
+    module imports here."""
+    values = (p.search_cuda if dev_kind == "cuda" and p.search_cuda else p.search) or ()
+    needs = dict(p.search_needs)
+    return tuple(v for v in values if v not in needs or _importable(needs[v]))
+
+
+def _grid(spec, dev_kind: str) -> list[dict]:
     """Every combination of the searchable values; the one equal to the defaults first."""
-    searched = [p for p in spec.params if p.search]
+    searched = [(p, _values(p, dev_kind)) for p in spec.params if _values(p, dev_kind)]
     if not searched:
         return [{}]
-    combos = [dict(zip([p.name for p in searched], values))
-              for values in itertools.product(*[p.search for p in searched])]
-    default = {p.name: p.default for p in searched}
+    combos = [dict(zip([p.name for p, _ in searched], values))
+              for values in itertools.product(*[vals for _, vals in searched])]
+    default = {p.name: p.default for p, _ in searched}
     combos.sort(key=lambda c: c != default)  # stable: the default first, then product order
     return combos
 
 
-def _combo_values(spec) -> list[dict]:
+def _combo_values(spec, dev_kind: str) -> list[dict]:
     """Values used in combinations: the first parameter with several search values varies, the rest at default."""
-    searched = [p for p in spec.params if p.search]
-    base = {p.name: (p.default if p.default in p.search else p.search[0]) for p in searched}
-    vary = next((p for p in searched if len(p.search) > 1), None)
+    searched = [(p, _values(p, dev_kind)) for p in spec.params if _values(p, dev_kind)]
+    base = {p.name: (p.default if p.default in vals else vals[0]) for p, vals in searched}
+    vary = next(((p, vals) for p, vals in searched if len(vals) > 1), None)
     if vary is None:
         return [base]
-    values = sorted(vary.search, key=lambda v: v != base[vary.name])  # the default first
-    return [{**base, vary.name: v} for v in values]
+    p, vals = vary
+    values = sorted(vals, key=lambda v: v != base[p.name])  # the default first
+    return [{**base, p.name: v} for v in values]
+
+
+def _importable(mod: str) -> bool:
+    try:
+        return importlib.util.find_spec(mod) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _requires_missing(spec) -> list[str]:
-    missing = []
-    for mod in spec.requires:
-        try:
-            found = importlib.util.find_spec(mod) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append(mod)
-    return missing
+    return [mod for mod in spec.requires if not _importable(mod)]
 
 
 def build_space(task: str, device: str, opts: list[str] | None = None, max_space: int = 400,
@@ -160,7 +168,7 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
             avail.append(spec)
 
     def searched_names(spec) -> tuple[str, ...]:  # the parameters a label shows: those the search varies
-        return tuple(p.name for p in spec.params if p.search and len(p.search) > 1)
+        return tuple(p.name for p in spec.params if len(_values(p, dev_kind)) > 1)
 
     # A bf16 cast on a CPU without native bf16 matmuls is emulated (2.9x slower decode on an AVX2-only EPYC): its
     # trials go last, after everything that can win there, instead of first among the cheap precision casts.
@@ -200,7 +208,7 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
     # The anchor (CUDA, causal LMs): graph-decode at its default values, appended to every candidate it combines
     # with; that candidate's eager form stays in the space as a fallback, run only if the anchor itself failed.
     anchor_spec = next((s for s in avail if s.name == ANCHOR), None) if dev_kind == "cuda" else None
-    anchor = make([(anchor_spec, _combo_values(anchor_spec)[0])], 0) if anchor_spec is not None else None
+    anchor = make([(anchor_spec, _combo_values(anchor_spec, dev_kind)[0])], 0) if anchor_spec is not None else None
     if not isinstance(anchor, Candidate):
         anchor = None
     anchor_params = anchor.steps[0]["params"] if anchor else None
@@ -242,7 +250,7 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
 
     counts = {"singles": 0, "pairs": 0, "triples": 0}
     for spec in avail:
-        for i, params in enumerate(_grid(spec)):
+        for i, params in enumerate(_grid(spec, dev_kind)):
             counts["singles"] += offer([(spec, params)], 0 if i == 0 else 1)
     others = [s for s in avail if s is not anchor_spec] if anchor else avail
     if pairs:
@@ -250,14 +258,14 @@ def build_space(task: str, device: str, opts: list[str] | None = None, max_space
             if STAGES[a.stage] == STAGES[b.stage]:
                 continue
             a, b = sorted((a, b), key=lambda s: STAGES[s.stage])
-            for pa, pb in itertools.product(_combo_values(a), _combo_values(b)):
+            for pa, pb in itertools.product(_combo_values(a, dev_kind), _combo_values(b, dev_kind)):
                 counts["pairs"] += offer([(a, pa), (b, pb)], 2)
     if triples:
         for trio in itertools.combinations(others, 3):
             if len({STAGES[s.stage] for s in trio}) < 3:
                 continue
             trio = sorted(trio, key=lambda s: STAGES[s.stage])
-            counts["triples"] += offer([(s, _combo_values(s)[0]) for s in trio], 3)
+            counts["triples"] += offer([(s, _combo_values(s, dev_kind)[0]) for s in trio], 3)
     for i, c in enumerate(made):
         c.index = i
     # The cap keeps singles first (cheapest first; eager fallbacks after the others, so a failed anchor still
