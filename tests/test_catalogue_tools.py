@@ -108,3 +108,29 @@ def test_recommend_command_rejects_bad_input(tiny_bert):
     with pytest.raises(InputError) as bad_model:
         handlers["recommend"](p.parse_args(["recommend", "--model", "demo:nope"]))
     assert error_text(bad_model.value.message, bad_model.value.param).startswith("--model demo:nope")
+
+
+def test_recommender_picks_the_int8_kernel_measured_to_pay_at_the_batch(tiny_llama, monkeypatch):
+    """On CUDA a memory cap that int8 weights meet: GemLite's kernel where gemlite imports and paid at this batch
+    and size (_batch_notes: batch 1 at the 1B shape, the nearest to a tiny model), else torchao's, with the batch
+    at which it was measured to fall behind bf16 said."""
+    import importlib.util
+
+    from workbench.core.recommend import Constraints, model_facts, propose
+
+    llama = model_facts(str(tiny_llama))
+    gpu = {"gpu": {"name": "NVIDIA H200", "memory_mb": 143_000.0, "compute_capability": "9.0", "count": 1,
+                   "cc": (9, 0)}, "device": "cuda:0"}
+    cap = llama["params"] * 2 / 2 ** 20 / 0.9  # bf16 weights over 80 % of the cap, int8 well within it
+    real = importlib.util.find_spec
+
+    def step(batch, gemlite):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: (object() if gemlite else None) if name == "gemlite" else real(name, *a))
+        steps = propose(llama, gpu, Constraints(max_drop=2.0, memory_mb=cap, batch=batch))
+        return next(s for s in steps if s["name"] == "int8-weight-only")
+
+    assert step(1, True)["params"] == {"kernel": "gemlite"}
+    at8 = step(8, True)  # GemLite int8 paid only at batch 1 at the 1B shape: torchao's kernel, and its limit said
+    assert at8["params"] == {} and "0.15x" in at8["reason"]
+    assert step(1, False)["params"] == {} and "slower than bf16" not in step(1, False)["reason"]

@@ -289,6 +289,24 @@ def _step(name: str, params: dict, reason: str) -> dict:
     return {"name": name, "params": params, "reason": reason}
 
 
+def _cuda_int8(facts: dict, c: Constraints, why: str) -> dict:
+    """int8-weight-only on CUDA with the kernel measured to pay at this batch and model size (_batch_notes): GemLite
+    for causal LMs where it is installed and paid, else torchao's, with its measured limit said."""
+    import importlib.util
+
+    from workbench.core.optimizations import _batch_notes
+
+    batch = c.batch or 1
+    if facts["task"] == "causal-lm" and importlib.util.find_spec("gemlite") is not None:
+        gl = _batch_notes.note("int8-weight-only", "gemlite", facts["params"])
+        if batch <= gl["pays_at_batch"]:
+            return _step("int8-weight-only", {"kernel": "gemlite"}, f"{why}; GemLite's int8 kernel: "
+                         f"{gl['batch_note']}")
+    ao = _batch_notes.note("int8-weight-only", "torchao", facts["params"])
+    caveat = f"; at batch {batch} it may be slower than bf16: {ao['batch_note']}" if batch > ao["pays_at_batch"] else ""
+    return _step("int8-weight-only", {}, why + caveat)
+
+
 def propose(facts: dict, hw: dict, c: Constraints) -> list[dict]:
     gpu = hw.get("gpu")
     task = facts["task"]
@@ -302,8 +320,8 @@ def propose(facts: dict, hw: dict, c: Constraints) -> list[dict]:
         fp16_weights = facts["params"] * 2 / 2 ** 20
         if c.memory_mb and fp16_weights > 0.8 * c.memory_mb:
             if fp16_weights / 2 <= 0.8 * c.memory_mb or drop < 2:
-                steps.append(_step("int8-weight-only", {}, f"{fp16_weights:.0f} MB of {half} weights exceed 80 % "
-                                                           f"of the {c.memory_mb:.0f} MB cap; int8 weights halve them"))
+                steps.append(_cuda_int8(facts, c, f"{fp16_weights:.0f} MB of {half} weights exceed 80 % of the "
+                                                  f"{c.memory_mb:.0f} MB cap; int8 weights halve them"))
             else:
                 from workbench.core.optimizations.quant_calibrate import FOLDABLE
 
