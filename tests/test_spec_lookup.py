@@ -103,3 +103,25 @@ def test_rounds_with_nothing_proposed_are_one_token_steps_on_cpu(tiny_llama, mon
     cache_is_the_sequence(loaded.model, gen, out)
     s = stats.live
     assert s["target_forwards"] == s["tokens"] == 16 and s["proposed"] == 0 and s["accepted"] == 0
+
+
+def test_spec_diag_splits_a_round_and_leaves_the_loop_as_it_was(tiny_llama):
+    """benchmarks/spec_diag.py's round split (the GPU question: where a verify round's time goes): every round is
+    counted once, the parts are within the round, and the loop's own methods are back afterwards."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from spec_diag import split_rounds
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    gen = LookupGreedy(loaded.model, 1, 128, 4, 3, stats=_Stats(), mode="eager")
+    repeating = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2524, 1012] * 4])
+    row = split_rounds(gen, repeating, 20, 2, torch, lambda: None)
+    assert row["rounds"] == row["stats"]["target_forwards"] - 2  # the two prompts' forwards are not rounds
+    assert row["tokens"] == 40 and row["tokens_per_round"] > 1  # a repeating prompt: drafts accepted
+    assert 0 < sum(row["host_ms_per_round"].values()) <= row["wall_ms_per_round"]
+    assert row["prefill_ms_per_call"] > 0
+    assert not {"_propose", "_verify", "_rewind", "_prefill"} & set(vars(gen))
+    assert torch.equal(gen.generate(repeating, 20), greedy(loaded.model, repeating, 20))
