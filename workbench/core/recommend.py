@@ -303,7 +303,8 @@ def _cuda_int8(facts: dict, c: Constraints, why: str) -> dict:
             return _step("int8-weight-only", {"kernel": "gemlite"}, f"{why}; GemLite's int8 kernel: "
                          f"{gl['batch_note']}")
     ao = _batch_notes.note("int8-weight-only", "torchao", facts["params"])
-    caveat = f"; at batch {batch} it may be slower than bf16: {ao['batch_note']}" if batch > ao["pays_at_batch"] else ""
+    caveat = (f"; at batch {batch} it may be slower than bf16: {ao['batch_note']}"
+              if batch > ao["pays_at_batch"] else "")
     return _step("int8-weight-only", {}, why + caveat)
 
 

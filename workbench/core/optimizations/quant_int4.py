@@ -234,9 +234,9 @@ def _bf16_first(model, ctx) -> dict:
                         search=("rtn", "hqq", "gptq")),
                   Param("kernel", str, "tinygemm", "CUDA kernel: tinygemm (torchao's int4 matmul; exports) or "
                         "gemlite (GemLite's Triton kernels, any algorithm, q/k/v and gate/up packed as one kernel "
-                        "each; not exportable; on an H200 under graph-decode: 8B 1.44x bf16 at batch 1, 1.05x at batch 8 "
-                        "(tinygemm 1.51x, 1.03x); 1B slower than tinygemm at batch 1 — 1.42 vs 1.05 ms/token — and "
-                        "than bf16 at batch 8)", choices=KERNELS),
+                        "each; not exportable; on an H200 under graph-decode: 8B 1.44x bf16 at batch 1, 1.05x at "
+                        "batch 8 (tinygemm 1.51x, 1.03x); 1B slower than tinygemm at batch 1 — 1.42 vs 1.05 "
+                        "ms/token — and than bf16 at batch 8)", choices=KERNELS),
                   Param("export", str, "torchao", "export format: torchao (TorchAoConfig safetensors, reloads with "
                         "torchao) or compressed-tensors (W4A16 pack-quantized, what vLLM serves; codes on the "
                         "symmetric grid and stored one byte per weight in memory, so on CUDA slower than tinygemm)",

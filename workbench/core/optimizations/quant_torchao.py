@@ -81,7 +81,8 @@ def quantize_linears(model, params: dict, ctx, opt: str, make_config, need_bf16:
                   Param("kernel", str, "torchao", "CUDA kernel: torchao (its int8 weight-only matmul; exports; on an "
                         "H200 under graph-decode 1B 1.08x bf16 at batch 1, 0.05x at batch 8) or "
                         "gemlite (GemLite's Triton int8 kernel, q/k/v and gate/up packed as one kernel each; on an "
-                        "H200 under graph-decode: 8B 1.38x bf16 at batch 1 and 1.28x at batch 8; 1B 1.29x at batch 1, 0.81x at batch 8; not exportable)",
+                        "H200 under graph-decode: 8B 1.38x bf16 at batch 1 and 1.28x at batch 8; 1B 1.29x at batch "
+                        "1, 0.81x at batch 8; not exportable)",
                         choices=("torchao", "gemlite"), search_cuda=("torchao", "gemlite"),
                         search_needs=(("gemlite", "gemlite"),))),
           weights=WeightStorage("int8-weight-only", 1.0, bytes_per_row=4),
