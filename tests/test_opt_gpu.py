@@ -151,3 +151,8 @@ def test_prompt_lookup_inside_graph_decode_captures_its_verify_step(llama256):
     for _ in range(2):  # the second call replays the captured graph
         assert torch.equal(gen.generate(ids, 48), ref)
     assert gen.graph is not None and stats.live["target_forwards"] < stats.live["tokens"]
+    assert gen.single is not None  # rounds that propose nothing replay the one-token graph
+    lookup = gen._propose
+    gen._propose = lambda text: []  # a text with nothing to look up: every round one token, the model's own
+    assert torch.equal(gen.generate(ids, 48), ref)
+    gen._propose = lookup

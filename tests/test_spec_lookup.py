@@ -125,3 +125,50 @@ def test_spec_diag_splits_a_round_and_leaves_the_loop_as_it_was(tiny_llama):
     assert row["prefill_ms_per_call"] > 0
     assert not {"_propose", "_verify", "_rewind", "_prefill"} & set(vars(gen))
     assert torch.equal(gen.generate(repeating, 20), greedy(loaded.model, repeating, 20))
+
+
+class _ReplayEagerly:
+    """A stand-in for a captured CUDA graph on a CPU: replay() runs the body it was made from."""
+
+    def __init__(self, body, count: list) -> None:
+        self.body, self.count = body, count
+
+    def replay(self) -> None:
+        self.count.append(1)
+        self.body()
+
+
+def test_graphed_rounds_with_nothing_proposed_take_the_one_token_graph(tiny_llama):
+    """With graph-decode's graphs (stood in for by eager replays on this CPU): a round that proposes nothing replays
+    the one-token graph, not the K + 1 verify graph (on an H200 a verify round cost about 3x a step), the rounds with
+    drafts the verify graph; the tokens stay the model's own and the cache the accepted sequence."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    stats = _Stats()
+    gen = LookupGreedy(loaded.model, 1, 128, 4, 3, stats=stats, mode="eager")
+    gen.mode = "graph"  # what a CUDA run has after capture, with the eager step in the graphs' place
+    verify, single = [], []
+    gen._capture_body = lambda body: _ReplayEagerly(body, single)
+    token = torch.zeros((1, 1), dtype=torch.long)
+    gen._static_buffers(token, 0)
+    gen.graph = _ReplayEagerly(gen._graph_body, verify)
+    gen._capture_single(token)
+    assert isinstance(gen.single, _ReplayEagerly)
+    rounds = []
+    lookup = gen._propose
+    gen._propose = lambda text: [] if len(rounds.append(1) or rounds) % 2 else lookup(text)  # every other finds none
+    plain = torch.tensor([[11, 523, 87, 4001, 932, 61]])
+    out = gen.generate(plain, 24)
+    assert torch.equal(out, greedy(loaded.model, plain, 24))
+    cache_is_the_sequence(loaded.model, gen, out)
+    assert len(single) == (len(rounds) + 1) // 2 and len(single) + len(verify) == len(rounds)
+    assert stats.live["target_forwards"] == len(rounds) + 1  # the prompt's forward and one per round
+    # the one-token graph not captured: every round takes the verify graph
+    gen.single, counts = None, (len(verify), len(single), stats.live["target_forwards"])
+    assert torch.equal(gen.generate(plain, 24), out)
+    assert len(single) == counts[1] and len(verify) - counts[0] == stats.live["target_forwards"] - counts[2] - 1
+    gen._propose, gen.single = lookup, _ReplayEagerly(gen._single_body, single)
+    repeating = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2524, 1012] * 6])
+    before = len(verify)
+    out = gen.generate(repeating, 40)
+    assert torch.equal(out, greedy(loaded.model, repeating, 40)) and len(verify) > before
+    cache_is_the_sequence(loaded.model, gen, out)

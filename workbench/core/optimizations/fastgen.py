@@ -398,19 +398,25 @@ class GraphedGreedy:
         """The static inputs and outputs the captured step reads and writes (``_graph_body``'s)."""
         self._tok, self._pos = token.clone(), pos.clone()
 
+    def _capture_body(self, body):
+        """``body`` run three times (compile, autotune, allocate) on a side stream, then captured as a CUDA graph."""
+        torch = self.torch
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                body()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            body()
+        return graph
+
     def _capture(self, token, pos) -> bool:
         torch = self.torch
         self._static_buffers(token, pos)
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):  # compile, autotune and allocate before capture
-                    self._graph_body()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._graph_body()
+            graph = self._capture_body(self._graph_body)
         except Exception as exc:  # noqa: BLE001 - any capture failure means: use compile's own graphs
             self.log(f"{self.what}: CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:160]}); "
                      f"falling back to torch.compile(mode='reduce-overhead')")

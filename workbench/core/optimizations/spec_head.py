@@ -218,6 +218,7 @@ def head_greedy_class():
         what = "speculative:draft-head (verify step)"
 
         pad_eager = False
+        one_token_rounds = False  # the head drafts every round (and its verify step returns features too)
 
         def __init__(self, model, batch: int, max_len: int, head, num_tokens: int, stats=None, lookup: int = 0,
                      ngram: int = 3, **kw) -> None:

@@ -5,8 +5,9 @@ cannot take graph-decode's static cache and captured step. This loop can: every 
 
 1. proposes up to ``num_tokens`` tokens by prompt lookup (``propose``: the longest of the last ``ngram``..1 tokens
    that occurred earlier in the text so far, prompt included, and what followed its earliest occurrence — the rule
-   of transformers' ``PromptLookupCandidateGenerator``), padded to exactly ``num_tokens`` with the last token
-   (the eager loop on a CPU runs a one-token step instead when nothing was proposed);
+   of transformers' ``PromptLookupCandidateGenerator``), padded to exactly ``num_tokens`` with the last token;
+   when nothing was proposed it runs a one-token step instead (on CUDA its own captured graph: on an H200 a
+   verify round of 11 positions cost about 3x a decode step, so a round that drafts nothing should not pay it);
 2. runs one *verify step* of fixed shape — ``[last token, d1 .. dK]`` at cache positions ``p .. p + K`` through the
    static cache — compiled and, on CUDA, captured once as a CUDA graph like graph-decode's decode step;
 3. keeps the drafts up to the first one that differs from the model's own argmax, plus the model's next token.
@@ -48,6 +49,7 @@ class LookupGreedy(GraphedGreedy):
 
     what = "speculative+graph-decode (verify step)"
     pad_eager = True  # the eager loop pads short proposals too (a padding token the model confirms is a token)
+    one_token_rounds = True  # a round with nothing proposed runs a one-token step (the draft head always proposes)
 
     def __init__(self, model, batch: int, max_len: int, num_tokens: int, ngram: int, stats=None, **kw) -> None:
         if batch != 1:
@@ -55,6 +57,8 @@ class LookupGreedy(GraphedGreedy):
         super().__init__(model, batch, max_len + num_tokens, **kw)  # room for the last round's drafts
         self.num_tokens, self.ngram, self.stats = num_tokens, ngram, stats
         self._vin = self._vpos = self._vout = None
+        self.single = None  # CUDA: the one-token step's own graph (rounds with nothing proposed)
+        self._sin = self._spos = self._sout = None
 
     def _decode_step(self, tokens, cache_position):
         out = self.model(input_ids=tokens, cache_position=cache_position, use_cache=True, **self._cache_kw)
@@ -68,6 +72,21 @@ class LookupGreedy(GraphedGreedy):
         self._vin = token.new_zeros((1, k1))
         self._vpos = self.torch.arange(k1, device=token.device) + pos
         self._vout = token.new_zeros((1, k1))
+
+    def _single_body(self) -> None:
+        self._sout.copy_(self._step(self._sin, self._spos))
+
+    def _capture_single(self, token) -> None:
+        """The one-token step as a second CUDA graph; if it cannot be captured, such rounds use the verify graph."""
+        self._sin, self._spos = token.new_zeros((1, 1)), token.new_zeros((1,))
+        self._sout = token.new_zeros((1, 1))
+        try:
+            self.single = self._capture_body(self._single_body)
+        except Exception as exc:  # noqa: BLE001 - the verify graph alone is still right, only slower
+            self.log(f"{self.what}: the one-token step could not be captured ({type(exc).__name__}); rounds "
+                     f"without drafts run the verify step")
+            self.torch.cuda.synchronize()
+            self.single = None
 
     def _rewind(self, pos: int) -> None:
         """The cache's own write position back to ``pos`` (the first unaccepted row). transformers 5.2x's
@@ -95,6 +114,11 @@ class LookupGreedy(GraphedGreedy):
     def _verify(self, tokens: list[int], pos: int, device) -> list[int]:
         torch = self.torch
         k1 = self.num_tokens + 1
+        if len(tokens) == 1 and self.single is not None:
+            self._sin.fill_(tokens[0])
+            self._spos.fill_(pos)
+            self.single.replay()
+            return self._sout[0].tolist()
         if self.graph is not None:
             self._vin.copy_(torch.tensor([tokens], device=device))
             self._vpos.copy_(torch.arange(pos, pos + k1, device=device))
@@ -118,7 +142,8 @@ class LookupGreedy(GraphedGreedy):
             self.cache.reset()
             first = self._prefill(input_ids, t, device)
             if self.mode == "graph" and self.graph is None and device.type == "cuda":
-                self._capture(input_ids[:, :1], t)
+                if self._capture(input_ids[:, :1], t) and self.one_token_rounds:
+                    self._capture_single(input_ids[:, :1])
                 self.cache.reset()  # the warm-up replays wrote the cache: start this call again from a clean one
                 self.model(input_ids=input_ids, cache_position=torch.arange(t, device=device), use_cache=True,
                            **self._cache_kw)
@@ -129,12 +154,14 @@ class LookupGreedy(GraphedGreedy):
             while len(out) < max_new_tokens:
                 drafts = self._propose(text)
                 pad = drafts[-1] if drafts else text[-1]
-                if self.mode != "eager" or (drafts and self.pad_eager):
-                    given = [text[-1]] + drafts + [pad] * (self.num_tokens - len(drafts))
-                elif drafts:  # eager, unpadded: a CPU pays for every position it verifies
-                    given = [text[-1]] + drafts
-                else:  # the eager loop (a CPU): nothing proposed, so a one-token step, cheaper there than K + 1 positions
+                one = not drafts and self.one_token_rounds and (self.mode == "eager" or self.single is not None
+                                                                or self.graph is None)
+                if one:  # nothing proposed: a one-token step, cheaper than K + 1 positions on a CPU and a GPU
                     given = [text[-1]]
+                elif self.mode != "eager" or (drafts and self.pad_eager):
+                    given = [text[-1]] + drafts + [pad] * (self.num_tokens - len(drafts))
+                else:  # eager, unpadded: a CPU pays for every position it verifies
+                    given = [text[-1]] + drafts
                 argmax = self._verify(given, pos, device)
                 rounds += 1
                 n_ok = 0
