@@ -172,3 +172,24 @@ def test_graphed_rounds_with_nothing_proposed_take_the_one_token_graph(tiny_llam
     out = gen.generate(repeating, 40)
     assert torch.equal(out, greedy(loaded.model, repeating, 40)) and len(verify) > before
     cache_is_the_sequence(loaded.model, gen, out)
+
+
+def test_warmups_before_a_capture_start_from_the_prompts_end(tiny_llama):
+    """Before each warm-up of a captured step the cache's write position goes back to the prompt's end: the
+    warm-ups of the verify and the one-token steps would otherwise advance it by 3 x (K + 2) rows and run past the
+    cache's last row for a wide K."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    gen = LookupGreedy(loaded.model, 1, 64, 8, 3, stats=_Stats(), mode="eager")
+    ids = torch.tensor([[11, 523, 87, 4001, 932, 61]])
+    with torch.inference_mode():
+        gen.cache.reset()
+        gen._prefill(ids, ids.shape[1], ids.device)
+        gen._capture_at = ids.shape[1]
+        lengths = [layer.cumulative_length for layer in gen.cache.layers]
+        for _ in range(3):  # what three warm-ups of the 9-position verify step do to the write position
+            gen._before_warmup()
+            gen._verify([61] * 9, ids.shape[1], ids.device)
+            assert all(int(n) == ids.shape[1] + 9 for n in lengths)
+        gen._capture_at = None
+        gen._before_warmup()  # outside a capture: nothing moves
+        assert all(int(n) == ids.shape[1] + 9 for n in lengths)

@@ -297,12 +297,14 @@ def _cuda_int8(facts: dict, c: Constraints, why: str) -> dict:
     from workbench.core.optimizations import _batch_notes
 
     batch = c.batch or 1
+    ao = _batch_notes.note("int8-weight-only", "torchao", facts["params"])
     if facts["task"] == "causal-lm" and importlib.util.find_spec("gemlite") is not None:
         gl = _batch_notes.note("int8-weight-only", "gemlite", facts["params"])
-        if batch <= gl["pays_at_batch"]:
-            return _step("int8-weight-only", {"kernel": "gemlite"}, f"{why}; GemLite's int8 kernel: "
-                         f"{gl['batch_note']}")
-    ao = _batch_notes.note("int8-weight-only", "torchao", facts["params"])
+        # GemLite where it paid; also where neither paid (torchao's kernel fell furthest: 0.05x at 1B batch 8)
+        if batch <= gl["pays_at_batch"] or batch > ao["pays_at_batch"]:
+            caveat = f" (at batch {batch} it may be slower than bf16)" if batch > gl["pays_at_batch"] else ""
+            return _step("int8-weight-only", {"kernel": "gemlite"}, f"{why}; GemLite's int8 kernel{caveat}: "
+                         f"{gl['batch_note']}; not exportable (drop kernel=gemlite to export)")
     caveat = (f"; at batch {batch} it may be slower than bf16: {ao['batch_note']}"
               if batch > ao["pays_at_batch"] else "")
     return _step("int8-weight-only", {}, why + caveat)

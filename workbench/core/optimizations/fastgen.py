@@ -398,6 +398,9 @@ class GraphedGreedy:
         """The static inputs and outputs the captured step reads and writes (``_graph_body``'s)."""
         self._tok, self._pos = token.clone(), pos.clone()
 
+    def _before_warmup(self) -> None:
+        """Run before each warm-up of a step about to be captured (a subclass rewinds the cache there)."""
+
     def _capture_body(self, body):
         """``body`` run three times (compile, autotune, allocate) on a side stream, then captured as a CUDA graph."""
         torch = self.torch
@@ -405,6 +408,7 @@ class GraphedGreedy:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
+                self._before_warmup()
                 body()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()

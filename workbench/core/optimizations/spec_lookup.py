@@ -58,6 +58,7 @@ class LookupGreedy(GraphedGreedy):
         self.num_tokens, self.ngram, self.stats = num_tokens, ngram, stats
         self._vin = self._vpos = self._vout = None
         self.single = None  # CUDA: the one-token step's own graph (rounds with nothing proposed)
+        self._capture_at = None  # the prompt's end while the graphs are captured
         self._sin = self._spos = self._sout = None
 
     def _decode_step(self, tokens, cache_position):
@@ -78,8 +79,10 @@ class LookupGreedy(GraphedGreedy):
 
     def _capture_single(self, token) -> None:
         """The one-token step as a second CUDA graph; if it cannot be captured, such rounds use the verify graph."""
-        self._sin, self._spos = token.new_zeros((1, 1)), token.new_zeros((1,))
-        self._sout = token.new_zeros((1, 1))
+        torch = self.torch
+        self._sin = torch.zeros((1, 1), dtype=torch.long, device=token.device)
+        self._spos = torch.zeros((1,), dtype=torch.long, device=token.device)
+        self._sout = torch.zeros((1, 1), dtype=torch.long, device=token.device)
         try:
             self.single = self._capture_body(self._single_body)
         except Exception as exc:  # noqa: BLE001 - the verify graph alone is still right, only slower
@@ -87,6 +90,12 @@ class LookupGreedy(GraphedGreedy):
                      f"without drafts run the verify step")
             self.torch.cuda.synchronize()
             self.single = None
+
+    def _before_warmup(self) -> None:
+        """The warm-ups before a capture each start from the prompt's end: the cache's write position advances with
+        every step (see _rewind), and a dozen wide warm-ups in a row would run past the cache's last row."""
+        if self._capture_at is not None:
+            self._rewind(self._capture_at)
 
     def _rewind(self, pos: int) -> None:
         """The cache's own write position back to ``pos`` (the first unaccepted row). transformers 5.2x's
@@ -142,8 +151,10 @@ class LookupGreedy(GraphedGreedy):
             self.cache.reset()
             first = self._prefill(input_ids, t, device)
             if self.mode == "graph" and self.graph is None and device.type == "cuda":
+                self._capture_at = t
                 if self._capture(input_ids[:, :1], t) and self.one_token_rounds:
                     self._capture_single(input_ids[:, :1])
+                self._capture_at = None
                 self.cache.reset()  # the warm-up replays wrote the cache: start this call again from a clean one
                 self.model(input_ids=input_ids, cache_position=torch.arange(t, device=device), use_cache=True,
                            **self._cache_kw)
@@ -154,8 +165,8 @@ class LookupGreedy(GraphedGreedy):
             while len(out) < max_new_tokens:
                 drafts = self._propose(text)
                 pad = drafts[-1] if drafts else text[-1]
-                one = not drafts and self.one_token_rounds and (self.mode == "eager" or self.single is not None
-                                                                or self.graph is None)
+                # (reduce-overhead, after a failed capture, keeps one padded shape: a second would compile mid-run)
+                one = not drafts and self.one_token_rounds and (self.mode == "eager" or self.single is not None)
                 if one:  # nothing proposed: a one-token step, cheaper than K + 1 positions on a CPU and a GPU
                     given = [text[-1]]
                 elif self.mode != "eager" or (drafts and self.pad_eager):
