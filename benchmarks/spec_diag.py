@@ -96,7 +96,8 @@ def main() -> int:
 
     def generator(speculative: bool, max_len: int):
         gk: dict = {}
-        for opt, params in (((spec, {"method": "prompt-lookup"}),) if speculative else ()) + ((graph, {}),):
+        steps = [(spec, {"method": "prompt-lookup"})] if speculative else []
+        for opt, params in steps + [(graph, {})]:
             ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
             ctx.extra["generate_kwargs"] = gk
             opt.apply(model, opt.resolve(params), ctx)
