@@ -64,6 +64,22 @@ def test_cancel_removes_the_process_within_two_seconds():
     assert err["kind"] == "cancelled"
 
 
+def test_cancelled_job_ends_itself_and_its_exit_handlers_run():
+    """The child skips the interpreter's teardown (child.exit_now) but not the exit handlers: a folder a
+    weakref.finalize removes at exit is gone, and the job ended by its own SIGTERM path, not the client's SIGKILL."""
+    from pathlib import Path
+
+    job = Job({"job": "selftest", "action": "cleanup-then-sleep"}, module=SELFTEST)
+    first = next(job.events(timeout=30))
+    folder = Path(first["text"])
+    assert folder.is_dir()
+    job.cancel()
+    assert job.proc.returncode == 1  # exit_now(1) after the cancelled error; SIGKILL would read -9
+    assert not folder.exists()
+    rest = collect(job, timeout=10)
+    assert [e["kind"] for e in rest if e["type"] == "error"] == ["cancelled"]
+
+
 def test_bad_input_in_job_is_an_input_error(tmp_path):
     from tests.conftest import fast_recipe
 

@@ -10,6 +10,7 @@ marker line on stderr and exits, and the job client makes the job's one error ev
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -128,5 +129,22 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def exit_now(code: int) -> None:
+    """End the job process once ``done`` is out: the exit handlers run (``weakref.finalize`` cleanups such as the CPU
+    runtimes' temporary folders among them), then ``os._exit`` skips the interpreter's teardown of every module, which
+    with torch and transformers loaded took 0.9-1.3 s on the 2-core EPYC here: a cancel waited that long for a job
+    that had already said it was done (and past the client's 1.5 s grace on a loaded machine, it was SIGKILLed)."""
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (_out, sys.stderr, sys.__stderr__):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
