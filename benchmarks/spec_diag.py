@@ -96,7 +96,9 @@ def main() -> int:
 
     def generator(speculative: bool, max_len: int):
         gk: dict = {}
-        steps = [(spec, {"method": "prompt-lookup"})] if speculative else []
+        # gate=off: every proposal verified, so the rounds split here are verify rounds (the gate's own effect is
+        # measured by speculative.py --graph --gate-off)
+        steps = [(spec, {"method": "prompt-lookup", "gate": "off"})] if speculative else []
         for opt, params in steps + [(graph, {})]:
             ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
             ctx.extra["generate_kwargs"] = gk

@@ -102,6 +102,9 @@ def main() -> int:
     ap.add_argument("--head-k", type=int, default=3, help="drafts per round of the draft head")
     ap.add_argument("--head-lookup", type=int, default=0,
                     help="also the head with prompt lookup (speculative:lookup=N: n-gram matches of N+ tokens draft)")
+    ap.add_argument("--gate-off", action="store_true",
+                    help="with --graph: also prompt lookup in graph-decode's loop with speculative:gate=off (every "
+                         "proposal verified), beside the default gate=auto")
     ap.add_argument("--prompts", default=",".join(PROMPTS))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--stem", default=None, help="file name stem (default speculative_<device>)")
@@ -164,7 +167,9 @@ def main() -> int:
             return rep, gk
 
         variants["graph-decode"] = with_graph(None)
-        variants["prompt-lookup+graph-decode"] = with_graph({"method": "prompt-lookup"})
+        variants["prompt-lookup+graph-decode"] = with_graph({"method": "prompt-lookup"})  # gate=auto
+        if args.gate_off:
+            variants["prompt-lookup+graph-decode,gate=off"] = with_graph({"method": "prompt-lookup", "gate": "off"})
     if args.head_seconds:  # one head, trained once, handed to both loops (eager, and graph-decode's)
         print(f"training the draft head ({args.head_seconds:.0f} s)", flush=True)
         head_params = {"method": "draft-head", "distill_seconds": args.head_seconds, "head_tokens": args.head_tokens,

@@ -81,7 +81,7 @@ def test_refusals_before_anything_runs(tiny_llama, tmp_path):
     with pytest.raises(InputError, match="^speculative: .*expected batch 1"):
         recipe([("speculative", {})], batch=4)
     with pytest.raises(InputError, match="cannot be combined with"):
-        recipe([("speculative", {}), ("graph-decode", {})])
+        recipe([("speculative", {}), ("compile", {})])
     with pytest.raises(InputError, match="method='beam'"):
         recipe([("speculative", {"method": "beam"})])
     with pytest.raises(InputError, match="does not apply to encoder"):

@@ -10,7 +10,7 @@ from tests.conftest import fast_recipe
 from workbench.core import pipeline
 from workbench.core.errors import InputError
 from workbench.core.models import load
-from workbench.core.optimizations.spec_lookup import LookupGreedy, propose
+from workbench.core.optimizations.spec_lookup import CostGate, LookupGreedy, propose, propose_match
 from workbench.core.optimizations.speculative import _Stats
 from workbench.core.recipe import ModelSpec, OptStep, Recipe
 
@@ -21,6 +21,42 @@ def test_propose_takes_what_followed_the_earliest_longest_match():
     assert propose([1, 2, 3, 4], 3, 3) == []  # nothing repeats
     assert propose([7, 7], 4, 3) == [7]  # a continuation shorter than k
     assert propose([3], 2, 2) == []
+    assert propose_match([5, 1, 2, 3, 9, 1, 2, 7, 1, 2], 3, 2) == ([3, 9, 1], 2)
+    assert propose_match([5, 1, 2, 3, 9, 4, 2], 3, 2) == ([3, 9, 4], 1)
+    assert propose_match([1, 2, 3, 4], 3, 3) == ([], 0)
+
+
+def test_cost_gate_verifies_only_where_the_tokens_pay_for_the_wider_round():
+    gate = CostGate(explore_share=0.25)
+    assert gate.verify(1, 11)  # nothing known: try it
+    for _ in range(3):  # 1-gram matches: 1.5 tokens a round; 3-gram matches: 8
+        gate.observe(11, 1, 0.003, 1)
+        gate.observe(11, 1, 0.003, 2)
+        gate.observe(11, 3, 0.003, 8)
+    assert gate.seconds == {11: pytest.approx(0.003)} and 1 not in gate.seconds
+    assert not gate.verify(1, 11)  # the one-token step's cost is unknown: measure it (its first round is not timed)
+    gate.observe(1, 1, 0.5, 1)  # a first round (compiling, say) is not taken as the step's cost
+    assert 1 not in gate.seconds
+    gate.observe(1, 1, 0.001, 1)
+    assert gate.seconds[1] == pytest.approx(0.001)
+    # a verify round costs 3 steps: 1.5 tokens do not pay for it, 8 do
+    assert gate.verify(3, 11)
+    # 1-gram matches are re-tried once the time saved (a quarter step per skip here) covers what a try loses
+    loss = 3.0 - gate.tokens[1]  # in steps
+    decisions = [gate.verify(1, 11) for _ in range(20)]
+    tries = [i for i, d in enumerate(decisions) if d]
+    assert tries and tries[0] == int(loss / 0.25 - 1e-9) and tries[1] - tries[0] == tries[0] + 1
+    assert gate.skipped == 1 + 20 - len(tries)  # the measuring round and the skips
+    # a stall counts as at most 4x the average, and the averages follow what the rounds do
+    gate.observe(1, 1, 10.0, 1)
+    assert gate.seconds[1] == pytest.approx(0.8 * 0.001 + 0.2 * 0.004)
+    for _ in range(20):  # the verify round gets cheap (a CPU: about 1.2 steps): 1.5 tokens now pay
+        gate.observe(11, 1, 0.0012, 1)
+        gate.observe(11, 1, 0.0012, 2)
+    assert gate.verify(1, 11)
+    summary = gate.summary()
+    assert summary["skipped_rounds"] == gate.skipped and set(summary["round_ms"]) == {"1", "11"}
+    assert set(summary["tokens_per_verify_by_match"]) == {"1", "3"}
 
 
 def greedy(model, ids, n):
@@ -29,10 +65,11 @@ def greedy(model, ids, n):
                               min_new_tokens=n, do_sample=False, pad_token_id=0)
 
 
-def cache_is_the_sequence(model, gen, out) -> None:
+def cache_is_the_sequence(model, gen, out, rows: int | None = None) -> None:
     """The static cache holds exactly the accepted sequence: row i is token i's keys and values, as one prefill of
-    the output computes them (rejected drafts' rows were overwritten, not left in the middle), in every layer."""
-    n = out.shape[1] - 1  # the last token is not in the cache yet
+    the output computes them (rejected drafts' rows were overwritten, not left in the middle), in every layer;
+    ``rows``: only the first ones (default: all but the last token, which is not in the cache yet)."""
+    n = out.shape[1] - 1 if rows is None else rows
     with torch.inference_mode():
         full = model(input_ids=out[:, :n], use_cache=True).past_key_values
     for mine, ref in zip(gen.cache.layers, full.layers):
@@ -78,13 +115,12 @@ def test_pipeline_runs_prompt_lookup_inside_graph_decode(tiny_llama):
     assert report["optimized"]["decode_ms_per_token"]["p50"] > 0
 
 
-def test_only_prompt_lookup_composes_with_graph_decode():
+def test_every_method_composes_with_graph_decode_but_not_with_compile():
     def recipe(method):
         return Recipe(ModelSpec("x"), [OptStep("speculative", {"method": method}), OptStep("graph-decode", {})])
 
-    assert recipe("prompt-lookup").validate("causal-lm", "cpu").optimizations[1].name == "graph-decode"
-    with pytest.raises(InputError, match="speculative: cannot be combined|graph-decode: cannot be combined"):
-        recipe("draft").validate("causal-lm", "cpu")
+    for method in ("prompt-lookup", "draft", "draft-head"):  # each runs inside graph-decode's loop
+        assert recipe(method).validate("causal-lm", "cpu").optimizations[1].name == "graph-decode"
     with pytest.raises(InputError, match="cannot be combined"):
         Recipe(ModelSpec("x"), [OptStep("speculative", {"method": "prompt-lookup"}),
                                 OptStep("compile", {})]).validate("causal-lm", "cpu")
@@ -93,7 +129,7 @@ def test_only_prompt_lookup_composes_with_graph_decode():
 def test_rounds_with_nothing_proposed_are_one_token_steps_on_cpu(tiny_llama, monkeypatch):
     from workbench.core.optimizations import spec_lookup
 
-    monkeypatch.setattr(spec_lookup, "propose", lambda *a: [])
+    monkeypatch.setattr(spec_lookup, "propose_match", lambda *a: ([], 0))
     loaded = load(str(tiny_llama), None, "cpu")
     stats = _Stats()
     gen = LookupGreedy(loaded.model, 1, 64, 4, 3, stats=stats, mode="eager")
@@ -103,6 +139,47 @@ def test_rounds_with_nothing_proposed_are_one_token_steps_on_cpu(tiny_llama, mon
     cache_is_the_sequence(loaded.model, gen, out)
     s = stats.live
     assert s["target_forwards"] == s["tokens"] == 16 and s["proposed"] == 0 and s["accepted"] == 0
+
+
+class _PricedGate(CostGate):
+    """A gate that sees a fixed price per round width instead of this shared CPU's clock, and adds up the price of
+    the rounds it saw; ``always``: one that verifies whatever was found (what gate=off does), priced the same way."""
+
+    def __init__(self, prices: dict, always: bool = False) -> None:
+        super().__init__()
+        self.prices, self.always, self.spent = prices, always, 0.0
+
+    def verify(self, match, positions):
+        return True if self.always else super().verify(match, positions)
+
+    def observe(self, positions, match, seconds, tokens):
+        self.spent += self.prices[positions]
+        super().observe(positions, match, self.prices[positions], tokens)
+
+
+def test_gated_loop_skips_drafts_that_do_not_pay_and_stays_the_models_own(tiny_llama):
+    """speculative:gate=auto in the loop: where a verify round costs 8 steps, rounds whose matches gave little
+    become one-token steps and the same tokens cost less than verifying everything found; where a verify round costs
+    what a step does, the gate costs at most what it spends finding that out. Either way the tokens are greedy
+    decoding's and the cache the accepted sequence."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    ids = torch.tensor([[11, 523, 87, 4001, 932, 61, 87, 4001, 932, 11, 523]])
+    ref = greedy(loaded.model, ids, 48)
+    spent = {}
+    for verify_price in (8.0, 1.0):
+        for always in (False, True):
+            stats = _Stats()
+            gate = _PricedGate({1: 1.0, 5: verify_price}, always=always)
+            gen = LookupGreedy(loaded.model, 1, 128, 4, 3, stats=stats, mode="eager", gate=gate)
+            for _ in range(2):  # the gate keeps what it learned from call to call
+                out = gen.generate(ids, 48)
+                assert torch.equal(out, ref)
+                cache_is_the_sequence(loaded.model, gen, out)
+            assert stats.live["gate"]["skipped_rounds"] == gate.skipped
+            assert (gate.skipped == 0) == always
+            spent[verify_price, always] = gate.spent
+    assert spent[8.0, False] < 0.8 * spent[8.0, True]
+    assert spent[1.0, False] <= 1.1 * spent[1.0, True]
 
 
 def test_spec_diag_splits_a_round_and_leaves_the_loop_as_it_was(tiny_llama):

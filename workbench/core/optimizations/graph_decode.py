@@ -49,10 +49,18 @@ def apply(model, params: dict, ctx) -> Applied:
     report = {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
               "fuse": params["fuse"], "max_len": params["max_len"]}
     lookup = ctx.extra["generate_kwargs"].pop("optbench_speculative", None)
-    if lookup is not None:  # speculative (prompt-lookup, draft-head) before this step: drafts verified here
+    if lookup is not None:  # speculative (any method) before this step: drafts verified here
         factory = _lookup_factory(model, params, ctx, lookup, kw)
-        report["speculative"] = {"method": lookup["method"], "num_tokens": lookup["num_tokens"],
-                                 "ngram": lookup["ngram"], "loop": "graph-decode verify step (spec_lookup.py)"}
+        method = lookup["method"]
+        report["speculative"] = {
+            "method": method, "num_tokens": lookup["num_tokens"],
+            "ngram": lookup["ngram"] if method != "draft" else None,
+            "gate": lookup.get("gate") if method == "prompt-lookup" else None,
+            "loop": "graph-decode verify step (" + {"draft": "spec_draft.py", "draft-head": "spec_head.py"}.get(
+                method, "spec_lookup.py") + ")"}
+        if method == "draft":
+            report["speculative"]["note"] = ("the draft proposes num_tokens every round: schedule and confidence "
+                                              "are transformers' loop's and do not apply")
     else:
         def factory(batch: int, max_len: int):
             return GraphedGreedy(model, batch, params["max_len"] or max_len, **kw)
@@ -62,11 +70,11 @@ def apply(model, params: dict, ctx) -> Applied:
 
 
 def _lookup_factory(model, params: dict, ctx, lookup: dict, kw: dict):
-    """The benchmark's generator: one ``LookupGreedy``, checked against plain greedy decoding on its first use
+    """The benchmark's generator: one ``LookupGreedy`` (or its draft-head / draft-model subclass), checked against plain greedy decoding on its first use
     (the check's result replaces the speculative report's, which checked transformers' own loop)."""
     from workbench.core.errors import InputError
     from workbench.core.optimizations import speculative
-    from workbench.core.optimizations.spec_lookup import LookupGreedy
+    from workbench.core.optimizations.spec_lookup import CostGate, LookupGreedy
 
     made: dict = {}
 
@@ -82,9 +90,15 @@ def _lookup_factory(model, params: dict, ctx, lookup: dict, kw: dict):
                 made["gen"] = head_greedy_class()(model, 1, want, lookup["head"], lookup["num_tokens"],
                                                   stats=lookup["stats"], lookup=lookup.get("lookup", 0),
                                                   ngram=lookup["ngram"], **kw)
+            elif lookup["method"] == "draft":
+                from workbench.core.optimizations.spec_draft import DraftGreedy
+
+                made["gen"] = DraftGreedy(model, lookup["draft"], 1, want, lookup["num_tokens"],
+                                          stats=lookup["stats"], **kw)
             else:
+                gate = CostGate() if lookup.get("gate", "auto") == "auto" else None
                 made["gen"] = LookupGreedy(model, 1, want, lookup["num_tokens"], lookup["ngram"],
-                                           stats=lookup["stats"], **kw)
+                                           stats=lookup["stats"], gate=gate, **kw)
         if "check" not in made:
             made["check"] = check = speculative.check_against_greedy(made["gen"], model, ctx.tokenizer, ctx.device)
             shown = lookup["report"]["greedy_check"]  # in place: the step's report was handed on at apply time

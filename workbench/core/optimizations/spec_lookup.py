@@ -25,6 +25,7 @@ a run's tokens equal plain greedy decoding.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from workbench.core.optimizations.fastgen import GraphedGreedy
@@ -33,6 +34,11 @@ from workbench.core.optimizations.fastgen import GraphedGreedy
 def propose(tokens: list[int], k: int, max_ngram: int, min_ngram: int = 1) -> list[int]:
     """Up to ``k`` tokens that followed the earliest earlier occurrence of the longest n-gram (``max_ngram`` down to
     ``min_ngram``) ending ``tokens``; [] when nothing matches."""
+    return propose_match(tokens, k, max_ngram, min_ngram)[0]
+
+
+def propose_match(tokens: list[int], k: int, max_ngram: int, min_ngram: int = 1) -> tuple[list[int], int]:
+    """``propose``'s drafts and the length of the n-gram they were matched on (0: nothing matched)."""
     n = len(tokens)
     for size in range(min(max_ngram, n - 1), max(1, min_ngram) - 1, -1):
         tail = tokens[n - size:]
@@ -40,8 +46,67 @@ def propose(tokens: list[int], k: int, max_ngram: int, min_ngram: int = 1) -> li
             if tokens[start:start + size] == tail:
                 follow = tokens[start + size:start + size + k]
                 if follow:
-                    return follow
-    return []
+                    return follow, size
+    return [], 0
+
+
+class CostGate:
+    """Whether a round that has drafts verifies them or runs a one-token step instead (``speculative:gate=auto``).
+
+    A verify round of ``K + 1`` positions costs more than a one-token step (on an H200 about 3x at K = 10, on this
+    CPU about 1.2x), and what it gains depends on how good the match is: where the output repeats the prompt a
+    3-gram match gives ~8 tokens a round, on an open question a 1-gram match gave ~2. The gate keeps, from the
+    rounds themselves, the seconds a round of each width took and the tokens a verify round gave per match length,
+    and verifies only where that pays: ``tokens(match) / seconds(K + 1) >= 1 / seconds(1)``. Unknown is tried: a
+    match length never verified is verified, the one-token cost is measured once when it is missing, and a match
+    length the gate keeps skipping is verified again once the time it saved adds up to ``explore_share`` of the
+    skipped rounds' (so a text that starts copying later is noticed, at a bounded cost where it never does). The output is the model's own either way (a one-token step is the model's own step)."""
+
+    def __init__(self, explore_share: float = 0.05, decay: float = 0.8) -> None:
+        self.explore_share, self.decay = explore_share, decay
+        self.seconds: dict[int, float] = {}  # positions in a round -> moving average of its seconds
+        self.tokens: dict[int, float] = {}  # match length -> moving average of a verify round's tokens
+        self._credit: dict[int, float] = {}  # match length -> exploration time saved up while skipping it
+        self._seen: set[int] = set()
+        self.skipped = 0  # rounds that had drafts and ran a one-token step
+
+    def verify(self, match: int, positions: int) -> bool:
+        gain, wide, one = self.tokens.get(match), self.seconds.get(positions), self.seconds.get(1)
+        if gain is None or wide is None:
+            return True
+        if one is None:  # measure the one-token step
+            self.skipped += 1
+            return False
+        loss = wide - gain * one  # what verifying costs beyond the tokens it is expected to give
+        if loss <= 0.0:
+            self._credit[match] = 0.0
+            return True
+        credit = self._credit.get(match, 0.0) + self.explore_share * one
+        if credit >= loss:  # re-try: at most ``explore_share`` of the skipped rounds' time goes to finding out
+            self._credit[match] = 0.0
+            return True
+        self._credit[match] = credit
+        self.skipped += 1
+        return False
+
+    def observe(self, positions: int, match: int, seconds: float, tokens: int) -> None:
+        """One round: ``positions`` run, matched on a ``match``-gram, ``seconds`` long, ``tokens`` kept. The first
+        round of each width is not timed (it may compile or initialise lazily) and a round is counted as at most 4x
+        the average, so one stall does not mislead the gate for long."""
+        if positions in self._seen:
+            old = self.seconds.get(positions)
+            self.seconds[positions] = self._mix(old, seconds if old is None else min(seconds, 4.0 * old))
+        self._seen.add(positions)
+        if positions > 1:
+            self.tokens[match] = self._mix(self.tokens.get(match), float(tokens))
+
+    def _mix(self, old: float | None, new: float) -> float:
+        return new if old is None else self.decay * old + (1.0 - self.decay) * new
+
+    def summary(self) -> dict:
+        return {"skipped_rounds": self.skipped,
+                "round_ms": {str(p): round(s * 1e3, 4) for p, s in sorted(self.seconds.items())},
+                "tokens_per_verify_by_match": {str(m): round(t, 3) for m, t in sorted(self.tokens.items())}}
 
 
 class LookupGreedy(GraphedGreedy):
@@ -51,11 +116,14 @@ class LookupGreedy(GraphedGreedy):
     pad_eager = True  # the eager loop pads short proposals too (a padding token the model confirms is a token)
     one_token_rounds = True  # a round with nothing proposed runs a one-token step (the draft head always proposes)
 
-    def __init__(self, model, batch: int, max_len: int, num_tokens: int, ngram: int, stats=None, **kw) -> None:
+    def __init__(self, model, batch: int, max_len: int, num_tokens: int, ngram: int, stats=None,
+                 gate: CostGate | None = None, **kw) -> None:
         if batch != 1:
             raise ValueError("prompt-lookup speculation runs one sequence at a time (batch 1)")
         super().__init__(model, batch, max_len + num_tokens, **kw)  # room for the last round's drafts
         self.num_tokens, self.ngram, self.stats = num_tokens, ngram, stats
+        self.gate = gate if self.one_token_rounds else None  # only a loop with one-token rounds can skip a round
+        self._match = 0  # the n-gram length the last proposal was matched on
         self._vin = self._vpos = self._vout = None
         self.single = None  # CUDA: the one-token step's own graph (rounds with nothing proposed)
         self._capture_at = None  # the prompt's end while the graphs are captured
@@ -115,7 +183,8 @@ class LookupGreedy(GraphedGreedy):
         return int(logits[0, -1].argmax())
 
     def _propose(self, text: list[int]) -> list[int]:
-        return propose(text, self.num_tokens, self.ngram)
+        drafts, self._match = propose_match(text, self.num_tokens, self.ngram)
+        return drafts
 
     def _accepted(self, n_ok: int) -> None:
         """After a verify step: drafts 1..n_ok stood and the model's token after the n_ok-th is the newest."""
@@ -162,23 +231,31 @@ class LookupGreedy(GraphedGreedy):
             on_step()
             text = input_ids[0].tolist() + [first]
             out, pos = [first], t  # ``pos``: the cache position of the newest token, not yet in the cache
+            # (reduce-overhead, after a failed capture, keeps one padded shape: a second would compile mid-run)
+            can_single = self.one_token_rounds and (self.mode == "eager" or self.single is not None)
+            gate = self.gate if can_single else None
             while len(out) < max_new_tokens:
                 drafts = self._propose(text)
+                if drafts and gate is not None and not gate.verify(self._match, self.num_tokens + 1):
+                    drafts = []  # the gate: these drafts are not worth a verify round here
                 pad = drafts[-1] if drafts else text[-1]
-                # (reduce-overhead, after a failed capture, keeps one padded shape: a second would compile mid-run)
-                one = not drafts and self.one_token_rounds and (self.mode == "eager" or self.single is not None)
+                one = not drafts and can_single
                 if one:  # nothing proposed: a one-token step, cheaper than K + 1 positions on a CPU and a GPU
                     given = [text[-1]]
                 elif self.mode != "eager" or (drafts and self.pad_eager):
                     given = [text[-1]] + drafts + [pad] * (self.num_tokens - len(drafts))
                 else:  # eager, unpadded: a CPU pays for every position it verifies
                     given = [text[-1]] + drafts
-                argmax = self._verify(given, pos, device)
+                t0 = time.perf_counter()
+                argmax = self._verify(given, pos, device)  # ends in .tolist(): on CUDA the round has finished
+                seconds = time.perf_counter() - t0
                 rounds += 1
                 n_ok = 0
                 while n_ok < len(given) - 1 and argmax[n_ok] == given[n_ok + 1]:
                     n_ok += 1
                 self._accepted(n_ok)
+                if gate is not None:
+                    gate.observe(len(given), self._match, seconds, n_ok + 1)
                 proposed += max(len(drafts), n_ok)  # a padding token the model confirmed counts as proposed
                 new = argmax[:n_ok + 1][:max_new_tokens - len(out)]
                 out += new
@@ -189,4 +266,6 @@ class LookupGreedy(GraphedGreedy):
                     on_step()
         if self.stats is not None:
             self.stats.add(len(out), rounds + 1, proposed)  # the prefill is a target forward too
+            if self.gate is not None:
+                self.stats.live["gate"] = self.gate.summary()
         return torch.cat([input_ids, torch.tensor([out], device=device, dtype=input_ids.dtype)], dim=1)

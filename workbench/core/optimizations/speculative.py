@@ -77,16 +77,18 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               "num_tokens)", min=0.0, max=1.0),
         Param("ngram", int, 3, "method=prompt-lookup (and draft-head with lookup): longest n-gram matched "
               "against the text so far", min=1, max=32),
+        Param("gate", str, "auto", "method=prompt-lookup inside graph-decode's loop: auto verifies a round's "
+              "drafts only where that pays on this machine (the seconds a verify round and a one-token step took, "
+              "and the tokens a verify round gave for a match that long, measured in the loop), else runs a "
+              "one-token step; off verifies whatever was found", choices=("auto", "off")),
         Param("lookup", int, 0, "method=draft-head: where the text's last N..ngram tokens occurred earlier, draft "
               "what followed them (prompt lookup) instead of the head — a head without attention cannot copy from "
               "the context; N is the shortest match taken (0: the head always drafts)", min=0, max=32),
     ),
-    conflicts={"graph-decode": "method=draft runs transformers' assisted-generation loop, whose dynamic cache and "
-                               "second model graph-decode's static, captured step does not take (method=prompt-lookup "
-                               "runs inside graph-decode's loop)",
-               "compile": "speculative runs transformers' assisted-generation loop; compile recompiles the decode "
-                          "step it calls (with graph-decode, method=prompt-lookup has a compiled verify step)"},
-    conflicts_unless={"graph-decode": {"method": ("prompt-lookup", "draft-head")}},
+    # with graph-decode every method runs inside its loop (static caches, captured steps): spec_lookup.py,
+    # spec_head.py, spec_draft.py
+    conflicts={"compile": "speculative runs transformers' assisted-generation loop; compile recompiles the decode "
+                          "step it calls (with graph-decode, the verify step is compiled and captured)"},
     exportable="yes",
     notes="Changes how tokens are generated, not the weights: the export is the model itself (a built draft is "
           "not exported). Batch 1. The gain depends on the workload: prompt lookup pays where the output repeats "
@@ -122,7 +124,8 @@ def apply(model, params: dict, ctx) -> Applied:
     num = params["num_tokens"] or (4 if method == "draft" else 10)
     report.update({"num_tokens": num, "schedule": params["schedule"] if method == "draft" else None,
                    "confidence": params["confidence"] if method == "draft" else None,
-                   "ngram": params["ngram"] if method == "prompt-lookup" else None})
+                   "ngram": params["ngram"] if method == "prompt-lookup" else None,
+                   "gate": params["gate"] if method == "prompt-lookup" else None})
     stats = _Stats()
     gen = SpeculativeGreedy(model, draft, method, num, params["schedule"], params["ngram"], ctx.tokenizer, stats,
                             confidence=params["confidence"])
@@ -140,9 +143,10 @@ def apply(model, params: dict, ctx) -> Applied:
         return gen
 
     ctx.extra["generate_kwargs"]["optbench_generator"] = factory
-    if method == "prompt-lookup":  # graph-decode, applied after this, runs the lookup inside its own loop
-        ctx.extra["generate_kwargs"]["optbench_speculative"] = {"method": method, "num_tokens": num, "ngram": params["ngram"], "stats": stats,
-                                    "report": report}
+    # graph-decode, applied after this, runs the lookup or the draft inside its own loop
+    ctx.extra["generate_kwargs"]["optbench_speculative"] = {
+        "method": method, "num_tokens": num, "ngram": params["ngram"], "gate": params["gate"], "stats": stats,
+        "report": report, "draft": draft}
     report["setup_seconds"] = time.perf_counter() - t0
     report["stats"] = stats.live  # the same dict: the benchmark's calls fill it in before the report is written
     return Applied(model, report)

@@ -1,0 +1,93 @@
+"""A draft model inside graph-decode's loop (speculative:method=draft + graph-decode, spec_draft.py): the tokens are
+the model's own greedy tokens, both caches hold the accepted sequence, the counts add up, on the eager loop and with
+the captured steps stood in for by eager replays. CPU, fp32; the CUDA graphs run under ``pytest -m gpu``."""
+
+import copy
+
+import torch  # a pinned dependency: a broken install must fail, not skip
+
+from tests.conftest import fast_recipe
+from tests.test_spec_lookup import _ReplayEagerly, cache_is_the_sequence, greedy
+from workbench.core import pipeline
+from workbench.core.models import load
+from workbench.core.optimizations.spec_draft import DraftGreedy
+from workbench.core.optimizations.speculative import _Stats
+
+PROMPT = torch.tensor([[101, 7592, 2088, 2003, 1037, 11, 523, 87]])
+
+
+def other_draft(model):
+    """A draft that agrees with the model now and then: the model with its last block's weights perturbed."""
+    draft = copy.deepcopy(model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in draft.model.layers[-1].parameters():
+            p.add_(torch.randn_like(p) * 0.5 * p.abs().mean())
+    return draft
+
+
+def test_the_model_drafting_for_itself_is_always_accepted(tiny_llama):
+    """Every draft is the model's own argmax: all K accepted every round, so the K-th draft is fed back to the draft
+    before the next round each time (the path a good draft takes most)."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    stats = _Stats()
+    gen = DraftGreedy(loaded.model, copy.deepcopy(loaded.model), 1, 64, 4, stats=stats, mode="eager")
+    out = gen.generate(PROMPT, 26)
+    assert torch.equal(out, greedy(loaded.model, PROMPT, 26))
+    cache_is_the_sequence(loaded.model, gen, out)
+    # the draft's cache too: every accepted token up to the newest, but for a K-th draft it has not been fed yet
+    fed = gen._owed[1] if gen._owed else out.shape[1] - 1
+    assert fed >= out.shape[1] - 1 - 4
+    cache_is_the_sequence(gen.drafter.model, gen.drafter, out, rows=fed)
+    s = stats.live
+    assert s["acceptance_rate"] == 1.0 and s["target_forwards"] == 1 + 5  # prefill, then 5 x (4 + 1) tokens + 1
+    assert s["tokens"] == 26
+
+
+def test_a_draft_that_is_sometimes_wrong_keeps_the_models_tokens(tiny_llama):
+    loaded = load(str(tiny_llama), None, "cpu")
+    stats = _Stats()
+    gen = DraftGreedy(loaded.model, other_draft(loaded.model), 1, 96, 3, stats=stats, mode="eager")
+    for n in (40, 17):  # a second call on the same loop: both caches are reset in place
+        out = gen.generate(PROMPT, n)
+        assert torch.equal(out, greedy(loaded.model, PROMPT, n))
+        cache_is_the_sequence(loaded.model, gen, out)
+        fed = gen._owed[1] if gen._owed else out.shape[1] - 1
+        cache_is_the_sequence(gen.drafter.model, gen.drafter, out, rows=fed)  # rejected drafts' rows overwritten
+    s = stats.live
+    assert 0.0 < s["acceptance_rate"] < 1.0  # some drafts accepted, some rejected: both paths ran
+    assert s["accepted"] == s["tokens"] - s["target_forwards"] and s["tokens"] == 57
+
+
+def test_graphed_rounds_replay_the_drafts_step_and_the_verify_step(tiny_llama):
+    """With graph-decode's graphs (eager replays on this CPU): each round replays the draft's one-token graph K
+    times (plus once when the last round's K-th draft must be fed back) and the verify graph once."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    stats = _Stats()
+    gen = DraftGreedy(loaded.model, other_draft(loaded.model), 1, 96, 3, stats=stats, mode="eager")
+    verify, drafted = [], []
+    token, pos = torch.zeros((1, 1), dtype=torch.long), torch.zeros((1,), dtype=torch.long)
+    gen.mode = "graph"
+    gen._static_buffers(token, 0)
+    gen.graph = _ReplayEagerly(gen._graph_body, verify)
+    d = gen.drafter
+    d.mode = "graph"
+    d._static_buffers(token, pos)
+    d.graph = _ReplayEagerly(d._graph_body, drafted)
+    out = gen.generate(PROMPT, 40)
+    assert torch.equal(out, greedy(loaded.model, PROMPT, 40))
+    cache_is_the_sequence(loaded.model, gen, out)
+    rounds = stats.live["target_forwards"] - 1
+    assert len(verify) == rounds and 3 * rounds <= len(drafted) <= 4 * rounds
+
+
+def test_pipeline_runs_a_draft_inside_graph_decode(tiny_llama):
+    r = fast_recipe(str(tiny_llama), [("speculative", {"method": "draft", "draft_layers": 1, "num_tokens": 3}),
+                                      ("graph-decode", {})])
+    report = pipeline.run(r.validate(), lambda *a, **k: None)
+    spec, graph = report["optimization_reports"]
+    assert spec["greedy_check"]["identical"] is True and spec["greedy_check"]["loop"] == "graph-decode"
+    assert graph["speculative"]["method"] == "draft" and "spec_draft.py" in graph["speculative"]["loop"]
+    s = spec["stats"]
+    n = report["bench"]["new_tokens"]
+    assert s["calls"] >= 2 and s["tokens"] == s["calls"] * n and s["tokens_per_target_forward"] >= 1.0
