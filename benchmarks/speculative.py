@@ -216,8 +216,10 @@ def main() -> int:
     for spec_text in drafts:
         kv = dict(part.split("=", 1) for part in spec_text.split(","))
         vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))
-        variants[f"draft[vocab={vocab or 'all'},k={k}]"] = make(
-            {"method": "draft", "draft": str(student_dir), "draft_vocab": vocab, "num_tokens": k})
+        params = {"method": "draft", "draft": str(student_dir), "draft_vocab": vocab, "num_tokens": k}
+        variants[f"draft[vocab={vocab or 'all'},k={k}]"] = make(params)
+        if args.graph:  # the same draft inside graph-decode's loop (spec_draft.py: static caches, captured steps)
+            variants[f"draft[vocab={vocab or 'all'},k={k}]+graph-decode"] = with_graph(params)
 
     env = environment(args.device)
     names = args.prompts.split(",")

@@ -156,3 +156,24 @@ def test_prompt_lookup_inside_graph_decode_captures_its_verify_step(llama256):
     gen._propose = lambda text: []  # a text with nothing to look up: every round one token, the model's own
     assert torch.equal(gen.generate(ids, 48), ref)
     gen._propose = lookup
+
+
+def test_draft_model_inside_graph_decode_captures_both_steps(llama256):
+    """speculative:method=draft + graph-decode on CUDA: the draft's one-token step and the model's verify step each
+    captured as a CUDA graph; tokens equal to greedy decoding in fp32, and the model drafting for itself accepted
+    every draft (both caches followed the accepted sequence through the captured steps)."""
+    import copy
+
+    from workbench.core.optimizations.spec_draft import DraftGreedy
+    from workbench.core.optimizations.speculative import _Stats
+
+    loaded = load(str(llama256), None, "cuda")
+    ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 11, 523, 87]], device="cuda")
+    ref = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=41, min_new_tokens=41,
+                                do_sample=False, pad_token_id=0)
+    stats = _Stats()
+    gen = DraftGreedy(loaded.model, copy.deepcopy(loaded.model), 1, 128, 4, stats=stats, mode="graph")
+    for _ in range(2):  # the second call replays the captured graphs
+        assert torch.equal(gen.generate(ids, 41), ref)
+    assert gen.graph is not None and gen.drafter.graph is not None
+    assert stats.live["acceptance_rate"] == 1.0 and stats.live["target_forwards"] == 2 * (1 + 8)

@@ -96,7 +96,9 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
           "prompts with benchmarks/speculative.py), a draft pays when it agrees with the model (distill it). "
           "With graph-decode on a GPU a verify round costs more than a decode step (H200, demo:smollm2: about 6.3 "
           "against 2.0 ms), so lookup lost where it accepted little (0.87x on an open question at 2.7 tokens per "
-          "round) while it won 1.65-2.71x on copying output. Memory: the model plus the draft (a draft of a "
+          "round) while it won 1.65-2.71x on copying output; gate=auto (new, not yet measured on a GPU) runs a "
+          "one-token step instead where the measured round costs say the drafts do not pay. method=draft with "
+          "graph-decode runs both models on static caches with captured steps (spec_draft.py). Memory: the model plus the draft (a draft of a "
           "quarter of the blocks shares nothing with the model, so it adds about a quarter of the block weights "
           "plus embeddings and head).",
     extra={"max_batch": 1},
