@@ -22,15 +22,7 @@ to transformers' loop and do not apply here; the report says so).
 from __future__ import annotations
 
 from workbench.core.optimizations.fastgen import GraphedGreedy
-from workbench.core.optimizations.spec_lookup import LookupGreedy
-
-
-def rewind(cache, pos: int) -> None:
-    """A static cache's own write position back to ``pos`` (see ``LookupGreedy._rewind``), in place."""
-    for layer in getattr(cache, "layers", ()):
-        length = getattr(layer, "cumulative_length", None)
-        if length is not None and hasattr(length, "fill_"):
-            length.fill_(pos)
+from workbench.core.optimizations.spec_lookup import LookupGreedy, rewind
 
 
 class _Drafter(GraphedGreedy):

@@ -50,6 +50,17 @@ def propose_match(tokens: list[int], k: int, max_ngram: int, min_ngram: int = 1)
     return [], 0
 
 
+def rewind(cache, pos: int) -> None:
+    """A static cache's own write position back to ``pos`` (the first unaccepted row). transformers 5.2x's
+    StaticCache layers write at a ``cumulative_length`` they advance themselves, ignoring ``cache_position``: left at
+    the verify step's end it would put the next round's rows after the rejected drafts, which the mask (from
+    ``cache_position``) would then show in their place. In place: captured graphs read it."""
+    for layer in getattr(cache, "layers", ()):
+        length = getattr(layer, "cumulative_length", None)
+        if length is not None and hasattr(length, "fill_"):
+            length.fill_(pos)
+
+
 class CostGate:
     """Whether a round that has drafts verifies them or runs a one-token step instead (``speculative:gate=auto``).
 
@@ -166,14 +177,7 @@ class LookupGreedy(GraphedGreedy):
             self._rewind(self._capture_at)
 
     def _rewind(self, pos: int) -> None:
-        """The cache's own write position back to ``pos`` (the first unaccepted row). transformers 5.2x's
-        StaticCache layers write at a ``cumulative_length`` they advance themselves, ignoring ``cache_position``:
-        left at the verify step's end it would put the next round's rows after the rejected drafts, which the
-        mask (from ``cache_position``) would then show in their place. In place: captured graphs read it."""
-        for layer in getattr(self.cache, "layers", ()):
-            length = getattr(layer, "cumulative_length", None)
-            if length is not None and hasattr(length, "fill_"):
-                length.fill_(pos)
+        rewind(self.cache, pos)
 
     # what a subclass with another drafter changes (spec_head.HeadGreedy)
     def _prefill(self, input_ids, t: int, device) -> int:
