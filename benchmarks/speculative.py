@@ -103,8 +103,8 @@ def main() -> int:
     ap.add_argument("--head-lookup", type=int, default=0,
                     help="also the head with prompt lookup (speculative:lookup=N: n-gram matches of N+ tokens draft)")
     ap.add_argument("--gate-off", action="store_true",
-                    help="with --graph: also prompt lookup in graph-decode's loop with speculative:gate=off (every "
-                         "proposal verified), beside the default gate=auto")
+                    help="with --graph: also prompt lookup and each draft in graph-decode's loop with "
+                         "speculative:gate=off (every round drafts and verifies), beside the default gate=auto")
     ap.add_argument("--prompts", default=",".join(PROMPTS))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--stem", default=None, help="file name stem (default speculative_<device>)")
@@ -219,7 +219,10 @@ def main() -> int:
         params = {"method": "draft", "draft": str(student_dir), "draft_vocab": vocab, "num_tokens": k}
         variants[f"draft[vocab={vocab or 'all'},k={k}]"] = make(params)
         if args.graph:  # the same draft inside graph-decode's loop (spec_draft.py: static caches, captured steps)
-            variants[f"draft[vocab={vocab or 'all'},k={k}]+graph-decode"] = with_graph(params)
+            variants[f"draft[vocab={vocab or 'all'},k={k}]+graph-decode"] = with_graph(params)  # gate=auto
+            if args.gate_off:
+                variants[f"draft[vocab={vocab or 'all'},k={k}]+graph-decode,gate=off"] = with_graph(
+                    {**params, "gate": "off"})
 
     env = environment(args.device)
     names = args.prompts.split(",")

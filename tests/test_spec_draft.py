@@ -7,7 +7,7 @@ import copy
 import torch  # a pinned dependency: a broken install must fail, not skip
 
 from tests.conftest import fast_recipe
-from tests.test_spec_lookup import _ReplayEagerly, cache_is_the_sequence, greedy
+from tests.test_spec_lookup import _PricedGate, _ReplayEagerly, cache_is_the_sequence, greedy
 from workbench.core import pipeline
 from workbench.core.models import load
 from workbench.core.optimizations.spec_draft import DraftGreedy
@@ -36,7 +36,7 @@ def test_the_model_drafting_for_itself_is_always_accepted(tiny_llama):
     assert torch.equal(out, greedy(loaded.model, PROMPT, 26))
     cache_is_the_sequence(loaded.model, gen, out)
     # the draft's cache too: every accepted token up to the newest, but for a K-th draft it has not been fed yet
-    fed = gen._owed[1] if gen._owed else out.shape[1] - 1
+    fed = min(gen._fed, out.shape[1] - 1)
     assert fed >= out.shape[1] - 1 - 4
     cache_is_the_sequence(gen.drafter.model, gen.drafter, out, rows=fed)
     s = stats.live
@@ -52,7 +52,7 @@ def test_a_draft_that_is_sometimes_wrong_keeps_the_models_tokens(tiny_llama):
         out = gen.generate(PROMPT, n)
         assert torch.equal(out, greedy(loaded.model, PROMPT, n))
         cache_is_the_sequence(loaded.model, gen, out)
-        fed = gen._owed[1] if gen._owed else out.shape[1] - 1
+        fed = min(gen._fed, out.shape[1] - 1)
         cache_is_the_sequence(gen.drafter.model, gen.drafter, out, rows=fed)  # rejected drafts' rows overwritten
     s = stats.live
     assert 0.0 < s["acceptance_rate"] < 1.0  # some drafts accepted, some rejected: both paths ran
@@ -91,3 +91,34 @@ def test_pipeline_runs_a_draft_inside_graph_decode(tiny_llama):
     s = spec["stats"]
     n = report["bench"]["new_tokens"]
     assert s["calls"] >= 2 and s["tokens"] == s["calls"] * n and s["tokens_per_target_forward"] >= 1.0
+
+
+def test_gated_draft_idles_where_it_does_not_pay_and_catches_up_when_it_drafts_again(tiny_llama):
+    """gate=auto with a draft: where a drafting round costs 8 steps and the draft is often wrong, most rounds are
+    one-token steps of the model and the same tokens cost less than drafting every round; each time drafting
+    resumes the draft is first fed the tokens it missed (its cache then holds the accepted sequence again). Where a
+    round costs what a step does, drafting goes on. The tokens stay greedy decoding's."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    ref = greedy(loaded.model, PROMPT, 60)
+    draft = other_draft(loaded.model)
+    spent, fed_after = {}, {}
+    for price in (8.0, 1.0):
+        for always in (False, True):
+            stats = _Stats()
+            gate = _PricedGate({1: 1.0, 4: price}, always=always)
+            gen = DraftGreedy(loaded.model, draft, 1, 128, 3, stats=stats, mode="eager", gate=gate)
+            caught = []
+            catch_up = gen._catch_up
+            gen._catch_up = lambda text, newest: (caught.append(newest - gen._fed), catch_up(text, newest))
+            for _ in range(2):
+                out = gen.generate(PROMPT, 60)
+                assert torch.equal(out, ref)
+                cache_is_the_sequence(loaded.model, gen, out)
+                if gen._start is not None:  # the last round drafted: the draft has followed every token
+                    cache_is_the_sequence(draft, gen.drafter, out, rows=min(gen._fed, out.shape[1] - 1))
+            spent[price, always] = gate.spent
+            fed_after[price, always] = max(caught)
+            assert (gate.skipped == 0) == always
+    assert spent[8.0, False] < 0.8 * spent[8.0, True]
+    assert fed_after[8.0, False] > 1  # drafting resumed after one-token rounds: several tokens fed at once
+    assert spent[1.0, False] <= 1.1 * spent[1.0, True]

@@ -55,7 +55,7 @@ def apply(model, params: dict, ctx) -> Applied:
         report["speculative"] = {
             "method": method, "num_tokens": lookup["num_tokens"],
             "ngram": lookup["ngram"] if method != "draft" else None,
-            "gate": lookup.get("gate") if method == "prompt-lookup" else None,
+            "gate": lookup.get("gate") if method != "draft-head" else None,
             "loop": "graph-decode verify step (" + {"draft": "spec_draft.py", "draft-head": "spec_head.py"}.get(
                 method, "spec_lookup.py") + ")"}
         if method == "draft":
@@ -84,6 +84,7 @@ def _lookup_factory(model, params: dict, ctx, lookup: dict, kw: dict):
                              f"{batch}", param="opt")
         want = max(params["max_len"] or max_len, speculative.CHECK_PROMPT + speculative.CHECK_NEW)
         if "gen" not in made or made["gen"].max_len < want + lookup["num_tokens"]:
+            gate = CostGate() if lookup.get("gate", "auto") == "auto" else None
             if lookup["method"] == "draft-head":
                 from workbench.core.optimizations.spec_head import head_greedy_class
 
@@ -94,9 +95,8 @@ def _lookup_factory(model, params: dict, ctx, lookup: dict, kw: dict):
                 from workbench.core.optimizations.spec_draft import DraftGreedy
 
                 made["gen"] = DraftGreedy(model, lookup["draft"], 1, want, lookup["num_tokens"],
-                                          stats=lookup["stats"], **kw)
+                                          stats=lookup["stats"], gate=gate, **kw)
             else:
-                gate = CostGate() if lookup.get("gate", "auto") == "auto" else None
                 made["gen"] = LookupGreedy(model, 1, want, lookup["num_tokens"], lookup["ngram"],
                                            stats=lookup["stats"], gate=gate, **kw)
         if "check" not in made:

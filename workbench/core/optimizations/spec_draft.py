@@ -12,8 +12,14 @@ static caches with captured steps:
 
 The draft's cache then holds every accepted token but, when all K were accepted, the K-th (drafted last, never fed
 back): that one is fed in a single draft step before the next round. Rows written for rejected drafts lie beyond
-the draft's write position, which is moved back to the first unaccepted row (``_rewind``, as for the model), so the
+the draft's write position, which is moved back to the first unaccepted row (``rewind``, as for the model), so the
 causal mask hides them until they are overwritten. Greedy acceptance keeps the output the model's own.
+
+With ``speculative:gate=auto`` (``spec_lookup.CostGate``) a round first asks whether drafting pays — the seconds a
+drafting round (K draft steps + the verify step) and a one-token step of the model took, and the tokens drafting
+rounds gave, all measured in this loop — and otherwise runs a one-token step of the model; the draft catches up on
+the tokens it missed (one eager forward) when drafting resumes. A draft that agrees too rarely then costs about what
+re-trying it costs (at most ``explore_share`` of the rounds' time), not a factor.
 
 Batch 1. The draft proposes exactly ``num_tokens`` per round (method=draft's ``schedule`` and ``confidence`` belong
 to transformers' loop and do not apply here; the report says so).
@@ -70,38 +76,55 @@ class _Drafter(GraphedGreedy):
 
 
 class DraftGreedy(LookupGreedy):
-    """``generate(ids, n_new, on_step)`` like ``GraphedGreedy``, drafting with a second model every round."""
+    """``generate(ids, n_new, on_step)`` like ``GraphedGreedy``, drafting with a second model every round — or,
+    with a ``CostGate``, only where the measured rounds say drafting pays (else a one-token step of the model)."""
 
     what = "speculative:draft+graph-decode (verify step)"
     pad_eager = False
-    one_token_rounds = False  # the draft proposes every round
+    gate_in_propose = True  # the gate decides before the draft spends its K steps
 
-    def __init__(self, model, draft, batch: int, max_len: int, num_tokens: int, stats=None, **kw) -> None:
-        super().__init__(model, batch, max_len, num_tokens, 1, stats=stats, **kw)
+    def __init__(self, model, draft, batch: int, max_len: int, num_tokens: int, stats=None, gate=None,
+                 **kw) -> None:
+        super().__init__(model, batch, max_len, num_tokens, 1, stats=stats, gate=gate, **kw)
         self.drafter = _Drafter(draft, 1, self.max_len + 1, mode=self.mode, log=self.log,
                                 **{k: v for k, v in kw.items() if k not in ("mode", "log")})
-        self._pos_next = 0  # the newest token's position (the draft's cache holds everything before it)
-        self._owed: tuple[int, int] | None = None  # (token, position) drafted last and accepted, not yet fed back
-        self._round: tuple[int, list[int]] = (0, [])
+        self._fed = 0  # the draft's cache holds the text's tokens at positions [0, _fed)
+        self._start: int | None = None  # the position the last round drafted from (None: it did not draft)
+        self._drafts: list[int] = []
 
     def _prefill(self, input_ids, t: int, device) -> int:
         first = super()._prefill(input_ids, t, device)
         self.drafter.prefill(input_ids)
-        self._pos_next, self._owed = t, None
+        self._fed, self._start = t, None
         return first
 
+    def _catch_up(self, text: list[int], newest: int) -> None:
+        """Feed the draft the tokens it has not seen before the newest one: the K-th draft of a fully accepted
+        round (one step), or what one-token rounds produced while the gate kept the draft idle (one eager forward
+        of those positions)."""
+        missing = text[self._fed:newest]
+        if len(missing) == 1:
+            self.drafter.draft(missing[0], self._fed, 1)
+        elif missing:
+            d, torch = self.drafter, self.torch
+            device = d.model.device
+            rewind(d.cache, self._fed)
+            d.model(input_ids=torch.tensor([missing], device=device),
+                    cache_position=torch.arange(self._fed, newest, device=device), use_cache=True, **d._cache_kw)
+        self._fed = newest
+
     def _propose(self, text: list[int]) -> list[int]:
-        if self._owed is not None:  # the last round's K-th draft was accepted: the draft has not seen it yet
-            token, pos = self._owed
-            self.drafter.draft(token, pos, 1)
-            self._owed = None
-        start = self._pos_next
-        drafts = self.drafter.draft(text[-1], start, self.num_tokens)
-        self._round = (start, drafts)
-        return drafts
+        self._start = None
+        gate = self._round_gate
+        if gate is not None and not gate.verify(self._match, self.num_tokens + 1):
+            return []
+        newest = len(text) - 1  # its position; the draft needs every token before it
+        self._catch_up(text, newest)
+        self._start, self._drafts = newest, self.drafter.draft(text[-1], newest, self.num_tokens)
+        return self._drafts
 
     def _accepted(self, n_ok: int) -> None:
-        start, drafts = self._round
-        self._pos_next = start + n_ok + 1
-        if n_ok == len(drafts):
-            self._owed = (drafts[-1], start + n_ok)
+        """The draft's rows from ``start`` on hold the newest token and d1 .. d(K-1): valid up to the accepted
+        ones (a fully accepted round leaves d_K to ``_catch_up``)."""
+        if self._start is not None:
+            self._fed = self._start + min(n_ok + 1, len(self._drafts))

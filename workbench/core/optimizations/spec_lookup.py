@@ -126,6 +126,7 @@ class LookupGreedy(GraphedGreedy):
     what = "speculative+graph-decode (verify step)"
     pad_eager = True  # the eager loop pads short proposals too (a padding token the model confirms is a token)
     one_token_rounds = True  # a round with nothing proposed runs a one-token step (the draft head always proposes)
+    gate_in_propose = False  # True: ``_propose`` asks the gate itself, before it spends time drafting
 
     def __init__(self, model, batch: int, max_len: int, num_tokens: int, ngram: int, stats=None,
                  gate: CostGate | None = None, **kw) -> None:
@@ -135,6 +136,7 @@ class LookupGreedy(GraphedGreedy):
         self.num_tokens, self.ngram, self.stats = num_tokens, ngram, stats
         self.gate = gate if self.one_token_rounds else None  # only a loop with one-token rounds can skip a round
         self._match = 0  # the n-gram length the last proposal was matched on
+        self._round_gate = None  # the gate this call's rounds use (None where a round cannot be one token)
         self._vin = self._vpos = self._vout = None
         self.single = None  # CUDA: the one-token step's own graph (rounds with nothing proposed)
         self._capture_at = None  # the prompt's end while the graphs are captured
@@ -237,10 +239,12 @@ class LookupGreedy(GraphedGreedy):
             out, pos = [first], t  # ``pos``: the cache position of the newest token, not yet in the cache
             # (reduce-overhead, after a failed capture, keeps one padded shape: a second would compile mid-run)
             can_single = self.one_token_rounds and (self.mode == "eager" or self.single is not None)
-            gate = self.gate if can_single else None
+            gate = self._round_gate = self.gate if can_single else None
             while len(out) < max_new_tokens:
+                t0 = time.perf_counter()  # a round: proposing (a draft model's steps too) and verifying
                 drafts = self._propose(text)
-                if drafts and gate is not None and not gate.verify(self._match, self.num_tokens + 1):
+                if (drafts and gate is not None and not self.gate_in_propose
+                        and not gate.verify(self._match, self.num_tokens + 1)):
                     drafts = []  # the gate: these drafts are not worth a verify round here
                 pad = drafts[-1] if drafts else text[-1]
                 one = not drafts and can_single
@@ -250,7 +254,6 @@ class LookupGreedy(GraphedGreedy):
                     given = [text[-1]] + drafts + [pad] * (self.num_tokens - len(drafts))
                 else:  # eager, unpadded: a CPU pays for every position it verifies
                     given = [text[-1]] + drafts
-                t0 = time.perf_counter()
                 argmax = self._verify(given, pos, device)  # ends in .tolist(): on CUDA the round has finished
                 seconds = time.perf_counter() - t0
                 rounds += 1

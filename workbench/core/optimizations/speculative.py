@@ -77,10 +77,11 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               "num_tokens)", min=0.0, max=1.0),
         Param("ngram", int, 3, "method=prompt-lookup (and draft-head with lookup): longest n-gram matched "
               "against the text so far", min=1, max=32),
-        Param("gate", str, "auto", "method=prompt-lookup inside graph-decode's loop: auto verifies a round's "
-              "drafts only where that pays on this machine (the seconds a verify round and a one-token step took, "
-              "and the tokens a verify round gave for a match that long, measured in the loop), else runs a "
-              "one-token step; off verifies whatever was found", choices=("auto", "off")),
+        Param("gate", str, "auto", "method=prompt-lookup or draft inside graph-decode's loop: auto drafts and "
+              "verifies in a round only where that pays on this machine (the seconds a drafting round and a "
+              "one-token step took, and the tokens a round gave — for lookup per length of the match — measured "
+              "in the loop), else runs a one-token step; off drafts and verifies every round",
+              choices=("auto", "off")),
         Param("lookup", int, 0, "method=draft-head: where the text's last N..ngram tokens occurred earlier, draft "
               "what followed them (prompt lookup) instead of the head — a head without attention cannot copy from "
               "the context; N is the shortest match taken (0: the head always drafts)", min=0, max=32),
@@ -127,7 +128,7 @@ def apply(model, params: dict, ctx) -> Applied:
     report.update({"num_tokens": num, "schedule": params["schedule"] if method == "draft" else None,
                    "confidence": params["confidence"] if method == "draft" else None,
                    "ngram": params["ngram"] if method == "prompt-lookup" else None,
-                   "gate": params["gate"] if method == "prompt-lookup" else None})
+                   "gate": params["gate"]})
     stats = _Stats()
     gen = SpeculativeGreedy(model, draft, method, num, params["schedule"], params["ngram"], ctx.tokenizer, stats,
                             confidence=params["confidence"])
