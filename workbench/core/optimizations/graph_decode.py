@@ -70,8 +70,9 @@ def apply(model, params: dict, ctx) -> Applied:
 
 
 def _lookup_factory(model, params: dict, ctx, lookup: dict, kw: dict):
-    """The benchmark's generator: one ``LookupGreedy`` (or its draft-head / draft-model subclass), checked against plain greedy decoding on its first use
-    (the check's result replaces the speculative report's, which checked transformers' own loop)."""
+    """The benchmark's generator: one ``LookupGreedy`` (or its draft-head / draft-model subclass), checked against
+    plain greedy decoding on its first use (the check's result replaces the speculative report's, which checked
+    transformers' own loop)."""
     from workbench.core.errors import InputError
     from workbench.core.optimizations import speculative
     from workbench.core.optimizations.spec_lookup import CostGate, LookupGreedy

@@ -99,9 +99,9 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
           "against 2.0 ms), so lookup lost where it accepted little (0.87x on an open question at 2.7 tokens per "
           "round) while it won 1.65-2.71x on copying output; gate=auto (new, not yet measured on a GPU) runs a "
           "one-token step instead where the measured round costs say the drafts do not pay. method=draft with "
-          "graph-decode runs both models on static caches with captured steps (spec_draft.py). Memory: the model plus the draft (a draft of a "
-          "quarter of the blocks shares nothing with the model, so it adds about a quarter of the block weights "
-          "plus embeddings and head).",
+          "graph-decode runs both models on static caches with captured steps (spec_draft.py). Memory: the "
+          "model plus the draft (a draft of a quarter of the blocks shares nothing with the model, so it adds "
+          "about a quarter of the block weights plus embeddings and head).",
     extra={"max_batch": 1},
 )
 def apply(model, params: dict, ctx) -> Applied:
