@@ -75,8 +75,10 @@ class CostGate:
     skipped rounds' (so a text that starts copying later is noticed, at a bounded cost where it never does). The
     output is the model's own either way (a one-token step is the model's own step)."""
 
-    def __init__(self, explore_share: float = 0.05, decay: float = 0.8) -> None:
-        self.explore_share, self.decay = explore_share, decay
+    def __init__(self, explore_share: float = 0.05, decay: float = 0.8, gain_decay: float = 0.5) -> None:
+        # a round's cost is steady; what a match gives changes with the text (a copying stretch starts or ends), so
+        # the tokens' average forgets faster: one success after a run of failures is enough to verify again
+        self.explore_share, self.decay, self.gain_decay = explore_share, decay, gain_decay
         self.seconds: dict[int, float] = {}  # positions in a round -> moving average of its seconds
         self.tokens: dict[int, float] = {}  # match length -> moving average of a verify round's tokens
         self._credit: dict[int, float] = {}  # match length -> exploration time saved up while skipping it
@@ -111,10 +113,11 @@ class CostGate:
             self.seconds[positions] = self._mix(old, seconds if old is None else min(seconds, 4.0 * old))
         self._seen.add(positions)
         if positions > 1:
-            self.tokens[match] = self._mix(self.tokens.get(match), float(tokens))
+            self.tokens[match] = self._mix(self.tokens.get(match), float(tokens), self.gain_decay)
 
-    def _mix(self, old: float | None, new: float) -> float:
-        return new if old is None else self.decay * old + (1.0 - self.decay) * new
+    def _mix(self, old: float | None, new: float, decay: float | None = None) -> float:
+        decay = self.decay if decay is None else decay
+        return new if old is None else decay * old + (1.0 - decay) * new
 
     def summary(self) -> dict:
         return {"skipped_rounds": self.skipped,
