@@ -77,8 +77,14 @@ def test_graphed_rounds_replay_the_drafts_step_and_the_verify_step(tiny_llama):
     out = gen.generate(PROMPT, 40)
     assert torch.equal(out, greedy(loaded.model, PROMPT, 40))
     cache_is_the_sequence(loaded.model, gen, out)
+    cache_is_the_sequence(d.model, d, out, rows=min(gen._fed, out.shape[1] - 1))
     rounds = stats.live["target_forwards"] - 1
-    assert len(verify) == rounds and 3 * rounds <= len(drafted) <= 4 * rounds
+    eager_stats = _Stats()  # the same draft in the eager loop: the same rounds, the same acceptance
+    DraftGreedy(loaded.model, d.model, 1, 96, 3, stats=eager_stats, mode="eager").generate(PROMPT, 40)
+    assert {k: stats.live[k] for k in ("target_forwards", "accepted")} == {
+        k: eager_stats.live[k] for k in ("target_forwards", "accepted")}
+    fed_back = len(drafted) - 3 * rounds  # one replay per fully accepted round that another round followed
+    assert len(verify) == rounds and 0 <= fed_back < rounds
 
 
 def test_pipeline_runs_a_draft_inside_graph_decode(tiny_llama):
@@ -109,7 +115,13 @@ def test_gated_draft_idles_where_it_does_not_pay_and_catches_up_when_it_drafts_a
             gen = DraftGreedy(loaded.model, draft, 1, 128, 3, stats=stats, mode="eager", gate=gate)
             caught = []
             catch_up = gen._catch_up
-            gen._catch_up = lambda text, newest: (caught.append(newest - gen._fed), catch_up(text, newest))
+
+            def checked_catch_up(text, newest, gen=gen, caught=caught, catch_up=catch_up):
+                caught.append(newest - gen._fed)
+                catch_up(text, newest)  # then the draft's cache holds every token before the newest
+                cache_is_the_sequence(draft, gen.drafter, torch.tensor([text]), rows=newest)
+
+            gen._catch_up = checked_catch_up
             for _ in range(2):
                 out = gen.generate(PROMPT, 60)
                 assert torch.equal(out, ref)

@@ -14,9 +14,10 @@ cannot take graph-decode's static cache and captured step. This loop can: every 
 
 Greedy acceptance keeps the output the model's own: a token stands only where it equals the model's argmax given
 everything before it, so a padding token that happens to match is a correct token too. The cache rows written for
-rejected drafts lie beyond the accepted position; the causal mask (from ``cache_position``) hides them until the
-next round overwrites them (``_rewind`` moves the cache's own write position back to the accepted one). At batch 1 on a GPU the step reads the weights once for K + 1 positions, so a round
-costs about one decode step however many drafts it accepts; on a CPU K + 1 positions cost more than one.
+rejected drafts lie beyond the accepted position; ``rewind`` moves the cache's own write position back to the
+accepted one, so the causal mask hides those rows until the next round overwrites them. At batch 1 on a GPU the
+step reads the weights once for K + 1 positions, so a round costs about one decode step however many drafts it
+accepts; on a CPU K + 1 positions cost more than one.
 
 Batch 1 only. In bf16 the verify step's several-position matmuls can round near-ties differently from one-token
 steps (seen on CPU, benchmarks/results/speculative_cpu.md); the speculative report's ``greedy_check`` says whether
@@ -52,13 +53,16 @@ def propose_match(tokens: list[int], k: int, max_ngram: int, min_ngram: int = 1)
 
 def rewind(cache, pos: int) -> None:
     """A static cache's own write position back to ``pos`` (the first unaccepted row). transformers 5.2x's
-    StaticCache layers write at a ``cumulative_length`` they advance themselves, ignoring ``cache_position``: left at
-    the verify step's end it would put the next round's rows after the rejected drafts, which the mask (from
-    ``cache_position``) would then show in their place. In place: captured graphs read it."""
+    StaticCache layers write at a ``cumulative_length`` they advance themselves, and (5.24, Llama) take the mask and
+    the rotary positions from it too, ignoring ``cache_position`` (still passed, for versions that read it): left at
+    the verify step's end it would put the next round's rows after the rejected drafts, at shifted positions, with
+    the rejected rows visible. In place: captured graphs read it."""
     for layer in getattr(cache, "layers", ()):
         length = getattr(layer, "cumulative_length", None)
         if length is not None and hasattr(length, "fill_"):
             length.fill_(pos)
+        if hasattr(layer, "cumulative_length_int"):  # sliding-window layers keep a host copy for their mask sizes
+            layer.cumulative_length_int = pos  # (a captured graph has it baked in: such models are untested here)
 
 
 class CostGate:
@@ -70,10 +74,11 @@ class CostGate:
     3-gram match gives ~8 tokens a round, on an open question a 1-gram match gave ~2. The gate keeps, from the
     rounds themselves, the seconds a round of each width took and the tokens a verify round gave per match length,
     and verifies only where that pays: ``tokens(match) / seconds(K + 1) >= 1 / seconds(1)``. Unknown is tried: a
-    match length never verified is verified, the one-token cost is measured once when it is missing, and a match
-    length the gate keeps skipping is verified again once the time it saved adds up to ``explore_share`` of the
-    skipped rounds' (so a text that starts copying later is noticed, at a bounded cost where it never does). The
-    output is the model's own either way (a one-token step is the model's own step)."""
+    match length never verified is verified; when the one-token cost is missing the gate skips to measure it (two
+    rounds: the first of each width is not timed); a match length the gate keeps skipping earns ``explore_share``
+    of a step's time per skip and is verified again once that covers what a try is expected to lose (so a text that
+    starts copying later is noticed, at a bounded cost where it never does). The output is the model's own either
+    way (a one-token step is the model's own step)."""
 
     def __init__(self, explore_share: float = 0.05, decay: float = 0.8, gain_decay: float = 0.5) -> None:
         # a round's cost is steady; what a match gives changes with the text (a copying stretch starts or ends), so
@@ -142,6 +147,7 @@ class LookupGreedy(GraphedGreedy):
         self.gate = gate if self.one_token_rounds else None  # only a loop with one-token rounds can skip a round
         self._match = 0  # the n-gram length the last proposal was matched on
         self._round_gate = None  # the gate this call's rounds use (None where a round cannot be one token)
+        self._untimed = 0.0  # seconds of this round that are not its own (a draft catching up on skipped rounds)
         self._vin = self._vpos = self._vout = None
         self.single = None  # CUDA: the one-token step's own graph (rounds with nothing proposed)
         self._capture_at = None  # the prompt's end while the graphs are captured
@@ -245,6 +251,7 @@ class LookupGreedy(GraphedGreedy):
             # (reduce-overhead, after a failed capture, keeps one padded shape: a second would compile mid-run)
             can_single = self.one_token_rounds and (self.mode == "eager" or self.single is not None)
             gate = self._round_gate = self.gate if can_single else None
+            skipped_before = gate.skipped if gate is not None else 0
             while len(out) < max_new_tokens:
                 t0 = time.perf_counter()  # a round: proposing (a draft model's steps too) and verifying
                 drafts = self._propose(text)
@@ -260,7 +267,7 @@ class LookupGreedy(GraphedGreedy):
                 else:  # eager, unpadded: a CPU pays for every position it verifies
                     given = [text[-1]] + drafts
                 argmax = self._verify(given, pos, device)  # ends in .tolist(): on CUDA the round has finished
-                seconds = time.perf_counter() - t0
+                seconds, self._untimed = time.perf_counter() - t0 - self._untimed, 0.0
                 rounds += 1
                 n_ok = 0
                 while n_ok < len(given) - 1 and argmax[n_ok] == given[n_ok + 1]:
@@ -279,5 +286,8 @@ class LookupGreedy(GraphedGreedy):
         if self.stats is not None:
             self.stats.add(len(out), rounds + 1, proposed)  # the prefill is a target forward too
             if self.gate is not None:
-                self.stats.live["gate"] = self.gate.summary()
+                live = self.stats.live
+                live["gate"] = self.gate.summary()  # over the generator's life (the greedy check included)
+                if gate is not None:  # rounds the gate ran as one token, over the calls these stats count
+                    live["gate_skipped_rounds"] = live.get("gate_skipped_rounds", 0) + gate.skipped - skipped_before
         return torch.cat([input_ids, torch.tensor([out], device=device, dtype=input_ids.dtype)], dim=1)
