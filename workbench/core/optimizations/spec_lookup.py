@@ -68,9 +68,9 @@ def rewind(cache, pos: int) -> None:
 class CostGate:
     """Whether a round that has drafts verifies them or runs a one-token step instead (``speculative:gate=auto``).
 
-    A verify round of ``K + 1`` positions costs more than a one-token step (at K = 10: about 3x on an H200, under 1.5x on
-    an AVX-512-BF16 EPYC — inferred, 1.6x at 2 tokens a round —, 5-6x measured on an AVX2 EPYC whose bf16 matmuls
-    are emulated), and what it gains depends on how good the match is: where the output repeats the prompt a
+    A verify round of ``K + 1`` positions costs more than a one-token step (at K = 10: about 3x on an H200, under
+    1.5x on an AVX-512-BF16 EPYC — inferred, 1.6x at 2 tokens a round —, 5-6x measured on an AVX2 EPYC whose bf16
+    matmuls are emulated), and what it gains depends on how good the match is: where the output repeats the prompt a
     3-gram match gives ~8 tokens a round, on an open question a 1-gram match gave ~2. The gate keeps, from the
     rounds themselves, the seconds a round of each width took and the tokens a verify round gave per match length,
     and verifies only where that pays: ``tokens(match) / seconds(K + 1) >= 1 / seconds(1)``. Unknown is tried: a
