@@ -134,3 +134,40 @@ def test_gated_draft_idles_where_it_does_not_pay_and_catches_up_when_it_drafts_a
     assert spent[8.0, False] < 0.8 * spent[8.0, True]
     assert fed_after[8.0, False] > 1  # drafting resumed after one-token rounds: several tokens fed at once
     assert spent[1.0, False] <= 1.1 * spent[1.0, True]
+
+
+def test_gated_graphed_rounds_take_the_one_token_graph_and_the_draft_catches_up(tiny_llama):
+    """The gate in graph mode (eager replays for the three graphs on this CPU): where drafting costs 8 steps the
+    rounds replay the model's one-token graph, the draft's cache is caught up between its graph replays, and the
+    tokens stay greedy decoding's."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    draft = other_draft(loaded.model)
+    gen = DraftGreedy(loaded.model, draft, 1, 128, 3, stats=_Stats(), mode="eager",
+                      gate=_PricedGate({1: 1.0, 4: 8.0}))
+    verify, single, drafted = [], [], []
+    token, pos = torch.zeros((1, 1), dtype=torch.long), torch.zeros((1,), dtype=torch.long)
+    gen.mode = "graph"
+    gen._static_buffers(token, 0)
+    gen.graph = _ReplayEagerly(gen._graph_body, verify)
+    gen._capture_body = lambda body: _ReplayEagerly(body, single)
+    gen._capture_single(token)
+    d = gen.drafter
+    d.mode = "graph"
+    d._static_buffers(token, pos)
+    d.graph = _ReplayEagerly(d._graph_body, drafted)
+    caught = []
+    catch_up = gen._catch_up
+
+    def checked_catch_up(text, newest):
+        caught.append(newest - gen._fed)
+        catch_up(text, newest)
+        cache_is_the_sequence(draft, d, torch.tensor([text]), rows=newest)
+
+    gen._catch_up = checked_catch_up
+    ref = greedy(loaded.model, PROMPT, 60)
+    for _ in range(2):
+        out = gen.generate(PROMPT, 60)
+        assert torch.equal(out, ref)
+        cache_is_the_sequence(loaded.model, gen, out)
+    assert len(single) > len(verify) > 0 and gen.gate.skipped == len(single)
+    assert max(caught) > 1  # drafting resumed after one-token rounds
