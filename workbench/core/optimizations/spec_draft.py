@@ -39,13 +39,13 @@ class _Drafter(GraphedGreedy):
 
     what = "speculative:draft (the draft's step)"
 
-    @property
-    def last_logits_only(self) -> dict:
-        """``logits_to_keep=1`` where the draft's forward takes it: a prefill or catch-up needs no logits at all."""
+    def __init__(self, model, *args, **kw) -> None:
         import inspect
 
-        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(
-            type(self.model).forward).parameters else {}
+        super().__init__(model, *args, **kw)
+        # a prefill or catch-up needs no logits at all: one row where the draft's forward takes logits_to_keep
+        takes = "logits_to_keep" in inspect.signature(type(model).forward).parameters
+        self.last_logits_only = {"logits_to_keep": 1} if takes else {}
 
     def prefill(self, input_ids) -> None:
         torch = self.torch

@@ -127,8 +127,7 @@ def apply(model, params: dict, ctx) -> Applied:
     num = params["num_tokens"] or (4 if method == "draft" else 10)
     report.update({"num_tokens": num, "schedule": params["schedule"] if method == "draft" else None,
                    "confidence": params["confidence"] if method == "draft" else None,
-                   "ngram": params["ngram"] if method == "prompt-lookup" else None,
-                   "gate": params["gate"]})
+                   "ngram": params["ngram"] if method == "prompt-lookup" else None})
     stats = _Stats()
     gen = SpeculativeGreedy(model, draft, method, num, params["schedule"], params["ngram"], ctx.tokenizer, stats,
                             confidence=params["confidence"])
