@@ -73,6 +73,38 @@ def draft_line(rep: dict) -> str:
             f"of its head)." + text)
 
 
+def truth_check(torch, device: str, gen, ids, new: int, ours, rounds: int) -> dict:
+    """An independent per-token figure for one generator: whole calls of ``new`` and of 2 tokens timed with CUDA
+    events (perf_counter on a CPU), (median T(new) - median T(2)) / (new - 2), interleaved round by round with
+    optbench's own stamped figure (``ours()``: its decode ms/token samples); medians."""
+
+    def whole(n: int) -> float:
+        with torch.inference_mode():
+            if device != "cuda":
+                t0 = time.perf_counter()
+                gen.generate(ids, n)
+                return (time.perf_counter() - t0) * 1000
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            a.record()
+            gen.generate(ids, n)
+            b.record()
+            torch.cuda.synchronize()
+            return a.elapsed_time(b)
+
+    whole(new), whole(2)
+    longs, shorts, mine = [], [], []
+    for _ in range(rounds):
+        longs.append(whole(new))
+        shorts.append(whole(2))
+        mine += ours()
+    independent = (statistics.median(longs) - statistics.median(shorts)) / (new - 2)
+    m = statistics.median(mine)
+    return {"optbench_decode_ms": m, "independent_decode_ms": independent,
+            "difference_percent": (m - independent) / independent * 100, "optbench_samples_ms": mine,
+            "long_call_ms": longs, "short_call_ms": shorts}
+
+
 def vs_graph(row: dict) -> str:
     return f" ({row['vs_graph_decode']:.2f}× graph-decode)" if "vs_graph_decode" in row else ""
 
@@ -105,6 +137,9 @@ def main() -> int:
     ap.add_argument("--gate-off", action="store_true",
                     help="with --graph: also prompt lookup and each draft in graph-decode's loop with "
                          "speculative:gate=off (every round drafts and verifies), beside the default gate=auto")
+    ap.add_argument("--truth", type=int, default=0,
+                    help="rounds of the truth check for every graph-decode variant: optbench's per-token figure vs "
+                         "whole-call timing (CUDA events on a GPU) of the same generator, (T(n) - T(2)) / (n - 2)")
     ap.add_argument("--prompts", default=",".join(PROMPTS))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--stem", default=None, help="file name stem (default speculative_<device>)")
@@ -248,12 +283,23 @@ def main() -> int:
                  draft_line(draft_report) + f" Target precision: {args.target_dtype}.", "",
                  "| prompt | kind | variant | decode ms/token | speedup | tokens / target forward | acceptance | "
                  "identical to greedy |", "|---|---|---|---|---|---|---|---|"]
+        truth: list[str] = []
         for r in rows:
             tpf = r.get("tokens_per_target_forward")
+            if r.get("truth_check"):
+                t = r["truth_check"]
+                truth.append(f"| {r['prompt']} | {r['variant']} | {t['optbench_decode_ms']:.3f} | "
+                             f"{t['independent_decode_ms']:.3f} | {t['difference_percent']:+.2f} % |")
             acc = r.get("acceptance_rate")
             lines.append(f"| {r['prompt']} | {r['kind']} | {r['variant']} | {r['decode_ms_per_token']:.1f} | "
                          f"{r['speedup']:.2f}×{vs_graph(r)} | {'' if tpf is None else f'{tpf:.2f}'} | "
                          f"{'' if acc is None else f'{acc:.2f}'} | {r.get('identical_to_greedy', '')} |")
+        if truth:
+            lines += ["", "Truth check: optbench's decode ms/token (stamped at every accepted token) vs an independent "
+                      "whole-call figure of the same generator, (T(n) - T(2)) / (n - 2), CUDA events on a GPU; "
+                      f"{args.truth} interleaved rounds, medians.", "",
+                      "| prompt | variant | optbench ms/token | independent ms/token | difference |",
+                      "|---|---|---|---|---|"] + truth
         (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
         return lines
 
@@ -294,6 +340,19 @@ def main() -> int:
                          "stats": s, "prompt_tokens": int(ids.shape[1])})
             if "graph-decode" in per:  # the best plain recipe on a GPU, same prompt, same rounds
                 rows[-1]["vs_graph_decode"] = statistics.median(per["graph-decode"]) / ms
+        if args.truth:
+            truth_settings = BenchSettings(batch=1, new_tokens=args.new_tokens, warmup=0, min_iters=1,
+                                           min_seconds=0.0)
+            for row in rows:
+                if row["prompt"] != name or "graph-decode" not in row["variant"]:
+                    continue
+                gk = variants[row["variant"]][1]
+                gen = gk["optbench_generator"](1, ids.shape[1] + args.new_tokens)
+                row["truth_check"] = truth_check(
+                    torch, args.device, gen, ids.to(args.device), args.new_tokens,
+                    lambda gk=gk: bench_causal(model, tok, truth_settings, args.device, generate_kwargs=gk,
+                                               prompt_ids=ids)["decode_ms_per_token"]["samples"], args.truth)
+                print(f"{name} truth {row['variant']}: {row['truth_check']['difference_percent']:+.2f} %", flush=True)
         write(rows, False)
         print(f"{name}: identical to greedy: {identical}", flush=True)
     print("\n".join(write(rows, True)))
