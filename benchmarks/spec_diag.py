@@ -107,6 +107,9 @@ def main() -> int:
 
     doc: dict = {"model": args.model, "device": args.device, "environment": environment(args.device),
                  "new_tokens": args.new_tokens, "prompts": {}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"spec_diag_{'cuda' if cuda else 'cpu'}.json"
     for name in args.prompts.split(","):
         _, text = PROMPTS[name]
         ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
@@ -142,11 +145,8 @@ def main() -> int:
               flush=True)
         doc["prompts"][name] = row
         del lookup, plain
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"spec_diag_{'cuda' if cuda else 'cpu'}.json"
-    path.write_text(json.dumps(doc, indent=1, default=str))
-    print(f"wrote {path}")
+        path.write_text(json.dumps(doc, indent=1, default=str))  # after every prompt: a cut run keeps what it had
+        print(f"wrote {path}")
     return 0
 
 

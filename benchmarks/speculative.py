@@ -75,8 +75,10 @@ def draft_line(rep: dict) -> str:
 
 def truth_check(torch, device: str, gen, ids, new: int, ours, rounds: int) -> dict:
     """An independent per-token figure for one generator: whole calls of ``new`` and of 2 tokens timed with CUDA
-    events (perf_counter on a CPU), (median T(new) - median T(2)) / (new - 2), interleaved round by round with
-    optbench's own stamped figure (``ours()``: its decode ms/token samples); medians."""
+    events (perf_counter on a CPU), (median T(new) - median T(1)) / (new - 1), interleaved round by round with
+    optbench's own stamped figure (``ours()``: its decode ms/token samples); medians. T(1) is the prefill alone (its
+    token is the first); a 2-token call would hold one whole speculative round, which can give several tokens, so
+    subtracting it (gpu_ladder's T(2), right for one token per step) biases a speculative figure by a round."""
 
     def whole(n: int) -> float:
         with torch.inference_mode():
@@ -92,13 +94,13 @@ def truth_check(torch, device: str, gen, ids, new: int, ours, rounds: int) -> di
             torch.cuda.synchronize()
             return a.elapsed_time(b)
 
-    whole(new), whole(2)
+    whole(new), whole(1)
     longs, shorts, mine = [], [], []
     for _ in range(rounds):
         longs.append(whole(new))
-        shorts.append(whole(2))
+        shorts.append(whole(1))
         mine += ours()
-    independent = (statistics.median(longs) - statistics.median(shorts)) / (new - 2)
+    independent = (statistics.median(longs) - statistics.median(shorts)) / (new - 1)
     m = statistics.median(mine)
     return {"optbench_decode_ms": m, "independent_decode_ms": independent,
             "difference_percent": (m - independent) / independent * 100, "optbench_samples_ms": mine,
@@ -139,7 +141,7 @@ def main() -> int:
                          "speculative:gate=off (every round drafts and verifies), beside the default gate=auto")
     ap.add_argument("--truth", type=int, default=0,
                     help="rounds of the truth check for every graph-decode variant: optbench's per-token figure vs "
-                         "whole-call timing (CUDA events on a GPU) of the same generator, (T(n) - T(2)) / (n - 2)")
+                         "whole-call timing (CUDA events on a GPU) of the same generator, (T(n) - T(1)) / (n - 1)")
     ap.add_argument("--prompts", default=",".join(PROMPTS))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--stem", default=None, help="file name stem (default speculative_<device>)")
@@ -296,7 +298,7 @@ def main() -> int:
                          f"{'' if acc is None else f'{acc:.2f}'} | {r.get('identical_to_greedy', '')} |")
         if truth:
             lines += ["", "Truth check: optbench's decode ms/token (stamped at every accepted token) vs an independent "
-                      "whole-call figure of the same generator, (T(n) - T(2)) / (n - 2), CUDA events on a GPU; "
+                      "whole-call figure of the same generator, (T(n) - T(1)) / (n - 1), CUDA events on a GPU; "
                       f"{args.truth} interleaved rounds, medians.", "",
                       "| prompt | variant | optbench ms/token | independent ms/token | difference |",
                       "|---|---|---|---|---|"] + truth
