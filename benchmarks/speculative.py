@@ -67,10 +67,20 @@ def draft_line(rep: dict) -> str:
                 f"{head['setup_seconds']:.0f} s.")
     if "draft_layers" not in rep:
         return ("No draft model in this run." + text) if not head else text.strip()
-    return (f"Draft: {rep.get('draft_layers')} of the model's blocks {rep.get('draft_blocks')}, distilled "
-            f"{rep.get('distill', {}).get('steps', rep.get('distill_steps'))} steps in {rep['setup_seconds']:.0f} s; "
-            f"its weights are {rep.get('draft_cost_ratio', 0):.2f}× the model's bytes (draft_vocab=N keeps N rows "
-            f"of its head)." + text)
+    students = rep.get("students") or {None: rep}
+    parts = []
+    for chats, one in students.items():
+        d = one.get("distill", {})
+        data = one.get("distill_data")
+        source = (f"on {data['chat_windows']} of the model's chat replies ({data['generate_seconds']:.0f} s to "
+                  f"generate) alternating with built-in text" if data else "on the built-in text")
+        loss = (f", held-out KL {d['heldout_loss_before']:.3f} -> {d['heldout_loss_after']:.3f}"
+                if d.get("heldout_loss_after") is not None else "")
+        parts.append(f"{'' if chats is None else f'chats={chats}: '}distilled {d.get('steps_done', d.get('steps'))} "
+                     f"steps {source}{loss}, setup {one['setup_seconds']:.0f} s")
+    return (f"Draft: {rep.get('draft_layers')} of the model's blocks {rep.get('draft_blocks')}; "
+            + "; ".join(parts) + f". Its weights are {rep.get('draft_cost_ratio', 0):.2f}× the model's bytes "
+            f"(draft_vocab=N keeps N rows of its head)." + text)
 
 
 def truth_check(torch, device: str, gen, ids, new: int, ours, rounds: int) -> dict:
@@ -121,6 +131,9 @@ def main() -> int:
     ap.add_argument("--draft-layers", type=int, default=8)
     ap.add_argument("--distill-steps", type=int, default=400)
     ap.add_argument("--distill-seconds", type=float, default=600.0)
+    ap.add_argument("--draft-chats", default="96",
+                    help="comma list: one student per value, distilled on that many of the model's own chat replies "
+                         "(speculative:draft_chats; 0: the built-in text alone), each under the same budget")
     ap.add_argument("--drafts", default="vocab=0,k=4",
                     help="draft variants over the one distilled student, ';'-separated: vocab=N (draft_vocab, 0 = "
                          "the whole vocabulary), k=N (tokens drafted per round)")
@@ -175,18 +188,22 @@ def main() -> int:
         return rep, ctx.extra["generate_kwargs"]
 
     drafts = list(filter(None, args.drafts.split(";")))
+    chat_counts = [int(c) for c in args.draft_chats.split(",")] if drafts else []
     draft_report: dict = {}
-    if drafts:  # one student, built once and given to every draft variant by reference
-        print("building the draft (distilled student of the model's own blocks)", flush=True)
+    student_dirs: dict[int, Path] = {}
+    for chats in chat_counts:  # a student per data choice, built once, given to its draft variants by reference
+        print(f"building the draft (distilled student of the model's own blocks, {chats} chat replies)", flush=True)
         built = make({"method": "draft", "draft_layers": args.draft_layers, "distill_steps": args.distill_steps,
-                      "distill_seconds": args.distill_seconds})
-        draft_report = {k: v for k, v in built[0].items() if k != "stats"}
-        print(f"draft ready in {draft_report['setup_seconds']:.0f} s", flush=True)
+                      "distill_seconds": args.distill_seconds, "draft_chats": chats})
+        one = {k: v for k, v in built[0].items() if k != "stats"}
+        draft_report = draft_report or dict(one)
+        draft_report.setdefault("students", {})[chats] = one
+        print(f"draft ready in {one['setup_seconds']:.0f} s", flush=True)
         import tempfile
 
-        student_dir = Path(tempfile.mkdtemp(prefix="optbench-draft-"))
-        built[1]["optbench_generator"](1, 64).draft.save_pretrained(student_dir)
-        tok.save_pretrained(student_dir)
+        student_dirs[chats] = Path(tempfile.mkdtemp(prefix="optbench-draft-"))
+        built[1]["optbench_generator"](1, 64).draft.save_pretrained(student_dirs[chats])
+        tok.save_pretrained(student_dirs[chats])
     variants = {"prompt-lookup": make({"method": "prompt-lookup"})}
     if args.graph:
         graph = optimizations.get("graph-decode")
@@ -250,16 +267,16 @@ def main() -> int:
             variants["draft-head+graph-decode"] = head_variant(0, True)
             if args.head_lookup:
                 variants[f"draft-head+lookup={args.head_lookup}+graph-decode"] = head_variant(args.head_lookup, True)
-    for spec_text in drafts:
+    for spec_text, chats in ((d, c) for c in chat_counts for d in drafts):
         kv = dict(part.split("=", 1) for part in spec_text.split(","))
         vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))
-        params = {"method": "draft", "draft": str(student_dir), "draft_vocab": vocab, "num_tokens": k}
-        variants[f"draft[vocab={vocab or 'all'},k={k}]"] = make(params)
+        params = {"method": "draft", "draft": str(student_dirs[chats]), "draft_vocab": vocab, "num_tokens": k}
+        name = f"draft[{f'chats={chats},' if len(chat_counts) > 1 else ''}vocab={vocab or 'all'},k={k}]"
+        variants[name] = make(params)
         if args.graph:  # the same draft inside graph-decode's loop (spec_draft.py: static caches, captured steps)
-            variants[f"draft[vocab={vocab or 'all'},k={k}]+graph-decode"] = with_graph(params)  # gate=auto
+            variants[f"{name}+graph-decode"] = with_graph(params)  # gate=auto
             if args.gate_off:
-                variants[f"draft[vocab={vocab or 'all'},k={k}]+graph-decode,gate=off"] = with_graph(
-                    {**params, "gate": "off"})
+                variants[f"{name}+graph-decode,gate=off"] = with_graph({**params, "gate": "off"})
 
     env = environment(args.device)
     names = args.prompts.split(",")

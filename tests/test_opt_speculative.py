@@ -141,3 +141,42 @@ def test_a_shrunk_draft_head_keeps_its_rows_and_the_output_stays_the_models(tiny
     assert rep["draft_vocab"]["kept"] == 64 and rep["greedy_check"]["identical"] is True
     row = torch.tensor([[101, 7592, 2088, 2003, 1037]])
     assert torch.equal(gen.generate(row, 16), greedy(loaded.model, row, 16))
+
+
+def test_a_distilled_draft_trains_on_the_models_own_replies(tiny_llama, monkeypatch):
+    """draft_chats: the draft's training windows are chat turns ending in the model's own greedy replies (checked
+    token for token against ``generate``), alternating with built-in text windows, held-out pair first; the
+    distillation sees exactly those windows and the output stays the model's own."""
+    from workbench.core.optimizations import distill
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    seen = {}
+    real_train = distill.train
+
+    def spy(*args, batches=None, **kw):
+        seen["batches"] = batches
+        return real_train(*args, batches=batches, **kw)
+
+    monkeypatch.setattr(distill, "train", spy)
+    rep, gen = speculative(loaded, method="draft", draft_layers=1, distill_steps=3, draft_chats=3, confidence=0.0)
+    data = rep["distill_data"]
+    assert data["chat_windows"] >= 1 and data["window"] == 256
+    batches = seen["batches"]
+    assert len(batches) == 2 * data["chat_windows"]  # (chat, text) pairs, the held-out pair first
+    assert rep["distill"]["steps_done"] == 3 and rep["distill"]["tokens_seen"] == 3 * 256
+    chat = batches[0]["input_ids"]  # a held-out chat window: its last 128 tokens are the model's greedy reply
+    prompt_end = chat[:, :128]
+    with torch.inference_mode():
+        again = loaded.model.generate(input_ids=prompt_end, attention_mask=torch.ones_like(prompt_end),
+                                      max_new_tokens=1, do_sample=False, pad_token_id=0)
+    assert int(again[0, -1]) == int(chat[0, 128])  # the reply's first token is the model's argmax after the prompt
+    assert torch.equal(batches[0]["labels"], chat) and batches[1]["input_ids"].shape == (1, 256)
+    assert rep["greedy_check"]["identical"] is True
+    ids = torch.tensor([[101, 7592, 2088, 2003, 1037]])
+    assert torch.equal(gen.generate(ids, 12), greedy(loaded.model, ids, 12))
+
+
+def test_a_draft_distilled_on_the_text_alone_keeps_the_old_data(tiny_llama):
+    loaded = load(str(tiny_llama), None, "cpu")
+    rep, _ = speculative(loaded, method="draft", draft_layers=1, distill_steps=2, draft_chats=0)
+    assert "distill_data" not in rep and rep["distill"]["tokens_seen"] == 2 * 2 * 128  # batch 2 x 128 tokens

@@ -203,7 +203,11 @@ def load_checkpoint(folder: Path, key: str):
 
 # ------------------------------------------------------------------ training
 
-def train(teacher, student, mapping, task: str, tokenizer, params: dict, device: str, log, progress) -> dict:
+def train(teacher, student, mapping, task: str, tokenizer, params: dict, device: str, log, progress,
+          batches: list | None = None) -> dict:
+    """Distil ``student`` toward ``teacher`` for ``params["steps"]`` steps (or its time budget). ``batches``: the
+    training inputs, held-out first (the first two are never trained on), instead of the text ``params["data"]``
+    names — cycled through when there are fewer than steps."""
     import contextlib
     import time
 
@@ -217,8 +221,13 @@ def train(teacher, student, mapping, task: str, tokenizer, params: dict, device:
     steps, accum = params["steps"], params["grad_accum"]
     heldout_n = 2
     per_rank = steps * accum
-    all_batches = token_batches(tokenizer, task, n_batches=per_rank * world + heldout_n, batch=params["batch"],
-                                seq_len=params["seq_len"], source=params["data"], device=device)
+    if batches is not None:
+        if len(batches) <= heldout_n:
+            raise ValueError(f"distill: {len(batches)} batches given; expected more than {heldout_n} (held out)")
+        all_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    else:
+        all_batches = token_batches(tokenizer, task, n_batches=per_rank * world + heldout_n, batch=params["batch"],
+                                    seq_len=params["seq_len"], source=params["data"], device=device)
     heldout, train_batches = all_batches[:heldout_n], all_batches[heldout_n:][rank::world]
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params["precision"])
@@ -310,7 +319,8 @@ def train(teacher, student, mapping, task: str, tokenizer, params: dict, device:
     if device_type == "cuda":
         torch.cuda.synchronize(device)
     train_s = time.perf_counter() - t0
-    samples = (step - start_step) * accum * world * params["batch"]
+    used = [train_batches[i % len(train_batches)]["input_ids"] for i in range(start_step * accum, step * accum)]
+    samples = sum(int(ids.shape[0]) for ids in used) * world
     student.eval()
     for p in student.parameters():
         p.requires_grad_(False)
@@ -326,7 +336,7 @@ def train(teacher, student, mapping, task: str, tokenizer, params: dict, device:
             "heldout_loss_before": before,
             "heldout_loss_after": after, "world_size": world,
             "checkpoint": str(folder) if folder is not None else None,
-            "tokens_seen": (step - start_step) * accum * world * params["batch"] * params["seq_len"]}
+            "tokens_seen": sum(int(ids.numel()) for ids in used) * world}
 
 
 @register(

@@ -26,6 +26,7 @@ from workbench.core.errors import InputError
 from workbench.core.optimizations.base import Applied, Param, register
 
 METHODS = ("draft", "prompt-lookup", "draft-head")
+CHAT_WINDOW = 256  # draft=layers: training windows over the model's chat replies (prompt end + 128-token reply)
 HEAD_SEQ = 192  # method=draft-head: training windows (built-in text, and the model's own chat replies)
 CHECK_PROMPT, CHECK_NEW = 64, 48  # the greedy check: built-in text tokens in, tokens out
 SCHEDULES = ("constant", "heuristic_transient", "heuristic")
@@ -58,6 +59,10 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
         Param("head_chats", int, 96, "method=draft-head: chat turns (instructions over built-in passages) the model "
               "answers first, 128 tokens each, whose features the head also trains on (what it drafts at run time "
               "is a reply; 0: the built-in text only)", min=0, max=100_000),
+        Param("draft_chats", int, 96, "draft=layers with distill_steps > 0: chat turns (instructions over built-in "
+              "passages) the model answers first, 128 tokens each; the draft distils on them — prompt and reply, "
+              f"{CHAT_WINDOW}-token windows — alternately with the built-in text (what it drafts at run time is a "
+              "reply; 0: the built-in text only)", min=0, max=100_000),
         Param("draft_dtype", str, "auto", "precision the draft runs in: auto (bf16 where the CPU has native bf16 "
               "matmuls or on a GPU, else the model's), fp32, bf16, or model (the model's own); a draft only "
               "proposes, so its rounding costs acceptance, never correctness",
@@ -364,14 +369,46 @@ def _student(model, params: dict, ctx):
     draft, mapping = distill.build_student(model, dparams, "causal-lm")
     report = {"draft": "layers", "draft_layers": k, "draft_blocks": mapping, "distill_steps": params["distill_steps"]}
     if params["distill_steps"] > 0:
+        batches = _chat_batches(model, params, ctx, report) if params["draft_chats"] else None
         ctx.log(f"speculative: distilling a {k}-block draft for {params['distill_steps']} steps "
                 f"(at most {params['distill_seconds']:.0f} s)")
         result = distill.train(model, draft, mapping, "causal-lm", ctx.tokenizer, dparams, ctx.device, ctx.log,
-                               lambda f, **kw: ctx.progress(0.9 * f, **kw))
+                               lambda f, **kw: ctx.progress(0.9 * f, **kw), batches=batches)
         report["distill"] = {k2: v for k2, v in result.items() if not isinstance(v, list)}
     for p in draft.parameters():
         p.requires_grad_(False)
     return draft.eval(), report
+
+
+def _chat_batches(model, params: dict, ctx, report: dict) -> list:
+    """The draft's training inputs: the model's own greedy replies to ``draft_chats`` chat turns over built-in
+    passages (``spec_head.chat_windows``: each window the end of a prompt and its 128-token reply — on-policy data,
+    as DistillSpec finds best for a draft), alternating with windows of the built-in text; the first two, held
+    out, are one of each."""
+    import time
+
+    import torch
+
+    from workbench.core.optimizations import spec_head
+    from workbench.core.optimizations.calibration import token_batches
+
+    t0 = time.perf_counter()
+    chats = spec_head.chat_windows(model, ctx.tokenizer, params["draft_chats"], CHAT_WINDOW, 128, ctx.device)
+    if not chats:
+        raise InputError(f"speculative:draft_chats={params['draft_chats']}: no reply window of {CHAT_WINDOW} "
+                         "tokens without padding came out; expected at least one (or draft_chats=0)", param="opt")
+    seconds = time.perf_counter() - t0
+    ctx.log(f"speculative: the model answered {len(chats)} chat turns for the draft in {seconds:.0f} s")
+    text = token_batches(ctx.tokenizer, "causal-lm", len(chats) + 1, 1, CHAT_WINDOW, device=ctx.device)
+    # (generate made them inference tensors: clones outside inference mode can enter autograd)
+    rows = [{"input_ids": c["input_ids"].clone(), "attention_mask": torch.ones_like(c["input_ids"]),
+             "labels": c["input_ids"].clone()} for c in chats]
+    mixed = [rows[-1], text[-1]]  # held out
+    for chat, window in zip(rows[:-1], text[:-1]):
+        mixed += [chat, window]
+    report["distill_data"] = {"chat_windows": len(chats), "text_windows": len(text) - 1, "window": CHAT_WINDOW,
+                              "generate_seconds": round(seconds, 1)}
+    return mixed
 
 
 def optimizations_params(name: str, given: dict) -> dict:
