@@ -180,3 +180,13 @@ def test_a_draft_distilled_on_the_text_alone_keeps_the_old_data(tiny_llama):
     loaded = load(str(tiny_llama), None, "cpu")
     rep, _ = speculative(loaded, method="draft", draft_layers=1, distill_steps=2, draft_chats=0)
     assert "distill_data" not in rep and rep["distill"]["tokens_seen"] == 2 * 2 * 128  # batch 2 x 128 tokens
+
+
+def test_an_fp32_model_on_cuda_gets_the_verify_precision_note(tiny_llama):
+    from workbench.core.optimizations.speculative import fp32_verify_note
+
+    model = load(str(tiny_llama), None, "cpu").model
+    assert fp32_verify_note(model, "cpu") is None  # a CPU's several-position fp32 matmuls are what it has
+    note = fp32_verify_note(model, "cuda:0")
+    assert "fp32" in note and "--opt bf16" in note
+    assert fp32_verify_note(model.to(torch.bfloat16), "cuda") is None

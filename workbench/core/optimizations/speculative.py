@@ -49,9 +49,9 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               "here) or a model reference with the same tokenizer (demo:NAME, a folder, a hub id)"),
         Param("draft_layers", int, 0, "draft=layers: blocks kept in the student (0: a quarter, at least 1)",
               min=0, max=4096),
-        Param("distill_steps", int, 0, "draft=layers: distillation steps on the built-in text before drafting "
-              "(0: the raw block subset); method=draft-head: training steps (0: until distill_seconds)", min=0,
-              max=1_000_000),
+        Param("distill_steps", int, 0, "draft=layers: distillation steps (on the model's chat replies and the "
+              "built-in text, see draft_chats) before drafting (0: the raw block subset); method=draft-head: "
+              "training steps (0: until distill_seconds)", min=0, max=1_000_000),
         Param("distill_seconds", float, 600.0, "draft=layers and method=draft-head: wall-time cap on the "
               "distillation / the head's training", min=1.0, max=1e6),
         Param("head_tokens", int, 98304, "method=draft-head: built-in text tokens whose features the head trains "
@@ -100,10 +100,11 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
           "not exported). Batch 1. The gain depends on the workload: prompt lookup pays where the output repeats "
           "the prompt (the benchmark's built-in prompt, Python reference text, is one such case; measure on your "
           "prompts with benchmarks/speculative.py), a draft pays when it agrees with the model (distill it). "
-          "With graph-decode on a GPU a verify round costs more than a decode step (H200, demo:smollm2: about 6.3 "
-          "against 2.0 ms), so lookup lost where it accepted little (0.87x on an open question at 2.7 tokens per "
-          "round) while it won 1.65-2.71x on copying output; gate=auto (new, not yet measured on a GPU) runs a "
-          "one-token step instead where the measured round costs say the drafts do not pay. method=draft with "
+          "With graph-decode on a GPU a verify round costs more than a decode step (H200, demo:smollm2 fp32: "
+          "about 6.2-6.5 against 2.1-2.5 ms; in fp32 its matmuls miss the tensor cores — use bf16); gate=auto "
+          "runs a one-token step instead where the measured round costs say the drafts do not pay (H200, 128 "
+          "tokens: open question 1.72x graph-decode against 1.37x with gate=off, code edit 1.37x against 1.27x). "
+          "A distilled draft trains on the model's own chat replies (draft_chats). method=draft with "
           "graph-decode runs both models on static caches with captured steps (spec_draft.py). Memory: the "
           "model plus the draft (a draft of a quarter of the blocks shares nothing with the model, so it adds "
           "about a quarter of the block weights plus embeddings and head).",
@@ -118,6 +119,10 @@ def apply(model, params: dict, ctx) -> Applied:
     method = params["method"]
     report: dict = {"method": method}
     draft = None
+    fp32_note = fp32_verify_note(model, ctx.device)
+    if fp32_note:
+        report["fp32_verify_note"] = fp32_note
+        ctx.warning(fp32_note)
     if method == "draft":
         draft, built = _draft_model(model, params, ctx)
         report.update(built)
@@ -378,6 +383,22 @@ def _student(model, params: dict, ctx):
     for p in draft.parameters():
         p.requires_grad_(False)
     return draft.eval(), report
+
+
+def fp32_verify_note(model, device: str) -> str | None:
+    """On a GPU, an fp32 model's verify step (several positions) runs fp32 GEMMs on the CUDA cores, where its
+    one-token step runs GEMV kernels: measured on an H200 (benchmarks/results/h200_2026-12-04/spec_diag_h200_open.json,
+    demo:smollm2 fp32, graph-decode) an 11-position verify round took 4.38 ms of GPU kernel time against 1.86 ms for
+    a one-token step, most of it in FFMA GEMM kernels. bf16 puts those matmuls on the tensor cores."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return None
+    if next(model.parameters()).dtype != torch.float32:
+        return None
+    return ("speculative: the model is fp32 on CUDA, so each verify step's several-position matmuls run fp32 GEMMs "
+            "without tensor cores (H200, demo:smollm2: an 11-position round cost 2.4x a one-token step in GPU "
+            "time); add --opt bf16 for speculation that pays")
 
 
 def _chat_batches(model, params: dict, ctx, report: dict) -> list:
