@@ -7,7 +7,8 @@ lookup (``_propose``), in the verify call (``_verify``: the input copies, the re
 for the GPU), in the cache rewinds (``_rewind``), and the rest of the loop; then the GPU kernel time and kernels
 per round from the torch profiler (``gpu_diag.profile_steps``), and the same for plain graph-decode per step.
 
-Usage: python benchmarks/spec_diag.py [--device cuda] [--prompts open,code-edit] [--new-tokens 96] [--out DIR]
+Usage: python benchmarks/spec_diag.py [--device cuda] [--prompts open,code-edit] [--new-tokens 96]
+       [--target-dtype model|bf16] [--out DIR]
 On a CPU it runs the eager loop (no graphs: a dry run of the script, its figures are not the GPU's question).
 Writes spec_diag_<device>.json.
 """
@@ -76,6 +77,8 @@ def main() -> int:
     ap.add_argument("--prompts", default="open,code-edit")
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--target-dtype", default="model", choices=("model", "bf16"),
+                    help="bf16: cast the model first (on a GPU its verify matmuls then run on the tensor cores)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
 
@@ -92,6 +95,10 @@ def main() -> int:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     loaded = load(args.model, "causal-lm", args.device)
     model, tok = loaded.model, loaded.tokenizer
+    if args.target_dtype == "bf16":
+        from workbench.core.optimizations._common import cast
+
+        cast(model, torch.bfloat16)
     spec, graph = optimizations.get("speculative"), optimizations.get("graph-decode")
 
     def generator(speculative: bool, max_len: int):
@@ -106,6 +113,7 @@ def main() -> int:
         return gk["optbench_generator"](1, max_len)
 
     doc: dict = {"model": args.model, "device": args.device, "environment": environment(args.device),
+                 "target_dtype": args.target_dtype,
                  "new_tokens": args.new_tokens, "prompts": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
