@@ -190,3 +190,33 @@ def test_an_fp32_model_on_cuda_gets_the_verify_precision_note(tiny_llama):
     note = fp32_verify_note(model, "cuda:0")
     assert "fp32" in note and "--opt bf16" in note
     assert fp32_verify_note(model.to(torch.bfloat16), "cuda") is None
+
+
+def test_a_bf16_models_draft_trains_on_fp32_master_weights_then_runs_in_bf16(tiny_llama, monkeypatch):
+    """AdamW's steps (~lr) are below a bf16 weight's resolution: the draft of a bf16 model is distilled in fp32
+    under bf16 autocast, then cast back to run beside the model."""
+    from workbench.core.optimizations import _common, distill
+    from workbench.core.optimizations._common import float_dtype
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    _common.cast(loaded.model, torch.bfloat16)
+    seen = {}
+    real_train = distill.train
+
+    def spy(teacher, student, mapping, task, tokenizer, params, *args, **kw):
+        seen.update(student=float_dtype(student), teacher=float_dtype(teacher), precision=params["precision"])
+        return real_train(teacher, student, mapping, task, tokenizer, params, *args, **kw)
+
+    monkeypatch.setattr(distill, "train", spy)
+    rep, gen = speculative(loaded, method="draft", draft_layers=1, distill_steps=2, draft_chats=0)
+    assert seen == {"student": torch.float32, "teacher": torch.bfloat16, "precision": "bf16"}
+    assert rep["distill_precision"] == "fp32 master weights, bf16 autocast" and rep["distill"]["steps_done"] == 2
+    assert rep["draft_dtype"] == "bfloat16"
+    assert all(p.dtype == torch.bfloat16 for p in gen.draft.parameters() if p.is_floating_point())
+    assert rep["greedy_check"]["identical"] is True
+
+
+def test_an_fp32_models_draft_trains_in_fp32(tiny_llama):
+    loaded = load(str(tiny_llama), None, "cpu")
+    rep, _ = speculative(loaded, method="draft", draft_layers=1, distill_steps=1, draft_chats=0)
+    assert "distill_precision" not in rep and rep["distill"]["steps_done"] == 1

@@ -358,10 +358,15 @@ def _blocks_of(model):
 
 
 def _student(model, params: dict, ctx):
-    """A draft made of the model's own blocks (weights copied), optionally distilled."""
+    """A draft made of the model's own blocks (weights copied), optionally distilled. A bf16 / fp16 model's draft
+    trains on fp32 master weights under autocast in the model's dtype (AdamW's steps of ~lr are below a bf16
+    weight's resolution and would mostly vanish), then runs in the dtype ``draft_dtype`` picks."""
+    import torch
+
     from workbench.core.optimizations import _common, distill
 
     n = len(_common.blocks(model))
+    low = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(_common.float_dtype(model))
     k = params["draft_layers"] or max(1, n // 4)
     if k >= n:
         raise InputError(f"speculative:draft_layers={k}: the model has {n} blocks; expected fewer", param="opt")
@@ -370,10 +375,14 @@ def _student(model, params: dict, ctx):
                                                "batch": 2, "seq_len": 128,
                                                # a draft only needs to agree with the model's next token: match
                                                # its distribution (alpha 1, T 1), a little faster than distill's
-                                               "alpha": 1.0, "temperature": 1.0, "lr": 3e-4})
+                                               "alpha": 1.0, "temperature": 1.0, "lr": 3e-4,
+                                               "precision": low or "fp32"})
     draft, mapping = distill.build_student(model, dparams, "causal-lm")
     report = {"draft": "layers", "draft_layers": k, "draft_blocks": mapping, "distill_steps": params["distill_steps"]}
     if params["distill_steps"] > 0:
+        if low:
+            _common.cast(draft, torch.float32)
+            report["distill_precision"] = f"fp32 master weights, {low} autocast"
         batches = _chat_batches(model, params, ctx, report) if params["draft_chats"] else None
         ctx.log(f"speculative: distilling a {k}-block draft for {params['distill_steps']} steps "
                 f"(at most {params['distill_seconds']:.0f} s)")
