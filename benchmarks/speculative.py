@@ -73,7 +73,11 @@ def draft_line(rep: dict) -> str:
         d = one.get("distill", {})
         data = one.get("distill_data")
         source = (f"on {data['chat_windows']} of the model's chat replies ({data['generate_seconds']:.0f} s to "
-                  f"generate) alternating with built-in text" if data else "on the built-in text")
+                  f"generate) alternating with built-in text, {data.get('batch', 1)} windows a step"
+                  if data else "on the built-in text")
+        if one.get("heldout_agreement_after") is not None:
+            source += (f"; teacher-forced agreement with the model's next token on held-out replies "
+                       f"{one['heldout_agreement_before']:.3f} -> {one['heldout_agreement_after']:.3f}")
         loss = (f", held-out KL {d['heldout_loss_before']:.3f} -> {d['heldout_loss_after']:.3f}"
                 if d.get("heldout_loss_after") is not None else "")
         parts.append(f"{'' if chats is None else f'chats={chats}: '}distilled {d.get('steps_done', d.get('steps'))} "
@@ -134,6 +138,12 @@ def main() -> int:
     ap.add_argument("--draft-chats", default="96",
                     help="comma list: one student per value, distilled on that many of the model's own chat replies "
                          "(speculative:draft_chats; 0: the built-in text alone), each under the same budget")
+    ap.add_argument("--draft-batch", type=int, default=0,
+                    help="speculative:draft_batch: chat windows per distillation step (0: auto, 32 on a GPU for "
+                         "SmolLM2's vocabulary, 1 on a CPU)")
+    ap.add_argument("--no-eager", action="store_true",
+                    help="leave out transformers' assisted loops (prompt lookup and each draft without "
+                         "graph-decode); with --graph, every speculative row is then inside graph-decode's loop")
     ap.add_argument("--drafts", default="vocab=0,k=4",
                     help="draft variants over the one distilled student, ';'-separated: vocab=N (draft_vocab, 0 = "
                          "the whole vocabulary), k=N (tokens drafted per round)")
@@ -194,7 +204,7 @@ def main() -> int:
     for chats in chat_counts:  # a student per data choice, built once, given to its draft variants by reference
         print(f"building the draft (distilled student of the model's own blocks, {chats} chat replies)", flush=True)
         built = make({"method": "draft", "draft_layers": args.draft_layers, "distill_steps": args.distill_steps,
-                      "distill_seconds": args.distill_seconds, "draft_chats": chats})
+                      "distill_seconds": args.distill_seconds, "draft_chats": chats, "draft_batch": args.draft_batch})
         one = {k: v for k, v in built[0].items() if k != "stats"}
         draft_report = draft_report or dict(one)
         draft_report.setdefault("students", {})[chats] = one
@@ -204,7 +214,7 @@ def main() -> int:
         student_dirs[chats] = Path(tempfile.mkdtemp(prefix="optbench-draft-"))
         built[1]["optbench_generator"](1, 64).draft.save_pretrained(student_dirs[chats])
         tok.save_pretrained(student_dirs[chats])
-    variants = {"prompt-lookup": make({"method": "prompt-lookup"})}
+    variants = {} if args.no_eager else {"prompt-lookup": make({"method": "prompt-lookup"})}
     if args.graph:
         graph = optimizations.get("graph-decode")
 
@@ -272,7 +282,8 @@ def main() -> int:
         vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))
         params = {"method": "draft", "draft": str(student_dirs[chats]), "draft_vocab": vocab, "num_tokens": k}
         name = f"draft[{f'chats={chats},' if len(chat_counts) > 1 else ''}vocab={vocab or 'all'},k={k}]"
-        variants[name] = make(params)
+        if not args.no_eager:
+            variants[name] = make(params)
         if args.graph:  # the same draft inside graph-decode's loop (spec_draft.py: static caches, captured steps)
             variants[f"{name}+graph-decode"] = with_graph(params)  # gate=auto
             if args.gate_off:

@@ -50,6 +50,25 @@ def calibration_texts(n: int, source: str = "builtin", max_chars: int = 2000) ->
     return out[:n]
 
 
+def passages(n: int, min_chars: int = 450, max_chars: int = 900) -> list[str]:
+    """Up to ``n`` passages of ``min_chars`` to ``max_chars`` characters: consecutive paragraphs of the built-in
+    topics, from the last topic backwards (the calibration side), merged until long enough. About 700 exist; the
+    chat turns a draft distils on pair them with instructions (``spec_head.chat_windows``)."""
+    out: list[str] = []
+    for _, text in _topics_reversed():
+        cur = ""
+        for para in (p.strip() for p in text.split("\n\n")):
+            if not para:
+                continue
+            cur = f"{cur}\n\n{para}" if cur else para
+            if len(cur) >= min_chars:
+                out.append(cur[:max_chars])
+                cur = ""
+                if len(out) >= n:
+                    return out
+    return out
+
+
 def _read_user_text(source: str) -> str:
     path = Path(source).expanduser()
     if not path.is_file():

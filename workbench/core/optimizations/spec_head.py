@@ -84,19 +84,35 @@ def build(model, vocab_ids):
 INSTRUCTIONS = ("Summarise this passage in three sentences.", "Explain the main idea of this passage to a beginner.",
                 "Rewrite this passage as a short bulleted list.", "Write two questions a reader might ask about "
                 "this passage, with answers.", "What is the most important point of this passage, and why?",
-                "Write a short poem inspired by this passage.")
+                "Write a short poem inspired by this passage.", "Give a one-paragraph summary of this passage.",
+                "Write a short Python example that illustrates this passage.", "List the key terms in this "
+                "passage and define each one.", "Rewrite this passage in plain, simple English.",
+                "Write a short story that uses the idea of this passage.", "What would a critic say about this "
+                "passage? Answer briefly.")
 
 
-def chat_windows(model, tokenizer, n: int, length: int, new_tokens: int, device: str, batch: int = 16) -> list:
+def chat_turns(n: int) -> list[str]:
+    """``n`` distinct instructions over built-in passages: passage ``i % P`` with an instruction that moves on each
+    time the passages come round again (about 700 passages times 12 instructions)."""
+    from workbench.core.optimizations.calibration import passages
+
+    texts = passages(n)
+    if not texts:
+        return []
+    count = len(INSTRUCTIONS)
+    return [f"{INSTRUCTIONS[(i + i // len(texts)) % count]}\n\n{texts[i % len(texts)]}"
+            for i in range(min(n, len(texts) * count))]
+
+
+def chat_windows(model, tokenizer, n: int, length: int, new_tokens: int, device: str, batch: int = 0) -> list:
     """``n`` windows of ``length`` tokens ending in the model's own greedy replies to chat-formatted instructions
     over built-in passages (what the head drafts at run time is a reply, not the built-in prose): self-distillation
-    data, as EAGLE regenerates its training conversations with the target."""
+    data, as EAGLE regenerates its training conversations with the target. ``batch``: replies generated at once
+    (0: 128 on a GPU, 16 elsewhere). A turn whose prompt is shorter than the window's prompt part gives none."""
     import torch
 
-    from workbench.core.optimizations.calibration import calibration_texts
-
-    passages = [t for t in calibration_texts(2 * n, max_chars=700) if len(t) > 200][:n]
-    turns = [f"{INSTRUCTIONS[i % len(INSTRUCTIONS)]}\n\n{p}" for i, p in enumerate(passages)]
+    batch = batch or (128 if str(device).startswith("cuda") else 16)
+    turns = chat_turns(n)
     if getattr(tokenizer, "chat_template", None):
         texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
                                                tokenize=False) for t in turns]

@@ -27,6 +27,7 @@ from workbench.core.optimizations.base import Applied, Param, register
 
 METHODS = ("draft", "prompt-lookup", "draft-head")
 CHAT_WINDOW = 256  # draft=layers: training windows over the model's chat replies (prompt end + 128-token reply)
+REPLY = 128  # the reply part of a chat window (the model's own greedy tokens)
 HEAD_SEQ = 192  # method=draft-head: training windows (built-in text, and the model's own chat replies)
 CHECK_PROMPT, CHECK_NEW = 64, 48  # the greedy check: built-in text tokens in, tokens out
 SCHEDULES = ("constant", "heuristic_transient", "heuristic")
@@ -59,10 +60,15 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
         Param("head_chats", int, 96, "method=draft-head: chat turns (instructions over built-in passages) the model "
               "answers first, 128 tokens each, whose features the head also trains on (what it drafts at run time "
               "is a reply; 0: the built-in text only)", min=0, max=100_000),
-        Param("draft_chats", int, 96, "draft=layers with distill_steps > 0: chat turns (instructions over built-in "
+        Param("draft_chats", int, -1, "draft=layers with distill_steps > 0: chat turns (instructions over built-in "
               "passages) the model answers first, 128 tokens each; the draft distils on them — prompt and reply, "
               f"{CHAT_WINDOW}-token windows — alternately with the built-in text (what it drafts at run time is a "
-              "reply; 0: the built-in text only)", min=0, max=100_000),
+              "reply; 0: the built-in text only; -1: auto, 2048 on a GPU — answered 128 at a time — and 96 on a "
+              "CPU)", min=-1, max=100_000),
+        Param("draft_batch", int, 0, "draft=layers with draft_chats: training windows per distillation step (0: "
+              "auto — on a GPU as many as keep one step's logits near 2 GB, 32 for a 49 k vocabulary, and 1 on a "
+              "CPU). On a GPU a step of one window is launch-bound: a batch sees many times the tokens in the "
+              "same seconds, and a draft that sees few windows many times memorises them", min=0, max=4096),
         Param("draft_dtype", str, "auto", "precision the draft runs in: auto (bf16 where the CPU has native bf16 "
               "matmuls or on a GPU, else the model's), fp32, bf16, or model (the model's own); a draft only "
               "proposes, so its rounding costs acceptance, never correctness",
@@ -384,11 +390,18 @@ def _student(model, params: dict, ctx):
             _common.cast(draft, torch.float32)
             report["distill_precision"] = f"fp32 master weights, {low} autocast"
         batches = _chat_batches(model, params, ctx, report) if params["draft_chats"] else None
+        held = batches[0] if batches else None
+        if held is not None:
+            report["heldout_agreement_before"] = reply_agreement(model, draft, held, low)
         ctx.log(f"speculative: distilling a {k}-block draft for {params['distill_steps']} steps "
                 f"(at most {params['distill_seconds']:.0f} s)")
         result = distill.train(model, draft, mapping, "causal-lm", ctx.tokenizer, dparams, ctx.device, ctx.log,
                                lambda f, **kw: ctx.progress(0.9 * f, **kw), batches=batches)
         report["distill"] = {k2: v for k2, v in result.items() if not isinstance(v, list)}
+        if held is not None:
+            report["heldout_agreement_after"] = agree = reply_agreement(model, draft, held, low)
+            ctx.log(f"speculative: the draft picks the model's next token on {100 * agree:.1f} % of held-out "
+                    f"reply positions (before distilling: {100 * report['heldout_agreement_before']:.1f} %)")
     for p in draft.parameters():
         p.requires_grad_(False)
     return draft.eval(), report
@@ -410,11 +423,44 @@ def fp32_verify_note(model, device: str) -> str | None:
             "time); add --opt bf16 for speculation that pays")
 
 
+def reply_agreement(model, draft, batch: dict, low: str | None) -> float:
+    """Teacher-forced: the share of reply positions (each window's last ``REPLY`` tokens, the model's own greedy
+    reply) where the draft's argmax equals the model's — what greedy acceptance rewards, read without a decode
+    loop. In the model's precision (autocast where it is bf16 / fp16)."""
+    import contextlib
+
+    import torch
+
+    ids = batch["input_ids"]
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(low or "")
+    ctx = torch.autocast(ids.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    was = draft.training
+    draft.eval()
+    with torch.no_grad(), ctx:
+        want = model(input_ids=ids).logits[:, -REPLY - 1:-1].argmax(-1)
+        got = draft(input_ids=ids).logits[:, -REPLY - 1:-1].argmax(-1)
+    draft.train(was)
+    return round(float((want == got).float().mean()), 4)
+
+
+def draft_batch_size(params: dict, model, device: str) -> int:
+    """``draft_batch``, or auto: on a GPU the windows whose fp32 logits (student's and model's) stay near 2 GB
+    (32 for a 49 k vocabulary, 16 for 128 k), elsewhere 1."""
+    if params["draft_batch"]:
+        return params["draft_batch"]
+    if not str(device).startswith("cuda"):
+        return 1
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    per_window = CHAT_WINDOW * vocab * 4
+    fits = max(1, min(64, 2**31 // per_window))
+    return 1 << (fits.bit_length() - 1)  # a power of two
+
+
 def _chat_batches(model, params: dict, ctx, report: dict) -> list:
     """The draft's training inputs: the model's own greedy replies to ``draft_chats`` chat turns over built-in
     passages (``spec_head.chat_windows``: each window the end of a prompt and its 128-token reply — on-policy data,
-    as DistillSpec finds best for a draft), alternating with windows of the built-in text; the first two, held
-    out, are one of each."""
+    as DistillSpec finds best for a draft), alternating with windows of the built-in text, ``draft_batch`` windows
+    a batch; the first two batches, held out, are one of each."""
     import time
 
     import torch
@@ -423,20 +469,29 @@ def _chat_batches(model, params: dict, ctx, report: dict) -> list:
     from workbench.core.optimizations.calibration import token_batches
 
     t0 = time.perf_counter()
-    chats = spec_head.chat_windows(model, ctx.tokenizer, params["draft_chats"], CHAT_WINDOW, 128, ctx.device)
+    wanted = params["draft_chats"]
+    if wanted < 0:
+        wanted = 2048 if str(ctx.device).startswith("cuda") else 96
+    chats = spec_head.chat_windows(model, ctx.tokenizer, wanted, CHAT_WINDOW, REPLY, ctx.device)
     if not chats:
-        raise InputError(f"speculative:draft_chats={params['draft_chats']}: no reply window of {CHAT_WINDOW} "
+        raise InputError(f"speculative:draft_chats={wanted}: no reply window of {CHAT_WINDOW} "
                          "tokens without padding came out; expected at least one (or draft_chats=0)", param="opt")
     seconds = time.perf_counter() - t0
     ctx.log(f"speculative: the model answered {len(chats)} chat turns for the draft in {seconds:.0f} s")
-    text = token_batches(ctx.tokenizer, "causal-lm", len(chats) + 1, 1, CHAT_WINDOW, device=ctx.device)
+    size = draft_batch_size(params, model, ctx.device)
+    groups = max(1, len(chats) // size)  # whole batches; a batch of fewer windows when there are too few
+    size = min(size, len(chats))
+    text = token_batches(ctx.tokenizer, "causal-lm", groups + 1, size, CHAT_WINDOW, device=ctx.device)
     # (generate made them inference tensors: clones outside inference mode can enter autograd)
-    rows = [{"input_ids": c["input_ids"].clone(), "attention_mask": torch.ones_like(c["input_ids"]),
-             "labels": c["input_ids"].clone()} for c in chats]
+    rows = []
+    for g in range(groups):
+        ids = torch.cat([c["input_ids"] for c in chats[g * size:(g + 1) * size]]).clone()
+        rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
     mixed = [rows[-1], text[-1]]  # held out
     for chat, window in zip(rows[:-1], text[:-1]):
         mixed += [chat, window]
-    report["distill_data"] = {"chat_windows": len(chats), "text_windows": len(text) - 1, "window": CHAT_WINDOW,
+    report["distill_data"] = {"chat_turns": wanted, "chat_windows": groups * size, "text_windows": groups * size - size,
+                              "window": CHAT_WINDOW, "batch": size, "heldout_windows": 2 * size,
                               "generate_seconds": round(seconds, 1)}
     return mixed
 
