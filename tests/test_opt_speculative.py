@@ -220,3 +220,75 @@ def test_an_fp32_models_draft_trains_in_fp32(tiny_llama):
     loaded = load(str(tiny_llama), None, "cpu")
     rep, _ = speculative(loaded, method="draft", draft_layers=1, distill_steps=1, draft_chats=0)
     assert "distill_precision" not in rep and rep["distill"]["steps_done"] == 1
+
+
+def test_chat_turns_are_distinct_passages_under_changing_instructions():
+    """The draft's chat turns: ~700 built-in passages, each turn a (passage, instruction) pair not seen before —
+    thousands of distinct prompts, so a GPU's 2,048 replies are not a few passages memorised."""
+    from workbench.core.optimizations.calibration import passages
+    from workbench.core.optimizations.spec_head import INSTRUCTIONS, chat_turns
+
+    texts = passages(10_000)
+    assert len(texts) > 500 and all(450 <= len(t) <= 900 for t in texts)
+    turns = chat_turns(2048)
+    assert len(turns) == 2048 and len(set(turns)) == 2048
+    assert {t.split("\n\n", 1)[0] for t in turns} == set(INSTRUCTIONS)
+    assert len(chat_turns(10**6)) == len(texts) * len(INSTRUCTIONS)  # every pair once, then no more
+
+
+def test_a_draft_distils_several_reply_windows_a_step(tiny_llama, monkeypatch):
+    """draft_batch: each distillation step takes that many chat windows (and the text batch between them that
+    many text windows); the held-out agreement is read before and after."""
+    from workbench.core.optimizations import distill
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    seen = {}
+    real_train = distill.train
+
+    def spy(*args, batches=None, **kw):
+        seen["batches"] = batches
+        return real_train(*args, batches=batches, **kw)
+
+    monkeypatch.setattr(distill, "train", spy)
+    rep, gen = speculative(loaded, method="draft", draft_layers=1, distill_steps=2, draft_chats=8, draft_batch=2,
+                           confidence=0.0)
+    data = rep["distill_data"]
+    assert data["batch"] == 2 and data["chat_turns"] == 8 and data["heldout_windows"] == 4
+    assert all(b["input_ids"].shape == (2, 256) for b in seen["batches"])
+    assert len(seen["batches"]) == 2 * data["chat_windows"] // 2
+    assert rep["distill"]["tokens_seen"] == 2 * 2 * 256
+    for key in ("heldout_agreement_before", "heldout_agreement_after"):
+        assert 0.0 <= rep[key] <= 1.0
+    ids = torch.tensor([[101, 7592, 2088, 2003, 1037]])
+    assert torch.equal(gen.generate(ids, 12), greedy(loaded.model, ids, 12))
+
+
+def test_reply_agreement_counts_the_models_own_next_tokens(tiny_llama):
+    """1.0 for the model against itself; a draft with another (random) LM head agrees on few reply positions."""
+    import copy
+
+    from workbench.core.optimizations.speculative import REPLY, reply_agreement
+
+    model = load(str(tiny_llama), None, "cpu").model
+    ids = torch.randint(5, 1000, (2, REPLY + 16), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids}
+    assert reply_agreement(model, model, batch, None) == 1.0
+    other = copy.deepcopy(model)
+    head = model.get_output_embeddings()
+    torch.manual_seed(1)
+    other.set_output_embeddings(torch.nn.Linear(head.in_features, head.out_features, bias=False))
+    assert reply_agreement(model, other, batch, None) < 0.5
+
+
+def test_draft_batch_auto_fits_the_logits_on_a_gpu_and_is_one_on_a_cpu():
+    from types import SimpleNamespace
+
+    from workbench.core.optimizations.speculative import draft_batch_size
+
+    def model(vocab):
+        return SimpleNamespace(get_output_embeddings=lambda: SimpleNamespace(weight=torch.empty(vocab, 1)))
+
+    assert draft_batch_size({"draft_batch": 0}, model(49152), "cuda:0") == 32
+    assert draft_batch_size({"draft_batch": 0}, model(128256), "cuda") == 16
+    assert draft_batch_size({"draft_batch": 0}, model(49152), "cpu") == 1
+    assert draft_batch_size({"draft_batch": 5}, model(49152), "cpu") == 5

@@ -55,6 +55,7 @@ def passages(n: int, min_chars: int = 450, max_chars: int = 900) -> list[str]:
     topics, from the last topic backwards (the calibration side), merged until long enough. About 700 exist; the
     chat turns a draft distils on pair them with instructions (``spec_head.chat_windows``)."""
     out: list[str] = []
+    seen: set[str] = set()  # some topics repeat others' paragraphs (the compound statements, say)
     for _, text in _topics_reversed():
         cur = ""
         for para in (p.strip() for p in text.split("\n\n")):
@@ -62,7 +63,9 @@ def passages(n: int, min_chars: int = 450, max_chars: int = 900) -> list[str]:
                 continue
             cur = f"{cur}\n\n{para}" if cur else para
             if len(cur) >= min_chars:
-                out.append(cur[:max_chars])
+                if cur[:max_chars] not in seen:
+                    seen.add(cur[:max_chars])
+                    out.append(cur[:max_chars])
                 cur = ""
                 if len(out) >= n:
                     return out

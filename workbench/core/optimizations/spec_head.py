@@ -99,9 +99,9 @@ def chat_turns(n: int) -> list[str]:
     texts = passages(n)
     if not texts:
         return []
-    count = len(INSTRUCTIONS)
-    return [f"{INSTRUCTIONS[(i + i // len(texts)) % count]}\n\n{texts[i % len(texts)]}"
-            for i in range(min(n, len(texts) * count))]
+    count, p = len(INSTRUCTIONS), len(texts)
+    # round r pairs passage j with instruction (j + r) % count: a pair never comes twice
+    return [f"{INSTRUCTIONS[(i % p + i // p) % count]}\n\n{texts[i % p]}" for i in range(min(n, p * count))]
 
 
 def chat_windows(model, tokenizer, n: int, length: int, new_tokens: int, device: str, batch: int = 0) -> list:
