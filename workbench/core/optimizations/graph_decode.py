@@ -48,7 +48,7 @@ def apply(model, params: dict, ctx) -> Applied:
           "gemv": params["gemv"], "fuse": params["fuse"]}
     report = {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
               "fuse": params["fuse"], "max_len": params["max_len"]}
-    lookup = ctx.extra["generate_kwargs"].pop("optbench_speculative", None)
+    lookup = ctx.extra["generate_kwargs"].get("optbench_speculative")
     if lookup is not None:  # speculative (any method) before this step: drafts verified here
         factory = _lookup_factory(model, params, ctx, lookup, kw)
         method = lookup["method"]
