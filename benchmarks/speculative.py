@@ -141,6 +141,9 @@ def main() -> int:
     ap.add_argument("--draft-batch", type=int, default=0,
                     help="speculative:draft_batch: chat windows per distillation step (0: auto, 32 on a GPU for "
                          "SmolLM2's vocabulary, 1 on a CPU)")
+    ap.add_argument("--pack", action="store_true",
+                    help="CPU: the model and every draft on oneDNN-packed Linear weights (onednn-linear), and one "
+                         "more row, plain greedy on nn.Linear's own forward, for the ratio to the unpacked model")
     ap.add_argument("--no-eager", action="store_true",
                     help="leave out transformers' assisted loops (prompt lookup and each draft without "
                          "graph-decode); with --graph, every speculative row is then inside graph-decode's loop")
@@ -186,6 +189,17 @@ def main() -> int:
         from workbench.core.optimizations._common import cast
 
         cast(model, torch.bfloat16)
+    pack = None
+    if args.pack:
+        from workbench.core.optimizations.onednn_linear import pack_linears, unpack_linears
+
+        print(f"onednn-linear: {pack_linears(model)['packed']} Linear layers packed", flush=True)
+
+        def pack(gk: dict) -> None:  # the variant's draft (loaded by reference: its own copy) on packed weights
+            handed = gk.get("optbench_speculative") or {}
+            draft = handed.get("draft") if handed.get("draft") is not None else handed.get("head")
+            if draft is not None:
+                pack_linears(draft)
     spec = optimizations.get("speculative")
     settings = BenchSettings(batch=1, new_tokens=args.new_tokens, warmup=1, min_iters=args.iters, min_seconds=0.0)
 
@@ -195,6 +209,8 @@ def main() -> int:
         t0 = time.perf_counter()
         rep = spec.apply(model, spec.resolve(params), ctx).report
         rep["setup_seconds"] = time.perf_counter() - t0
+        if pack is not None:
+            pack(ctx.extra["generate_kwargs"])
         return rep, ctx.extra["generate_kwargs"]
 
     drafts = list(filter(None, args.drafts.split(";")))
@@ -225,6 +241,8 @@ def main() -> int:
                 ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
                 ctx.extra["generate_kwargs"] = gk
                 rep = spec.apply(model, spec.resolve(speculative_params), ctx).report
+                if pack is not None:
+                    pack(gk)
             ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
             ctx.extra["generate_kwargs"] = gk
             rep["graph_decode"] = graph.apply(model, graph.resolve({}), ctx).report
@@ -297,7 +315,7 @@ def main() -> int:
     def write(rows: list[dict], done: bool) -> list[str]:
         """The JSON and the table so far: written after every prompt, so a run cut short keeps what it measured."""
         doc = {"model": args.model, "device": args.device, "environment": env, "new_tokens": args.new_tokens,
-               "rounds": args.rounds, "target_dtype": args.target_dtype, "draft": draft_report,
+               "rounds": args.rounds, "target_dtype": args.target_dtype, "onednn_linear": args.pack, "draft": draft_report,
                "variants": {v: {k: val for k, val in rep.items() if k != "stats"}
                             for v, (rep, _) in variants.items()},
                "rows": rows, "complete": done, "prompts": names}
@@ -310,7 +328,9 @@ def main() -> int:
                  f"{env.get('torch')}, transformers {env.get('transformers')}. Interleaved rounds: {args.rounds} × "
                  f"{args.iters} timed calls per variant; ms/token = median of per-round medians; speedup vs plain "
                  f"greedy on the same prompt in the same run.", "",
-                 draft_line(draft_report) + f" Target precision: {args.target_dtype}.", "",
+                 draft_line(draft_report) + f" Target precision: {args.target_dtype}."
+                 + (" Every model (target and drafts) on oneDNN-packed Linear weights (onednn-linear); plain "
+                    "(nn.Linear) is the same target on nn.Linear's own forward." if args.pack else ""), "",
                  "| prompt | kind | variant | decode ms/token | speedup | tokens / target forward | acceptance | "
                  "identical to greedy |", "|---|---|---|---|---|---|---|---|"]
         truth: list[str] = []
@@ -342,7 +362,7 @@ def main() -> int:
             plain_out = model.generate(input_ids=ids.to(args.device), attention_mask=torch.ones_like(ids).to(
                 args.device), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        per = {"plain": [], **{v: [] for v in variants}}
+        per = {"plain": [], **({"plain (nn.Linear)": []} if pack is not None else {}), **{v: [] for v in variants}}
         identical = {}
         for v, (rep, gk) in variants.items():
             gen = gk["optbench_generator"](1, ids.shape[1] + args.new_tokens)
@@ -353,14 +373,25 @@ def main() -> int:
         for r in range(args.rounds):  # interleaved: plain, then each variant, every round
             res = bench_causal(model, tok, settings, args.device, prompt_ids=ids)
             per["plain"].append(res["decode_ms_per_token"]["p50"])
+            if pack is not None:  # the same model on nn.Linear's own forward, packed again after
+                unpack_linears(model)
+                res = bench_causal(model, tok, settings, args.device, prompt_ids=ids)
+                per["plain (nn.Linear)"].append(res["decode_ms_per_token"]["p50"])
+                pack_linears(model)
             for v, (rep, gk) in variants.items():
                 res = bench_causal(model, tok, settings, args.device, generate_kwargs=gk, prompt_ids=ids)
                 per[v].append(res["decode_ms_per_token"]["p50"])
             print(f"{name} round {r + 1}: " + ", ".join(f"{k} {vals[-1]:.1f}" for k, vals in per.items()),
                   flush=True)
         plain = statistics.median(per["plain"])
-        rows.append({"prompt": name, "kind": kind, "variant": "plain", "decode_ms_per_token": plain,
-                     "rounds": per["plain"], "speedup": 1.0, "prompt_tokens": int(ids.shape[1])})
+        rows.append({"prompt": name, "kind": kind, "variant": "plain" + (" (onednn-linear)" if pack else ""),
+                     "decode_ms_per_token": plain, "rounds": per["plain"], "speedup": 1.0,
+                     "prompt_tokens": int(ids.shape[1])})
+        if pack is not None:
+            ms = statistics.median(per["plain (nn.Linear)"])
+            rows.append({"prompt": name, "kind": kind, "variant": "plain (nn.Linear)", "decode_ms_per_token": ms,
+                         "rounds": per["plain (nn.Linear)"], "speedup": plain / ms,
+                         "prompt_tokens": int(ids.shape[1])})
         for v, (rep, _) in variants.items():
             ms = statistics.median(per[v])
             s = dict(rep["stats"])
