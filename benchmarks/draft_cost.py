@@ -37,7 +37,7 @@ def main() -> int:
     from workbench.core import quiet
     from workbench.core.measure.env import environment
     from workbench.core.models import load
-    from workbench.core.optimizations import distill, speculative
+    from workbench.core.optimizations import _spec_student, distill, speculative
     from workbench.core.optimizations._common import cast
 
     quiet.quiet_libraries()
@@ -65,7 +65,7 @@ def main() -> int:
     del target_bf16
     print(json.dumps(rows[-2:]), flush=True)
     for k in (int(x) for x in args.blocks.split(",")):
-        dparams = speculative.optimizations_params("distill", {"student": "layers", "keep": k, "steps": 1,
+        dparams = _spec_student.optimizations_params("distill", {"student": "layers", "keep": k, "steps": 1,
                                                                "checkpoint": "none"})
         for dtype in ("fp32", "bf16"):
             for vocab in [0] + [int(x) for x in args.vocab.split(",")]:

@@ -189,17 +189,18 @@ def main() -> int:
         from workbench.core.optimizations._common import cast
 
         cast(model, torch.bfloat16)
-    pack = None
     if args.pack:
         from workbench.core.optimizations.onednn_linear import pack_linears, unpack_linears
 
         print(f"onednn-linear: {pack_linears(model)['packed']} Linear layers packed", flush=True)
 
-        def pack(gk: dict) -> None:  # the variant's draft (loaded by reference: its own copy) on packed weights
-            handed = gk.get("optbench_speculative") or {}
-            draft = handed.get("draft") if handed.get("draft") is not None else handed.get("head")
-            if draft is not None:
-                pack_linears(draft)
+    def pack_draft(gk: dict) -> None:
+        """With --pack: the variant's draft (loaded by reference, its own copy) on packed weights too."""
+        handed = gk.get("optbench_speculative") or {}
+        draft = handed.get("draft") if handed.get("draft") is not None else handed.get("head")
+        if args.pack and draft is not None:
+            pack_linears(draft)
+
     spec = optimizations.get("speculative")
     settings = BenchSettings(batch=1, new_tokens=args.new_tokens, warmup=1, min_iters=args.iters, min_seconds=0.0)
 
@@ -209,8 +210,7 @@ def main() -> int:
         t0 = time.perf_counter()
         rep = spec.apply(model, spec.resolve(params), ctx).report
         rep["setup_seconds"] = time.perf_counter() - t0
-        if pack is not None:
-            pack(ctx.extra["generate_kwargs"])
+        pack_draft(ctx.extra["generate_kwargs"])
         return rep, ctx.extra["generate_kwargs"]
 
     drafts = list(filter(None, args.drafts.split(";")))
@@ -241,8 +241,7 @@ def main() -> int:
                 ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
                 ctx.extra["generate_kwargs"] = gk
                 rep = spec.apply(model, spec.resolve(speculative_params), ctx).report
-                if pack is not None:
-                    pack(gk)
+                pack_draft(gk)
             ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
             ctx.extra["generate_kwargs"] = gk
             rep["graph_decode"] = graph.apply(model, graph.resolve({}), ctx).report
@@ -315,7 +314,8 @@ def main() -> int:
     def write(rows: list[dict], done: bool) -> list[str]:
         """The JSON and the table so far: written after every prompt, so a run cut short keeps what it measured."""
         doc = {"model": args.model, "device": args.device, "environment": env, "new_tokens": args.new_tokens,
-               "rounds": args.rounds, "target_dtype": args.target_dtype, "onednn_linear": args.pack, "draft": draft_report,
+               "rounds": args.rounds, "target_dtype": args.target_dtype, "onednn_linear": args.pack,
+               "draft": draft_report,
                "variants": {v: {k: val for k, val in rep.items() if k != "stats"}
                             for v, (rep, _) in variants.items()},
                "rows": rows, "complete": done, "prompts": names}
@@ -362,7 +362,7 @@ def main() -> int:
             plain_out = model.generate(input_ids=ids.to(args.device), attention_mask=torch.ones_like(ids).to(
                 args.device), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        per = {"plain": [], **({"plain (nn.Linear)": []} if pack is not None else {}), **{v: [] for v in variants}}
+        per = {"plain": [], **({"plain (nn.Linear)": []} if args.pack else {}), **{v: [] for v in variants}}
         identical = {}
         for v, (rep, gk) in variants.items():
             gen = gk["optbench_generator"](1, ids.shape[1] + args.new_tokens)
@@ -373,7 +373,7 @@ def main() -> int:
         for r in range(args.rounds):  # interleaved: plain, then each variant, every round
             res = bench_causal(model, tok, settings, args.device, prompt_ids=ids)
             per["plain"].append(res["decode_ms_per_token"]["p50"])
-            if pack is not None:  # the same model on nn.Linear's own forward, packed again after
+            if args.pack:  # the same model on nn.Linear's own forward, packed again after
                 unpack_linears(model)
                 res = bench_causal(model, tok, settings, args.device, prompt_ids=ids)
                 per["plain (nn.Linear)"].append(res["decode_ms_per_token"]["p50"])
@@ -384,10 +384,10 @@ def main() -> int:
             print(f"{name} round {r + 1}: " + ", ".join(f"{k} {vals[-1]:.1f}" for k, vals in per.items()),
                   flush=True)
         plain = statistics.median(per["plain"])
-        rows.append({"prompt": name, "kind": kind, "variant": "plain" + (" (onednn-linear)" if pack else ""),
+        rows.append({"prompt": name, "kind": kind, "variant": "plain" + (" (onednn-linear)" if args.pack else ""),
                      "decode_ms_per_token": plain, "rounds": per["plain"], "speedup": 1.0,
                      "prompt_tokens": int(ids.shape[1])})
-        if pack is not None:
+        if args.pack:
             ms = statistics.median(per["plain (nn.Linear)"])
             rows.append({"prompt": name, "kind": kind, "variant": "plain (nn.Linear)", "decode_ms_per_token": ms,
                          "rounds": per["plain (nn.Linear)"], "speedup": plain / ms,

@@ -267,7 +267,7 @@ def test_reply_agreement_counts_the_models_own_next_tokens(tiny_llama):
     """1.0 for the model against itself; a draft with another (random) LM head agrees on few reply positions."""
     import copy
 
-    from workbench.core.optimizations.speculative import REPLY, reply_agreement
+    from workbench.core.optimizations._spec_student import REPLY, reply_agreement
 
     model = load(str(tiny_llama), None, "cpu").model
     ids = torch.randint(5, 1000, (2, REPLY + 16), generator=torch.Generator().manual_seed(0))
@@ -283,7 +283,7 @@ def test_reply_agreement_counts_the_models_own_next_tokens(tiny_llama):
 def test_draft_batch_auto_fits_the_logits_on_a_gpu_and_is_one_on_a_cpu():
     from types import SimpleNamespace
 
-    from workbench.core.optimizations.speculative import draft_batch_size
+    from workbench.core.optimizations._spec_student import draft_batch_size
 
     def model(vocab):
         return SimpleNamespace(get_output_embeddings=lambda: SimpleNamespace(weight=torch.empty(vocab, 1)))
