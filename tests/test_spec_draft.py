@@ -10,6 +10,7 @@ from tests.conftest import fast_recipe
 from tests.test_spec_lookup import _PricedGate, _ReplayEagerly, cache_is_the_sequence, greedy
 from workbench.core import pipeline
 from workbench.core.models import load
+from workbench.core.optimizations.spec_lookup import CostGate
 from workbench.core.optimizations.spec_draft import DraftGreedy
 from workbench.core.optimizations.speculative import _Stats
 
@@ -134,6 +135,30 @@ def test_gated_draft_idles_where_it_does_not_pay_and_catches_up_when_it_drafts_a
     assert spent[8.0, False] < 0.8 * spent[8.0, True]
     assert fed_after[8.0, False] > 1  # drafting resumed after one-token rounds: several tokens fed at once
     assert spent[1.0, False] <= 1.1 * spent[1.0, True]
+
+
+def test_a_costly_catch_up_makes_the_gate_retry_the_draft_less_often(tiny_llama):
+    """Each catch-up of the idle draft reaches the gate (observe_resume); priced at 30 steps instead of nothing, the
+    draft resumes less often over the same calls, and the tokens stay greedy decoding's."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    ref = greedy(loaded.model, PROMPT, 60)
+    draft = other_draft(loaded.model)
+    resumes = {}
+    for price in (0.0, 30.0):
+        gate = _PricedGate({1: 1.0, 4: 8.0})
+        seen = []
+
+        def priced_resume(seconds, gate=gate, seen=seen, price=price):
+            seen.append(seconds)
+            CostGate.observe_resume(gate, price)
+
+        gate.observe_resume = priced_resume
+        gen = DraftGreedy(loaded.model, draft, 1, 128, 3, stats=_Stats(), mode="eager", gate=gate)
+        for _ in range(3):
+            assert torch.equal(gen.generate(PROMPT, 60), ref)
+        resumes[price] = len(seen)
+        assert all(s > 0 for s in seen)
+    assert resumes[0.0] > 0 and resumes[30.0] < resumes[0.0]
 
 
 def test_gated_graphed_rounds_take_the_one_token_graph_and_the_draft_catches_up(tiny_llama):

@@ -141,6 +141,28 @@ def test_rounds_with_nothing_proposed_are_one_token_steps_on_cpu(tiny_llama, mon
     assert s["target_forwards"] == s["tokens"] == 16 and s["proposed"] == 0 and s["accepted"] == 0
 
 
+def test_cost_gate_counts_a_drafters_catch_up_in_what_a_retry_costs():
+    """A round of 4 positions at 3 steps giving 1.72 tokens loses 1.28 steps; at 5 % of a step saved per skip the
+    gate re-tries on the 26th call (25 skips). A drafter that needs 10 steps to catch up on what it missed makes a
+    re-try cost 11.28 steps: 225 skips between re-tries."""
+
+    def skips_until_retry(resume):
+        gate = CostGate()
+        gate.seconds, gate.tokens = {1: 1.0, 4: 3.0}, {0: 1.72}
+        if resume is not None:
+            gate.observe_resume(resume)
+        n = 0
+        while not gate.verify(0, 4):
+            n += 1
+        return n
+
+    assert skips_until_retry(None) == 25
+    assert skips_until_retry(10.0) == 225
+    gate = CostGate()
+    gate.observe_resume(0.004)
+    assert gate.summary()["resume_ms"] == 4.0
+
+
 class _PricedGate(CostGate):
     """A gate that sees a fixed price per round width instead of this shared CPU's clock, and adds up the price of
     the rounds it saw; ``always``: one that verifies whatever was found (what gate=off does), priced the same way."""

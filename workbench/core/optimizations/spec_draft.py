@@ -18,7 +18,8 @@ causal mask hides them until they are overwritten. Greedy acceptance keeps the o
 With ``speculative:gate=auto`` (``spec_lookup.CostGate``) a round first asks whether drafting pays — the seconds a
 drafting round (K draft steps + the verify step) and a one-token step of the model took, and the tokens drafting
 rounds gave, all measured in this loop — and otherwise runs a one-token step of the model; the draft catches up on
-the tokens it missed (one eager forward) when drafting resumes. A draft that agrees too rarely then costs about what
+the tokens it missed (one eager forward) when drafting resumes; that catch-up's seconds go to the gate
+(``observe_resume``), which counts them in what a re-try costs. A draft that agrees too rarely then costs about what
 re-trying it costs (at most ``explore_share`` of the rounds' time), not a factor.
 
 Batch 1. The draft proposes exactly ``num_tokens`` per round (method=draft's ``schedule`` and ``confidence`` belong
@@ -125,7 +126,10 @@ class DraftGreedy(LookupGreedy):
                     **d.last_logits_only, **d._cache_kw)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            self._untimed += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            self._untimed += seconds
+            if self._round_gate is not None:  # what resuming costs: the gate weighs it before the next re-try
+                self._round_gate.observe_resume(seconds)
         self._fed = newest
 
     def _propose(self, text: list[int]) -> list[int]:
