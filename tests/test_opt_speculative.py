@@ -292,3 +292,70 @@ def test_draft_batch_auto_fits_the_logits_on_a_gpu_and_is_one_on_a_cpu():
     assert draft_batch_size({"draft_batch": 0}, model(128256), "cuda") == 16
     assert draft_batch_size({"draft_batch": 0}, model(49152), "cpu") == 1
     assert draft_batch_size({"draft_batch": 5}, model(49152), "cpu") == 5
+
+
+class _Writes:
+    """A stand-in model whose sampled continuations are given rows (the user turns it 'writes')."""
+
+    def __init__(self, rows):
+        self.rows, self.calls = rows, 0
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kw):
+        assert kw["do_sample"] is True and input_ids.shape[0] == len(self.rows)
+        self.calls += 1
+        tail = torch.tensor([(r + [0] * max_new_tokens)[:max_new_tokens] for r in self.rows])
+        return torch.cat([input_ids, tail], dim=1)
+
+
+def test_the_models_own_requests_end_at_its_end_of_turn_and_are_not_repeated(tiny_llama):
+    """self_turns (Magpie): what the model samples after its template's user header, cut at its end-of-turn token;
+    a turn it did not close, a repeat, or a few characters are dropped; the caller's random state is untouched."""
+    from workbench.core.optimizations.spec_head import self_turns
+
+    tok = load(str(tiny_llama), None, "cpu").tokenizer
+    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} [end]\n{% endfor %}[assistant]"
+    eos = tok.convert_tokens_to_ids("[SEP]")
+    tok.eos_token = "[SEP]"
+    words = tok("how do i bake bread at home", add_special_tokens=False)["input_ids"]
+    other = tok("write a poem about the sea tonight", add_special_tokens=False)["input_ids"]
+    rows = [words + [eos], words + [eos], other + [eos], other, [tok.convert_tokens_to_ids("a"), eos]]
+    model = _Writes(rows)
+    state = torch.random.get_rng_state()
+    turns = self_turns(model, tok, 2, "cpu", batch=len(rows))
+    assert turns == ["how do i bake bread at home", "write a poem about the sea tonight"]
+    assert model.calls == 1 and torch.equal(torch.random.get_rng_state(), state)
+    tok.chat_template = None
+    assert self_turns(model, tok, 2, "cpu") == []
+
+
+def test_own_requests_without_a_chat_template_are_refused_in_one_line(tiny_llama):
+    loaded = load(str(tiny_llama), None, "cpu")
+    with pytest.raises(InputError, match="draft_prompts=self: no reply window.*chat template"):
+        speculative(loaded, method="draft", draft_layers=1, distill_steps=1, draft_chats=4, draft_prompts="self")
+
+
+def test_mixed_prompts_put_both_kinds_of_reply_in_every_batch(tiny_llama, monkeypatch):
+    """draft_prompts=mixed: half the turns over built-in passages, half the model's own requests, interleaved so
+    each batch (and the held-out one) holds both; an own request's window ends in a 224-token reply."""
+    from workbench.core.optimizations import distill, spec_head
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    ask = "please explain how one bakes a loaf of bread at home with flour water salt and yeast, step by step, " \
+          "and what can go wrong along the way"  # a request long enough to leave 32 prompt tokens in the window
+    monkeypatch.setattr(spec_head, "self_turns", lambda model, tok, n, device: [f"{ask} ({i})" for i in range(n)])
+    seen = {}
+    real_train = distill.train
+
+    def spy(*args, batches=None, **kw):
+        seen["batches"] = batches
+        return real_train(*args, batches=batches, **kw)
+
+    monkeypatch.setattr(distill, "train", spy)
+    rep, _ = speculative(loaded, method="draft", draft_layers=1, distill_steps=1, draft_chats=8, draft_batch=2,
+                         draft_prompts="mixed")
+    data = rep["distill_data"]
+    assert data["prompts"] == "mixed" and data["passage_windows"] == 4 and data["own_request_windows"] == 4
+    held = seen["batches"][0]["input_ids"]  # the held-out chat batch: one of each kind
+    assert held.shape == (2, 256)
+    texts = [loaded.tokenizer.decode(row) for row in held]
+    assert sum("yeast" in t for t in texts) == 1

@@ -88,10 +88,11 @@ def draft_batch_size(params: dict, model, device: str) -> int:
 
 
 def _chat_batches(model, params: dict, ctx, report: dict) -> list:
-    """The draft's training inputs: the model's own greedy replies to ``draft_chats`` chat turns over built-in
-    passages (``spec_head.chat_windows``: each window the end of a prompt and its 128-token reply — on-policy data,
-    as DistillSpec finds best for a draft), alternating with windows of the built-in text, ``draft_batch`` windows
-    a batch; the first two batches, held out, are one of each."""
+    """The draft's training inputs: the model's own greedy replies to ``draft_chats`` chat turns
+    (``spec_head.chat_windows``: each window the end of a prompt and the model's reply — on-policy data, as
+    DistillSpec finds best for a draft) — instructions over built-in passages, requests the model wrote itself
+    (``spec_head.self_turns``), or half of each (``draft_prompts``) — alternating with windows of the built-in text,
+    ``draft_batch`` windows a batch; the first two batches, held out, are one of each."""
     import time
 
     import torch
@@ -103,12 +104,23 @@ def _chat_batches(model, params: dict, ctx, report: dict) -> list:
     wanted = params["draft_chats"]
     if wanted < 0:
         wanted = 2048 if str(ctx.device).startswith("cuda") else 96
-    chats = spec_head.chat_windows(model, ctx.tokenizer, wanted, CHAT_WINDOW, REPLY, ctx.device)
+    n_self = {"passages": 0, "self": wanted, "mixed": wanted // 2}[params["draft_prompts"]]
+    tok = ctx.tokenizer
+    on_passages = (spec_head.chat_windows(model, tok, wanted - n_self, CHAT_WINDOW, REPLY, ctx.device)
+                   if wanted > n_self else [])
+    turns = spec_head.self_turns(model, tok, n_self, ctx.device) if n_self else []
+    # the model's own requests are short: a longer reply fills the window (at least 32 prompt tokens stay in it)
+    on_own = spec_head.chat_windows(model, tok, len(turns), CHAT_WINDOW, CHAT_WINDOW - 32, ctx.device,
+                                    turns=turns) if turns else []
+    chats = [w for pair in zip(on_passages, on_own) for w in pair]  # every batch holds both kinds
+    chats += on_passages[len(on_own):] + on_own[len(on_passages):]
     if not chats:
-        raise InputError(f"speculative:draft_chats={wanted}: no reply window of {CHAT_WINDOW} "
-                         "tokens without padding came out; expected at least one (or draft_chats=0)", param="opt")
+        raise InputError(f"speculative:draft_chats={wanted},draft_prompts={params['draft_prompts']}: no reply "
+                         f"window of {CHAT_WINDOW} tokens without padding came out (the model's own requests need "
+                         "a chat template); expected at least one (or draft_chats=0)", param="opt")
     seconds = time.perf_counter() - t0
-    ctx.log(f"speculative: the model answered {len(chats)} chat turns for the draft in {seconds:.0f} s")
+    ctx.log(f"speculative: the model answered {len(chats)} chat turns for the draft in {seconds:.0f} s "
+            f"({len(on_passages)} over built-in passages, {len(on_own)} of its own requests)")
     size = draft_batch_size(params, model, ctx.device)
     groups = max(1, len(chats) // size)  # whole batches; a batch of fewer windows when there are too few
     size = min(size, len(chats))
@@ -121,7 +133,9 @@ def _chat_batches(model, params: dict, ctx, report: dict) -> list:
     mixed = [rows[-1], text[-1]]  # held out
     for chat, window in zip(rows[:-1], text[:-1]):
         mixed += [chat, window]
-    report["distill_data"] = {"chat_turns": wanted, "chat_windows": groups * size, "text_windows": groups * size - size,
+    report["distill_data"] = {"chat_turns": wanted, "prompts": params["draft_prompts"],
+                              "passage_windows": len(on_passages), "own_request_windows": len(on_own),
+                              "chat_windows": groups * size, "text_windows": groups * size - size,
                               "window": CHAT_WINDOW, "batch": size, "heldout_windows": 2 * size,
                               "generate_seconds": round(seconds, 1)}
     return mixed

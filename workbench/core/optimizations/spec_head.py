@@ -104,15 +104,58 @@ def chat_turns(n: int) -> list[str]:
     return [f"{INSTRUCTIONS[(i % p + i // p) % count]}\n\n{texts[i % p]}" for i in range(min(n, p * count))]
 
 
-def chat_windows(model, tokenizer, n: int, length: int, new_tokens: int, device: str, batch: int = 0) -> list:
+def self_turns(model, tokenizer, n: int, device: str, batch: int = 0, max_tokens: int = 64, seed: int = 0) -> list:
+    """Up to ``n`` user turns the model writes itself (Magpie, Xu et al. 2024): given only its chat template's text
+    up to a user message, an instruction-tuned model samples a plausible request — general-domain, unlike the
+    built-in passages (SmolLM2 wrote recipes, product launches, marathon training). Sampled at temperature 1, top-p
+    0.95, seeded; a turn counts only where the model closed it within ``max_tokens``; duplicates dropped. Empty
+    where the tokenizer has no chat template."""
+    import torch
+
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or n <= 0:
+        return []
+    mark = "OPTBENCH-USER-TURN"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], add_generation_prompt=True,
+                                         tokenize=False)
+    prefix = text[:text.index(mark)]
+    batch = batch or (128 if str(device).startswith("cuda") else 16)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    enc = tokenizer([prefix], return_tensors="pt", add_special_tokens=False).to(device)
+    out: list[str] = []
+    seen: set[str] = set()
+    cuda = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's random state untouched
+        torch.manual_seed(seed)
+        for _ in range(0, 2 * n, batch):  # at most twice the turns asked for: some are open-ended or repeated
+            ids = enc["input_ids"].expand(batch, -1)
+            with torch.inference_mode():
+                got = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                     do_sample=True, temperature=1.0, top_p=0.95, pad_token_id=pad)
+            for row in got[:, ids.shape[1]:].tolist():
+                if eos not in row:
+                    continue  # not closed within max_tokens
+                turn = tokenizer.decode(row[:row.index(eos)], skip_special_tokens=True).strip()
+                if len(turn) >= 12 and turn not in seen:
+                    seen.add(turn)
+                    out.append(turn)
+            if len(out) >= n:
+                break
+    return out[:n]
+
+
+def chat_windows(model, tokenizer, n: int, length: int, new_tokens: int, device: str, batch: int = 0,
+                 turns: list | None = None) -> list:
     """``n`` windows of ``length`` tokens ending in the model's own greedy replies to chat-formatted instructions
     over built-in passages (what the head drafts at run time is a reply, not the built-in prose): self-distillation
     data, as EAGLE regenerates its training conversations with the target. ``batch``: replies generated at once
-    (0: 128 on a GPU, 16 elsewhere). A turn whose prompt is shorter than the window's prompt part gives none."""
+    (0: 128 on a GPU, 16 elsewhere); ``turns``: the user turns (default ``chat_turns(n)``). A turn whose prompt and
+    reply are shorter than the window gives none."""
     import torch
 
     batch = batch or (128 if str(device).startswith("cuda") else 16)
-    turns = chat_turns(n)
+    turns = chat_turns(n) if turns is None else turns
     if getattr(tokenizer, "chat_template", None):
         texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
                                                tokenize=False) for t in turns]

@@ -64,6 +64,10 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               f"{CHAT_WINDOW}-token windows — alternately with the built-in text (what it drafts at run time is a "
               "reply; 0: the built-in text only; -1: auto, 2048 on a GPU — answered 128 at a time — and 96 on a "
               "CPU)", min=-1, max=100_000),
+        Param("draft_prompts", str, "passages", "draft=layers with draft_chats: the chat turns the model answers — "
+              "passages (instructions over built-in passages, Python's reference: measured), self (requests the model "
+              "writes itself from its chat template, Magpie-style: general-domain, like what users ask), or mixed "
+              "(half each)", choices=("passages", "self", "mixed")),
         Param("draft_batch", int, 0, "draft=layers with draft_chats: training windows per distillation step (0: "
               "auto — on a GPU as many as keep one step's logits near 2 GB, 32 for a 49 k vocabulary, and 1 on a "
               "CPU). On a GPU a step of one window is launch-bound: a batch sees many times the tokens in the "
