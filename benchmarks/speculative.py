@@ -73,7 +73,8 @@ def draft_line(rep: dict) -> str:
         d = one.get("distill", {})
         data = one.get("distill_data")
         source = (f"on {data['chat_windows']} of the model's chat replies ({data['generate_seconds']:.0f} s to "
-                  f"generate) alternating with built-in text, {data.get('batch', 1)} windows a step"
+                  f"generate; prompts {data.get('prompts', 'passages')}, {data.get('own_request_windows', 0)} of "
+                  f"them to requests it wrote) alternating with built-in text, {data.get('batch', 1)} windows a step"
                   if data else "on the built-in text")
         if one.get("heldout_agreement_after") is not None:
             source += (f"; teacher-forced agreement with the model's next token on held-out replies "
@@ -138,6 +139,9 @@ def main() -> int:
     ap.add_argument("--draft-chats", default="96",
                     help="comma list: one student per value, distilled on that many of the model's own chat replies "
                          "(speculative:draft_chats; 0: the built-in text alone), each under the same budget")
+    ap.add_argument("--draft-prompts", default="passages",
+                    help="comma list of speculative:draft_prompts (passages, self, mixed): one student per value and "
+                         "--draft-chats value")
     ap.add_argument("--draft-batch", type=int, default=0,
                     help="speculative:draft_batch: chat windows per distillation step (0: auto, 32 on a GPU for "
                          "SmolLM2's vocabulary, 1 on a CPU)")
@@ -214,13 +218,18 @@ def main() -> int:
         return rep, ctx.extra["generate_kwargs"]
 
     drafts = list(filter(None, args.drafts.split(";")))
-    chat_counts = [int(c) for c in args.draft_chats.split(",")] if drafts else []
+    prompt_kinds = args.draft_prompts.split(",")
+    data_choices = [(int(c), kind) for c in args.draft_chats.split(",") for kind in prompt_kinds] if drafts else []
+    # a student per data choice: "2048" or, with several prompt kinds, "2048/mixed"
+    chat_counts = [f"{c}/{kind}" if len(prompt_kinds) > 1 else str(c) for c, kind in data_choices]
     draft_report: dict = {}
-    student_dirs: dict[int, Path] = {}
-    for chats in chat_counts:  # a student per data choice, built once, given to its draft variants by reference
-        print(f"building the draft (distilled student of the model's own blocks, {chats} chat replies)", flush=True)
+    student_dirs: dict[str, Path] = {}
+    for chats, (count, kind) in zip(chat_counts, data_choices):  # built once, given to its variants by reference
+        print(f"building the draft (distilled student of the model's own blocks, {count} chat replies, prompts "
+              f"{kind})", flush=True)
         built = make({"method": "draft", "draft_layers": args.draft_layers, "distill_steps": args.distill_steps,
-                      "distill_seconds": args.distill_seconds, "draft_chats": chats, "draft_batch": args.draft_batch})
+                      "distill_seconds": args.distill_seconds, "draft_chats": count, "draft_batch": args.draft_batch,
+                      "draft_prompts": kind})
         one = {k: v for k, v in built[0].items() if k != "stats"}
         draft_report = draft_report or dict(one)
         draft_report.setdefault("students", {})[chats] = one
