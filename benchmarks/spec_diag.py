@@ -79,6 +79,10 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--target-dtype", default="model", choices=("model", "bf16"),
                     help="bf16: cast the model first (on a GPU its verify matmuls then run on the tensor cores)")
+    ap.add_argument("--draft", default=None,
+                    help="a draft model folder (speculative.py --keep-drafts): split its rounds (speculative:"
+                         "method=draft, gate=off: _propose is the draft's K steps) instead of prompt lookup's")
+    ap.add_argument("--k", type=int, default=3, help="with --draft: tokens drafted per round")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
 
@@ -105,7 +109,9 @@ def main() -> int:
         gk: dict = {}
         # gate=off: every proposal verified, so the rounds split here are verify rounds (the gate's own effect is
         # measured by speculative.py --graph --gate-off)
-        steps = [(spec, {"method": "prompt-lookup", "gate": "off"})] if speculative else []
+        spec_params = ({"method": "draft", "draft": args.draft, "num_tokens": args.k, "gate": "off"} if args.draft
+                       else {"method": "prompt-lookup", "gate": "off"})
+        steps = [(spec, spec_params)] if speculative else []
         for opt, params in steps + [(graph, {})]:
             ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
             ctx.extra["generate_kwargs"] = gk
@@ -117,7 +123,8 @@ def main() -> int:
                  "new_tokens": args.new_tokens, "prompts": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"spec_diag_{'cuda' if cuda else 'cpu'}.json"
+    path = out / f"spec_diag_{'draft_' if args.draft else ''}{'cuda' if cuda else 'cpu'}.json"
+    doc["method"] = f"draft ({args.draft}, k={args.k})" if args.draft else "prompt-lookup"
     for name in args.prompts.split(","):
         _, text = PROMPTS[name]
         ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,

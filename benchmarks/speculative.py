@@ -142,6 +142,9 @@ def main() -> int:
     ap.add_argument("--draft-prompts", default="passages",
                     help="comma list of speculative:draft_prompts (passages, self, mixed): one student per value and "
                          "--draft-chats value")
+    ap.add_argument("--keep-drafts", default=None,
+                    help="save each distilled student under this folder (DIR/<chats>[-<prompts>]) for spec_diag.py "
+                         "--draft, instead of a temporary folder")
     ap.add_argument("--draft-batch", type=int, default=0,
                     help="speculative:draft_batch: chat windows per distillation step (0: auto, 32 on a GPU for "
                          "SmolLM2's vocabulary, 1 on a CPU)")
@@ -236,7 +239,8 @@ def main() -> int:
         print(f"draft ready in {one['setup_seconds']:.0f} s", flush=True)
         import tempfile
 
-        student_dirs[chats] = Path(tempfile.mkdtemp(prefix="optbench-draft-"))
+        student_dirs[chats] = (Path(args.keep_drafts) / chats.replace("/", "-") if args.keep_drafts
+                               else Path(tempfile.mkdtemp(prefix="optbench-draft-")))
         built[1]["optbench_generator"](1, 64).draft.save_pretrained(student_dirs[chats])
         tok.save_pretrained(student_dirs[chats])
     variants = {} if args.no_eager else {"prompt-lookup": make({"method": "prompt-lookup"})}
