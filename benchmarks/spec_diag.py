@@ -125,14 +125,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"spec_diag_{'draft_' if args.draft else ''}{'cuda' if cuda else 'cpu'}.json"
     doc["method"] = f"draft ({args.draft}, k={args.k})" if args.draft else "prompt-lookup"
+    kind = "draft" if args.draft else "lookup"  # the row's key for the speculative rounds
     for name in args.prompts.split(","):
         _, text = PROMPTS[name]
         ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                       return_tensors="pt", return_dict=True)["input_ids"].to(args.device)
         max_len = ids.shape[1] + args.new_tokens
         row: dict = {}
-        lookup = generator(True, max_len)
-        row["lookup"] = split_rounds(lookup, ids, args.new_tokens, args.calls, torch, sync)
+        lookup = generator(True, max_len)  # the speculative loop (prompt lookup, or the draft model)
+        row[kind] = split_rounds(lookup, ids, args.new_tokens, args.calls, torch, sync)
         plain = generator(False, max_len)
         plain.generate(ids, args.new_tokens)
         sync()
@@ -145,15 +146,15 @@ def main() -> int:
         if cuda:  # kernels per round / per step (profile_steps counts per generated token: scale by tokens/round)
             from gpu_diag import profile_steps
 
-            for key, gen in (("lookup", lookup), ("plain", plain)):
+            for key, gen in ((kind, lookup), ("plain", plain)):
                 prof = profile_steps(torch, gen, ids, args.new_tokens)
-                scale = row["lookup"]["tokens_per_round"] if key == "lookup" else 1.0
-                row[key]["gpu_kernel_ms_per_round" if key == "lookup" else "gpu_kernel_ms_per_step"] = \
+                scale = row[kind]["tokens_per_round"] if key == kind else 1.0
+                row[key]["gpu_kernel_ms_per_round" if key == kind else "gpu_kernel_ms_per_step"] = \
                     prof["gpu_kernel_ms_per_step"] * scale
-                row[key]["kernels_per_round" if key == "lookup" else "kernels_per_step"] = \
+                row[key]["kernels_per_round" if key == kind else "kernels_per_step"] = \
                     prof["kernels_per_step"] * scale
                 row[key]["top_kernels"] = prof["top_kernels"][:8]
-        lk = row["lookup"]
+        lk = row[kind]
         print(f"{name}: round {lk['wall_ms_per_round']:.2f} ms ({lk['tokens_per_round']:.2f} tokens; host "
               + ", ".join(f"{k} {v:.3f}" for k, v in lk["host_ms_per_round"].items())
               + f", rest {lk['rest_ms_per_round']:.3f}); plain {per_token:.2f} ms per token incl. prefill",

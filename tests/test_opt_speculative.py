@@ -27,6 +27,21 @@ def greedy(model, ids, n):
                               min_new_tokens=n, do_sample=False, pad_token_id=0)
 
 
+def spy_on_distill(monkeypatch) -> dict:
+    """The batches distill.train is given land in the returned dict (key "batches"); training runs as it would."""
+    from workbench.core.optimizations import distill
+
+    seen: dict = {}
+    real_train = distill.train
+
+    def spy(*args, batches=None, **kw):
+        seen["batches"] = batches
+        return real_train(*args, batches=batches, **kw)
+
+    monkeypatch.setattr(distill, "train", spy)
+    return seen
+
+
 @pytest.mark.parametrize("params", [{"method": "prompt-lookup", "ngram": 2},
                                     {"method": "draft", "draft_layers": 1, "confidence": 0.0},
                                     {"method": "draft", "draft_layers": 1, "draft_dtype": "bf16"}])
@@ -147,17 +162,8 @@ def test_a_distilled_draft_trains_on_the_models_own_replies(tiny_llama, monkeypa
     """draft_chats: the draft's training windows are chat turns ending in the model's own greedy replies (checked
     token for token against ``generate``), alternating with built-in text windows, held-out pair first; the
     distillation sees exactly those windows and the output stays the model's own."""
-    from workbench.core.optimizations import distill
-
     loaded = load(str(tiny_llama), None, "cpu")
-    seen = {}
-    real_train = distill.train
-
-    def spy(*args, batches=None, **kw):
-        seen["batches"] = batches
-        return real_train(*args, batches=batches, **kw)
-
-    monkeypatch.setattr(distill, "train", spy)
+    seen = spy_on_distill(monkeypatch)
     rep, gen = speculative(loaded, method="draft", draft_layers=1, distill_steps=3, draft_chats=3, confidence=0.0)
     data = rep["distill_data"]
     assert data["chat_windows"] >= 1 and data["window"] == 256
@@ -239,17 +245,8 @@ def test_chat_turns_are_distinct_passages_under_changing_instructions():
 def test_a_draft_distils_several_reply_windows_a_step(tiny_llama, monkeypatch):
     """draft_batch: each distillation step takes that many chat windows (and the text batch between them that
     many text windows); the held-out agreement is read before and after."""
-    from workbench.core.optimizations import distill
-
     loaded = load(str(tiny_llama), None, "cpu")
-    seen = {}
-    real_train = distill.train
-
-    def spy(*args, batches=None, **kw):
-        seen["batches"] = batches
-        return real_train(*args, batches=batches, **kw)
-
-    monkeypatch.setattr(distill, "train", spy)
+    seen = spy_on_distill(monkeypatch)
     rep, gen = speculative(loaded, method="draft", draft_layers=1, distill_steps=2, draft_chats=8, draft_batch=2,
                            confidence=0.0)
     data = rep["distill_data"]
@@ -337,20 +334,13 @@ def test_own_requests_without_a_chat_template_are_refused_in_one_line(tiny_llama
 def test_mixed_prompts_put_both_kinds_of_reply_in_every_batch(tiny_llama, monkeypatch):
     """draft_prompts=mixed: half the turns over built-in passages, half the model's own requests, interleaved so
     each batch (and the held-out one) holds both; an own request's window ends in a 224-token reply."""
-    from workbench.core.optimizations import distill, spec_head
+    from workbench.core.optimizations import spec_head
 
     loaded = load(str(tiny_llama), None, "cpu")
     ask = "please explain how one bakes a loaf of bread at home with flour water salt and yeast, step by step, " \
           "and what can go wrong along the way"  # a request long enough to leave 32 prompt tokens in the window
     monkeypatch.setattr(spec_head, "self_turns", lambda model, tok, n, device: [f"{ask} ({i})" for i in range(n)])
-    seen = {}
-    real_train = distill.train
-
-    def spy(*args, batches=None, **kw):
-        seen["batches"] = batches
-        return real_train(*args, batches=batches, **kw)
-
-    monkeypatch.setattr(distill, "train", spy)
+    seen = spy_on_distill(monkeypatch)
     rep, _ = speculative(loaded, method="draft", draft_layers=1, distill_steps=1, draft_chats=8, draft_batch=2,
                          draft_prompts="mixed")
     data = rep["distill_data"]
