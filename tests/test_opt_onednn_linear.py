@@ -161,3 +161,18 @@ def test_pack_linears_counts_what_it_left_alone():
     quantize_(model[1], Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: True)
     rep = pack_linears(model)
     assert rep["packed"] == 1 and rep["skipped"] == {"quantized (tensor subclass)": 1}
+
+
+def test_the_memory_estimate_counts_the_packed_copy(tiny_llama):
+    """recommend's estimate: onednn-linear adds one more float copy of every Linear weight; after int8 weight-only
+    (which it leaves alone) it adds nothing."""
+    from workbench.core.recommend import Constraints, estimate, hardware, model_facts
+
+    facts = model_facts(str(tiny_llama))
+    hw = hardware("cpu", measure=False)
+    plain = estimate(facts, [], hw, Constraints())["weights_mb"]
+    packed = estimate(facts, [{"name": "onednn-linear"}], hw, Constraints())["weights_mb"]
+    assert packed - plain == pytest.approx(facts["linear_params"] * 4 / 2 ** 20, rel=1e-6)
+    q = [{"name": "int8-weight-only"}]
+    assert estimate(facts, q + [{"name": "onednn-linear"}], hw, Constraints())["weights_mb"] == pytest.approx(
+        estimate(facts, q, hw, Constraints())["weights_mb"])

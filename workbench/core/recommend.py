@@ -217,6 +217,8 @@ def estimate(facts: dict, recipe_steps: list[dict], hw: dict, c: Constraints) ->
         kept_fraction = storage.kept_fraction
         if storage.float_bytes is not None:
             elem = storage.float_bytes
+    if linear_kind in _FLOAT_BYTES and any(spec.extra.get("copies_linear_weights") for spec, _ in steps):
+        linear_bytes *= 2  # onednn-linear: a packed copy beside every float Linear weight
     lin = facts["linear_params"]
     other = facts["params"] - lin
     weights = other * elem + lin * (kept_fraction * linear_bytes + (1 - kept_fraction) * elem)

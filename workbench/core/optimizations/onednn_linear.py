@@ -112,6 +112,7 @@ def unpack_linears(model) -> int:
           "AVX2-only AMD EPYC, 2 threads, fp32 demo:smollm2: a decode step 59.4 -> 45.7 ms, a 4-position verify "
           "step 81.6 -> 53.8 ms.",
     tp_reason="not verified on DTensor shards",
+    extra={"copies_linear_weights": True},  # the memory estimate counts the packed copy (core/recommend.py)
 )
 def apply(model, params: dict, ctx) -> Applied:
     import time
