@@ -46,6 +46,8 @@ PASSAGE = ("The lighthouse on the northern cape was built in 1874 after three sh
            "village once a week for supplies. In 1968 the light was automated, the last keeper left, and the "
            "cottage became a museum that now opens every summer.")
 
+STUDENT_REPORT = "optbench_draft.json"  # beside a kept student: how it was built and distilled
+
 PROMPTS = {
     "code-edit": ("repeats its input", "Rename the variable `total` to `running_sum` in this Python function. "
                   "Reply with the whole function only.\n\n```python\n" + CODE + "\n```"),
@@ -70,6 +72,9 @@ def draft_line(rep: dict) -> str:
     students = rep.get("students") or {None: rep}
     parts = []
     for chats, one in students.items():
+        if one.get("draft_layers") is None:  # a folder without its build report (--draft-from)
+            parts.append(f"{chats}: a student loaded from {one.get('draft')}, how it was built not recorded")
+            continue
         d = one.get("distill", {})
         data = one.get("distill_data")
         source = (f"on {data['chat_windows']} of the model's chat replies ({data['generate_seconds']:.0f} s to "
@@ -81,7 +86,8 @@ def draft_line(rep: dict) -> str:
                        f"{one['heldout_agreement_before']:.3f} -> {one['heldout_agreement_after']:.3f}")
         loss = (f", held-out KL {d['heldout_loss_before']:.3f} -> {d['heldout_loss_after']:.3f}"
                 if d.get("heldout_loss_after") is not None else "")
-        parts.append(f"{'' if chats is None else f'chats={chats}: '}distilled {d.get('steps_done', d.get('steps'))} "
+        who = "" if chats is None else (chats if str(chats).startswith("from ") else f"chats={chats}") + ": "
+        parts.append(f"{who}distilled {d.get('steps_done', d.get('steps'))} "
                      f"steps {source}{loss}, setup {one['setup_seconds']:.0f} s")
     return (f"Draft: {rep.get('draft_layers')} of the model's blocks {rep.get('draft_blocks')}; "
             + "; ".join(parts) + f". Its weights are {rep.get('draft_cost_ratio', 0):.2f}× the model's bytes "
@@ -145,6 +151,9 @@ def main() -> int:
     ap.add_argument("--keep-drafts", default=None,
                     help="save each distilled student under this folder (DIR/<chats>[-<prompts>]) for spec_diag.py "
                          "--draft, instead of a temporary folder")
+    ap.add_argument("--draft-from", default=None,
+                    help="comma list of student folders saved by --keep-drafts (on a GPU, say): drafted with as they "
+                         "are, beside any built here (--distill-steps 0 --draft-chats '' builds none)")
     ap.add_argument("--draft-batch", type=int, default=0,
                     help="speculative:draft_batch: chat windows per distillation step (0: auto, 32 on a GPU for "
                          "SmolLM2's vocabulary, 1 on a CPU)")
@@ -222,7 +231,8 @@ def main() -> int:
 
     drafts = list(filter(None, args.drafts.split(";")))
     prompt_kinds = args.draft_prompts.split(",")
-    data_choices = [(int(c), kind) for c in args.draft_chats.split(",") for kind in prompt_kinds] if drafts else []
+    data_choices = [(int(c), kind) for c in filter(None, args.draft_chats.split(",")) for kind in prompt_kinds
+                    ] if drafts else []
     # a student per data choice: "2048" or, with several prompt kinds, "2048/mixed"
     chat_counts = [f"{c}/{kind}" if len(prompt_kinds) > 1 else str(c) for c, kind in data_choices]
     draft_report: dict = {}
@@ -243,6 +253,17 @@ def main() -> int:
                                else Path(tempfile.mkdtemp(prefix="optbench-draft-")))
         built[1]["optbench_generator"](1, 64).draft.save_pretrained(student_dirs[chats])
         tok.save_pretrained(student_dirs[chats])
+        (student_dirs[chats] / STUDENT_REPORT).write_text(json.dumps(one, indent=1, default=str))
+    for folder in filter(None, (args.draft_from or "").split(",")):  # students distilled elsewhere (a GPU)
+        path = Path(folder)
+        label = f"from {path.name}"
+        saved = path / STUDENT_REPORT
+        one = json.loads(saved.read_text()) if saved.is_file() else {"draft": str(path), "draft_layers": None}
+        one["setup_seconds"] = one.get("setup_seconds", 0.0)
+        draft_report = draft_report or dict(one)
+        draft_report.setdefault("students", {})[label] = one
+        chat_counts.append(label)
+        student_dirs[label] = path
     variants = {} if args.no_eager else {"prompt-lookup": make({"method": "prompt-lookup"})}
     if args.graph:
         graph = optimizations.get("graph-decode")
@@ -311,7 +332,8 @@ def main() -> int:
         kv = dict(part.split("=", 1) for part in spec_text.split(","))
         vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))
         params = {"method": "draft", "draft": str(student_dirs[chats]), "draft_vocab": vocab, "num_tokens": k}
-        name = f"draft[{f'chats={chats},' if len(chat_counts) > 1 else ''}vocab={vocab or 'all'},k={k}]"
+        tag = chats if chats.startswith("from ") else f"chats={chats}"
+        name = f"draft[{f'{tag},' if len(chat_counts) > 1 else ''}vocab={vocab or 'all'},k={k}]"
         if not args.no_eager:
             variants[name] = make(params)
         if args.graph:  # the same draft inside graph-decode's loop (spec_draft.py: static caches, captured steps)
