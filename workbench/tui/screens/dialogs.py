@@ -59,8 +59,9 @@ class PromptDialog(ModalScreen[str | None]):
                 yield Button("OK", variant="primary", id="ok")
                 yield Button("Cancel", id="cancel")
 
-    def on_mount(self) -> None:
-        self.query_one(Input).focus()
+    # focused when the screen becomes active (Textual's own hook; an on_mount query of the Input raised NoMatches
+    # once on a loaded machine, taking the app down)
+    AUTO_FOCUS = "#prompt-input"
 
     def _submit(self) -> None:
         value = self.query_one(Input).value.strip()
