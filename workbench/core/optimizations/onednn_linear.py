@@ -6,8 +6,9 @@ speculative verify step of a few positions costs far more than a one-token step:
 (2 threads, fp32, torch 2.13.0+cpu) a 576x1536 Linear took 87 µs for 1 row and 216 µs for 4, SmolLM2's 576x49152 LM
 head 9.7 ms for 1 row and 16.1 ms for 4. oneDNN can pack a weight once (``torch.ops.mkldnn._reorder_linear_weight``,
 what inductor's CPU freezing and IPEX use) and run every later call on the packed copy
-(``torch.ops.mkldnn._linear_pointwise``): the same shapes took 62 / 87 µs and 4.4 / 5.6 ms. Over demo:smollm2 a decode
-step went from 59.4 to 45.7 ms and a 4-position verify step from 81.6 to 53.8 ms (benchmarks/results/).
+(``torch.ops.mkldnn._linear_pointwise``): the same shapes took 62 / 87 µs and 4.4 / 5.6 ms. Over demo:smollm2
+(benchmarks/onednn_linear.py, results/onednn_linear_avx2.md) a one-token forward went from 58.0 to 43.4 ms, a
+4-position verify forward from 80.0 to 48.3 ms, greedy decode from 60.8 to 44.3 ms/token.
 
 This step packs every plain ``nn.Linear`` whose weight is an ordinary float tensor (fp32 everywhere; bf16 where oneDNN
 has bf16 kernels — AVX-512 BW/VL/DQ or AVX-NE-CONVERT; elsewhere bf16 layers are left alone and reported), and a
@@ -109,8 +110,8 @@ def unpack_linears(model) -> int:
           "Linear weight (the original stays for export and tied embeddings). fp32 packs on any x86 CPU; bf16 needs "
           "oneDNN's bf16 kernels (AVX-512 BW/VL/DQ or AVX-NE-CONVERT), else bf16 layers stay as they are and the "
           "report says so. A speculative draft built or loaded earlier in the recipe is packed too. Measured on an "
-          "AVX2-only AMD EPYC, 2 threads, fp32 demo:smollm2: a decode step 59.4 -> 45.7 ms, a 4-position verify "
-          "step 81.6 -> 53.8 ms.",
+          "AVX2-only AMD EPYC, 2 threads, fp32 demo:smollm2: decode 60.8 -> 44.3 ms/token (1.37x), a 4-position "
+          "verify forward 80.0 -> 48.3 ms (benchmarks/results/onednn_linear_avx2.md).",
     tp_reason="not verified on DTensor shards",
     extra={"copies_linear_weights": True},  # the memory estimate counts the packed copy (core/recommend.py)
 )
