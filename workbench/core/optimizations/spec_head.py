@@ -104,6 +104,11 @@ def chat_turns(n: int) -> list[str]:
     return [f"{INSTRUCTIONS[(i % p + i // p) % count]}\n\n{texts[i % p]}" for i in range(min(n, p * count))]
 
 
+def _generate_batch(batch: int, device: str) -> int:
+    """Sequences generated at once: ``batch``, or 128 on a GPU and 16 elsewhere."""
+    return batch or (128 if str(device).startswith("cuda") else 16)
+
+
 def self_turns(model, tokenizer, n: int, device: str, batch: int = 0, max_tokens: int = 64, seed: int = 0) -> list:
     """Up to ``n`` user turns the model writes itself (Magpie, Xu et al. 2024): given only its chat template's text
     up to a user message, an instruction-tuned model samples a plausible request — general-domain, unlike the
@@ -119,7 +124,7 @@ def self_turns(model, tokenizer, n: int, device: str, batch: int = 0, max_tokens
     text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], add_generation_prompt=True,
                                          tokenize=False)
     prefix = text[:text.index(mark)]
-    batch = batch or (128 if str(device).startswith("cuda") else 16)
+    batch = _generate_batch(batch, device)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     enc = tokenizer([prefix], return_tensors="pt", add_special_tokens=False).to(device)
@@ -154,7 +159,7 @@ def chat_windows(model, tokenizer, n: int, length: int, new_tokens: int, device:
     reply are shorter than the window gives none."""
     import torch
 
-    batch = batch or (128 if str(device).startswith("cuda") else 16)
+    batch = _generate_batch(batch, device)
     turns = chat_turns(n) if turns is None else turns
     if getattr(tokenizer, "chat_template", None):
         texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,

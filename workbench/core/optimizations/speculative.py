@@ -23,10 +23,10 @@ several accepted tokens share one stamp. Batch 1 only (transformers' assisted ge
 from __future__ import annotations
 
 from workbench.core.errors import InputError
+from workbench.core.optimizations._spec_student import CHAT_WINDOW  # draft=layers: its training windows
 from workbench.core.optimizations.base import Applied, Param, register
 
 METHODS = ("draft", "prompt-lookup", "draft-head")
-CHAT_WINDOW = 256  # draft=layers: training windows over the model's chat replies (_spec_student.CHAT_WINDOW)
 HEAD_SEQ = 192  # method=draft-head: training windows (built-in text, and the model's own chat replies)
 CHECK_PROMPT, CHECK_NEW = 64, 48  # the greedy check: built-in text tokens in, tokens out
 SCHEDULES = ("constant", "heuristic_transient", "heuristic")
@@ -60,7 +60,8 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               "answers first, 128 tokens each, whose features the head also trains on (what it drafts at run time "
               "is a reply; 0: the built-in text only)", min=0, max=100_000),
         Param("draft_chats", int, -1, "draft=layers with distill_steps > 0: chat turns (instructions over built-in "
-              "passages) the model answers first, 128 tokens each; the draft distils on them — prompt and reply, "
+              "passages, or its own requests: draft_prompts) the model answers first, 128 tokens each (224 for its own "
+              "short requests); the draft distils on them — prompt and reply, "
               f"{CHAT_WINDOW}-token windows — alternately with the built-in text (what it drafts at run time is a "
               "reply; 0: the built-in text only; -1: auto, 2048 on a GPU — answered 128 at a time — and 96 on a "
               "CPU)", min=-1, max=100_000),

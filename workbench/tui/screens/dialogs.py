@@ -43,6 +43,9 @@ class PromptDialog(ModalScreen[str | None]):
     """Asks for one line; ``check`` returns an error message (shown, dialog stays) or None (dialog closes)."""
 
     BINDINGS = keys.bindings(keys.DIALOG)
+    # focused when the screen becomes active (Textual's own hook; an on_mount query of the Input raised NoMatches
+    # once on a loaded machine, taking the app down)
+    AUTO_FOCUS = "#prompt-input"
 
     def __init__(self, question: str, value: str = "", check: Callable[[str], str | None] | None = None,
                  suggester: Suggester | None = None, placeholder: str = "") -> None:
@@ -58,10 +61,6 @@ class PromptDialog(ModalScreen[str | None]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button("OK", variant="primary", id="ok")
                 yield Button("Cancel", id="cancel")
-
-    # focused when the screen becomes active (Textual's own hook; an on_mount query of the Input raised NoMatches
-    # once on a loaded machine, taking the app down)
-    AUTO_FOCUS = "#prompt-input"
 
     def _submit(self) -> None:
         value = self.query_one(Input).value.strip()
