@@ -128,6 +128,28 @@ def truth_check(torch, device: str, gen, ids, new: int, ours, rounds: int) -> di
             "long_call_ms": longs, "short_call_ms": shorts}
 
 
+def same_tokens(got, plain, graph, prompt: int) -> dict:
+    """Where an output left plain greedy (the first generated token that differs; in bf16 a near-tie can flip
+    between kernels) and whether it is graph-decode's own output token for token (same kernels, same numerics)."""
+    import torch
+
+    a, b = got[0, prompt:], plain[0, prompt:]
+    n = min(len(a), len(b))
+    diff = (a[:n] != b[:n]).nonzero()
+    return {"first_difference": int(diff[0]) if len(diff) else None,
+            "identical_to_graph_decode": None if graph is None else bool(torch.equal(got, graph))}
+
+
+def identity_cell(row: dict) -> str:
+    if row.get("identical_to_greedy") is None:
+        return ""
+    if row["identical_to_greedy"] or row.get("first_difference") is None:
+        return str(row["identical_to_greedy"])
+    same = row.get("identical_to_graph_decode")
+    return (f"False from token {row['first_difference']}"
+            + ("" if same is None else "; = graph-decode's" if same else "; ≠ graph-decode's"))
+
+
 def vs_graph(row: dict) -> str:
     return f" ({row['vs_graph_decode']:.2f}× graph-decode)" if "vs_graph_decode" in row else ""
 
@@ -378,7 +400,7 @@ def main() -> int:
             acc = r.get("acceptance_rate")
             lines.append(f"| {r['prompt']} | {r['kind']} | {r['variant']} | {r['decode_ms_per_token']:.1f} | "
                          f"{r['speedup']:.2f}×{vs_graph(r)} | {'' if tpf is None else f'{tpf:.2f}'} | "
-                         f"{'' if acc is None else f'{acc:.2f}'} | {r.get('identical_to_greedy', '')} |")
+                         f"{'' if acc is None else f'{acc:.2f}'} | {identity_cell(r)} |")
         if truth:
             lines += ["", "Truth check: optbench's decode ms/token (stamped at every accepted token) vs an independent "
                       "whole-call figure of the same generator, (T(n) - T(1)) / (n - 1), CUDA events on a GPU; "
@@ -398,11 +420,11 @@ def main() -> int:
                 args.device), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         per = {"plain": [], **({"plain (nn.Linear)": []} if args.pack else {}), **{v: [] for v in variants}}
-        identical = {}
+        identical, outputs = {}, {}
         for v, (rep, gk) in variants.items():
             gen = gk["optbench_generator"](1, ids.shape[1] + args.new_tokens)
-            got = gen.generate(ids.to(args.device), args.new_tokens)
-            identical[v] = bool(torch.equal(got.cpu(), plain_out.cpu()))
+            outputs[v] = got = gen.generate(ids.to(args.device), args.new_tokens).cpu()
+            identical[v] = bool(torch.equal(got, plain_out.cpu()))
             rep["stats"].clear()
             rep["stats"].update({"calls": 0, "tokens": 0, "target_forwards": 0, "proposed": 0})
         for r in range(args.rounds):  # interleaved: plain, then each variant, every round
@@ -433,6 +455,7 @@ def main() -> int:
             rows.append({"prompt": name, "kind": kind, "variant": v, "decode_ms_per_token": ms, "rounds": per[v],
                          "speedup": plain / ms, "tokens_per_target_forward": s.get("tokens_per_target_forward"),
                          "acceptance_rate": s.get("acceptance_rate"), "identical_to_greedy": identical[v],
+                         **same_tokens(outputs[v], plain_out.cpu(), outputs.get("graph-decode"), ids.shape[1]),
                          "stats": s, "prompt_tokens": int(ids.shape[1])})
             if "graph-decode" in per:  # the best plain recipe on a GPU, same prompt, same rounds
                 rows[-1]["vs_graph_decode"] = statistics.median(per["graph-decode"]) / ms

@@ -196,3 +196,34 @@ def test_gated_graphed_rounds_take_the_one_token_graph_and_the_draft_catches_up(
         cache_is_the_sequence(loaded.model, gen, out)
     assert len(single) > len(verify) > 0 and gen.gate.skipped == len(single)
     assert max(caught) > 1  # drafting resumed after one-token rounds
+
+
+def test_rounds_that_keep_every_position_move_no_write_position(tiny_llama, monkeypatch):
+    """A round whose positions all stand (every draft accepted, or a one-token step) leaves both caches' write
+    positions where the next round starts: no rewind of either (on a GPU each was a launch per layer while the
+    device waited); a sometimes-wrong draft rewinds both, only after rounds with a rejection. Tokens: greedy's."""
+    from workbench.core.optimizations import spec_draft
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    wrong = torch.tensor([[11, 523, 87, 4001, 932, 61]])  # a prompt where the perturbed draft is mostly wrong
+    for draft, all_kept, prompt in ((copy.deepcopy(loaded.model), True, PROMPT),
+                                    (other_draft(loaded.model), False, wrong)):
+        ref = greedy(loaded.model, prompt, 40)
+        stats = _Stats()
+        gen = DraftGreedy(loaded.model, draft, 1, 96, 3, stats=stats, mode="eager")
+        model_rewinds, draft_rewinds = [], []
+        inner = gen._rewind
+        gen._rewind = lambda pos, inner=inner, seen=model_rewinds: (seen.append(pos), inner(pos))
+        real = spec_draft.rewind
+        monkeypatch.setattr(spec_draft, "rewind", lambda cache, pos, real=real, seen=draft_rewinds: (
+            seen.append(pos), real(cache, pos)))
+        out = gen.generate(prompt, 40)
+        assert torch.equal(out, ref)
+        cache_is_the_sequence(loaded.model, gen, out)
+        cache_is_the_sequence(draft, gen.drafter, out, rows=min(gen._fed, out.shape[1] - 1))
+        rounds = stats.live["target_forwards"] - 1
+        if all_kept:  # the prompt's end once, then never
+            assert model_rewinds == [prompt.shape[1]] and draft_rewinds == []
+        else:
+            assert 0 < stats.live["acceptance_rate"] < 1
+            assert 1 < len(model_rewinds) <= 1 + rounds and 0 < len(draft_rewinds) <= rounds

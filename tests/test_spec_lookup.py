@@ -292,3 +292,22 @@ def test_warmups_before_a_capture_start_from_the_prompts_end(tiny_llama):
         gen._capture_at = None
         gen._before_warmup()  # outside a capture: nothing moves
         assert all(int(n) == ids.shape[1] + 9 for n in lengths)
+
+
+def test_rewind_moves_every_layers_write_position_in_place(tiny_llama):
+    """rewind: each layer's write position (a tensor a captured graph reads) set in place, in one multi-tensor op."""
+    from transformers import StaticCache
+
+    from workbench.core.optimizations.spec_lookup import rewind
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    cache = StaticCache(config=loaded.model.config, max_cache_len=32)
+    ids = torch.tensor([[11, 523, 87, 4001, 932, 61]])
+    with torch.inference_mode():
+        loaded.model(input_ids=ids, cache_position=torch.arange(ids.shape[1]), past_key_values=cache,
+                     use_cache=True)
+    lengths = [layer.cumulative_length for layer in cache.layers]
+    assert len(lengths) > 1 and all(int(x) == ids.shape[1] for x in lengths)
+    rewind(cache, 3)
+    assert [layer.cumulative_length for layer in cache.layers] == lengths  # the same tensors
+    assert [int(x) for x in lengths] == [3] * len(lengths)

@@ -47,6 +47,8 @@ class _Drafter(GraphedGreedy):
         # a prefill or catch-up needs no logits at all: one row where the draft's forward takes logits_to_keep
         takes = "logits_to_keep" in inspect.signature(type(model).forward).parameters
         self.last_logits_only = {"logits_to_keep": 1} if takes else {}
+        self.at = 0  # the cache's write position
+        self._graph_at = None  # the position the captured step reads next (None: unknown, set it)
 
     def prefill(self, input_ids) -> None:
         torch = self.torch
@@ -61,18 +63,37 @@ class _Drafter(GraphedGreedy):
             self.cache.reset()  # the warm-ups wrote rows past the prompt: fill it again from a clean cache
             self.model(input_ids=input_ids, cache_position=torch.arange(t, device=device), use_cache=True,
                        **self.last_logits_only, **self._cache_kw)
+        self.at, self._graph_at = t, None
 
-    def draft(self, token: int, pos: int, k: int) -> list[int]:
+    def fed(self, ids: list[int], pos: int) -> None:
+        """Write ``ids`` into the cache from ``pos`` on (one eager forward, no logits kept)."""
         torch = self.torch
-        rewind(self.cache, pos)
+        device = self.model.device
+        if pos != self.at:
+            rewind(self.cache, pos)
+        self.model(input_ids=torch.tensor([ids], device=device),
+                   cache_position=torch.arange(pos, pos + len(ids), device=device), use_cache=True,
+                   **self.last_logits_only, **self._cache_kw)
+        self.at = pos + len(ids)
+
+    def draft(self, token: int, pos: int, k: int, read: bool = True) -> list[int]:
+        """``read=False``: only write the steps into the cache (a catch-up), no drafts read back (no wait for the
+        device)."""
+        torch = self.torch
+        if pos != self.at:  # rows of rejected drafts to forget (none after a round that kept them all)
+            rewind(self.cache, pos)
+        self.at = pos + k
         if self.graph is not None:
             self._tok.fill_(token)
-            self._pos.fill_(pos)
+            if pos != self._graph_at:  # else the graph's own position already advanced to ``pos``
+                self._pos.fill_(pos)
+            self._graph_at = pos + k
             out = []
             for _ in range(k):
                 self.graph.replay()
-                out.append(self._tok.clone())
-            return torch.cat(out, dim=1)[0].tolist()
+                if read:
+                    out.append(self._tok.clone())
+            return torch.cat(out, dim=1)[0].tolist() if read else []
         device = self.model.device
         tok = torch.tensor([[token]], device=device)
         p = torch.tensor([pos], device=device)
@@ -83,7 +104,7 @@ class _Drafter(GraphedGreedy):
             tok = self._step(tok, p).clone()
             p = p + 1
             out.append(tok)
-        return torch.cat(out, dim=1)[0].tolist()
+        return torch.cat(out, dim=1)[0].tolist() if read else []
 
 
 class DraftGreedy(LookupGreedy):
@@ -115,16 +136,12 @@ class DraftGreedy(LookupGreedy):
         of those positions)."""
         missing = text[self._fed:newest]
         if len(missing) == 1:
-            self.drafter.draft(missing[0], self._fed, 1)
+            self.drafter.draft(missing[0], self._fed, 1, read=False)
         elif missing:  # the cost of the rounds skipped, not of this one: kept out of the gate's timing
-            d, torch = self.drafter, self.torch
-            device = d.model.device
+            torch = self.torch
             t0 = time.perf_counter()
-            rewind(d.cache, self._fed)
-            d.model(input_ids=torch.tensor([missing], device=device),
-                    cache_position=torch.arange(self._fed, newest, device=device), use_cache=True,
-                    **d.last_logits_only, **d._cache_kw)
-            if device.type == "cuda":
+            self.drafter.fed(missing, self._fed)
+            if self.drafter.model.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             self._untimed += seconds
