@@ -52,7 +52,7 @@ def test_output_is_the_models_own_greedy_tokens(tiny_llama, params):
     # a prompt that repeats itself, so prompt lookup finds n-grams to propose
     row = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2524, 1012] * 6])
     stamps = []
-    out = gen.generate(row, 24, on_step=lambda: stamps.append(1))
+    out = gen.generate(row, 24, on_step=lambda n=1: stamps.extend([1] * n))
     assert torch.equal(out, greedy(loaded.model, row, 24))
     assert len(stamps) == 24  # one stamp per token handed out, however many a round accepted
     s = rep["stats"]

@@ -84,7 +84,7 @@ def test_lookup_loop_gives_the_models_own_greedy_tokens(tiny_llama, num_tokens):
     gen = LookupGreedy(loaded.model, 1, 128, num_tokens, 3, stats=stats, mode="eager")
     repeating = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2524, 1012] * 6])
     stamps = []
-    out = gen.generate(repeating, 40, on_step=lambda: stamps.append(1))
+    out = gen.generate(repeating, 40, on_step=lambda n=1: stamps.extend([1] * n))
     assert torch.equal(out, greedy(loaded.model, repeating, 40)) and len(stamps) == 40
     cache_is_the_sequence(loaded.model, gen, out)
     s = stats.live

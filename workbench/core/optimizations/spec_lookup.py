@@ -243,13 +243,13 @@ class LookupGreedy(GraphedGreedy):
         out = self._step(torch.tensor([tokens], device=device), torch.arange(pos, pos + n, device=device))
         return out[0].tolist()
 
-    def generate(self, input_ids, max_new_tokens: int, on_step: Callable[[], None] | None = None):
+    def generate(self, input_ids, max_new_tokens: int, on_step: Callable[..., None] | None = None):
         torch = self.torch
         b, t = input_ids.shape
         if b != 1 or t + max_new_tokens + self.num_tokens > self.max_len:
             raise ValueError(f"LookupGreedy was built for batch 1 and {self.max_len} positions")
         device = input_ids.device
-        on_step = on_step or (lambda: None)
+        on_step = on_step or (lambda n=1: None)  # on_step(n): n tokens handed out (default 1)
         rounds = proposed = 0
         with torch.inference_mode():
             self.cache.reset()
@@ -301,8 +301,7 @@ class LookupGreedy(GraphedGreedy):
                 pos += len(new)
                 if pos != written and len(out) < max_new_tokens:  # rows of rejected drafts to forget (none
                     self._rewind(pos)  # after a one-token step or a round that kept all; none after the last)
-                for _ in new:
-                    on_step()
+                on_step(len(new))
         if self.stats is not None:
             self.stats.add(len(out), rounds + 1, proposed)  # the prefill is a target forward too
             if self.gate is not None:

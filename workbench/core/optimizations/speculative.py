@@ -420,8 +420,7 @@ class _Stamper:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        for _ in range(int(value.numel())):
-            self.on_step()
+        self.on_step(int(value.numel()))
         self.tokens += int(value.numel())
 
     def end(self) -> None:
@@ -487,7 +486,7 @@ class SpeculativeGreedy:
             raise InputError(f"speculative: runs one sequence at a time; expected batch 1, not "
                              f"{ids.shape[0]}", param="opt")
         self._round.update(rounds=0, proposed=0)
-        stamper = _Stamper(on_step or (lambda: None))
+        stamper = _Stamper(on_step or (lambda n=1: None))
         with torch.inference_mode():
             out = self.model.generate(streamer=stamper, **self._kwargs(ids, n_new))
         self.stats.add(int(out.shape[1] - ids.shape[1]), self._round["rounds"], self._round["proposed"])
