@@ -200,6 +200,9 @@ def main() -> int:
     ap.add_argument("--head-k", type=int, default=3, help="drafts per round of the draft head")
     ap.add_argument("--head-lookup", type=int, default=0,
                     help="also the head with prompt lookup (speculative:lookup=N: n-gram matches of N+ tokens draft)")
+    ap.add_argument("--graph-params", default="",
+                    help="graph-decode's parameters for every graph-decode row, e.g. "
+                         "fuse=true,verify_attention=decomposed (default: its defaults)")
     ap.add_argument("--gate-off", action="store_true",
                     help="with --graph: also prompt lookup and each draft in graph-decode's loop with "
                          "speculative:gate=off (every round drafts and verifies), beside the default gate=auto")
@@ -210,6 +213,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--stem", default=None, help="file name stem (default speculative_<device>)")
     args = ap.parse_args()
+    graph_params = dict(kv.split("=", 1) for kv in filter(None, args.graph_params.split(",")))
 
     import torch
 
@@ -300,7 +304,7 @@ def main() -> int:
                 pack_draft(gk)
             ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
             ctx.extra["generate_kwargs"] = gk
-            rep["graph_decode"] = graph.apply(model, graph.resolve({}), ctx).report
+            rep["graph_decode"] = graph.apply(model, graph.resolve(graph_params), ctx).report
             return rep, gk
 
         variants["graph-decode"] = with_graph(None)
@@ -375,7 +379,7 @@ def main() -> int:
                "draft": draft_report,
                "variants": {v: {k: val for k, val in rep.items() if k != "stats"}
                             for v, (rep, _) in variants.items()},
-               "rows": rows, "complete": done, "prompts": names}
+               "rows": rows, "complete": done, "prompts": names, "graph_decode_params": graph_params}
         dev = "cpu" if args.device == "cpu" else "cuda"
         stem = args.stem or f"speculative_{dev}"
         (out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str))
@@ -386,6 +390,7 @@ def main() -> int:
                  f"{args.iters} timed calls per variant; ms/token = median of per-round medians; speedup vs plain "
                  f"greedy on the same prompt in the same run.", "",
                  draft_line(draft_report) + f" Target precision: {args.target_dtype}."
+                 + (f" graph-decode rows: {args.graph_params}." if graph_params else "")
                  + (" Every model (target and drafts) on oneDNN-packed Linear weights (onednn-linear); plain "
                     "(nn.Linear) is the same target on nn.Linear's own forward." if args.pack else ""), "",
                  "| prompt | kind | variant | decode ms/token | speedup | tokens / target forward | acceptance | "

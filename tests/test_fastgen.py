@@ -154,3 +154,49 @@ def test_fused_graph_decode_in_pipeline_exports_plain_weights(tiny_llama, tmp_pa
     assert report["export"]["verified"]
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "art")
     assert "model.layers.0.self_attn.k_proj.weight" in again.state_dict()
+
+
+def test_decomposed_verify_attention_agrees_with_sdpa_and_keeps_prompt_lookups_tokens():
+    """fuse=true, verify_attention=decomposed: a prompt-lookup verify round's query of K + 1 positions (causal among
+    themselves, against the cache) is computed by ``verify_attention`` and agrees with sdpa's; the tokens stay
+    greedy decoding's; a prefill (longer than VERIFY_MAX) still goes to sdpa."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    import workbench.core.optimizations.fastgen as fastgen
+    from workbench.core.optimizations.spec_lookup import LookupGreedy
+
+    model = varied_llama()
+    ids = torch.randint(0, 512, (1, 20))
+    ids[0, 10:] = ids[0, :10]  # the prompt repeats itself: lookup drafts from the start
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, min_new_tokens=24,
+                         do_sample=False, pad_token_id=0)
+    gen = LookupGreedy(model, 1, 64, 4, 2, mode="eager", fuse=True, verify_attention="decomposed")
+    assert model.model.layers[0].self_attn.config._attn_implementation == fastgen.VERIFY_ATTENTION
+    widths = []
+
+    def spy(module, query, key, value, mask, **kw):
+        out = fastgen.verify_attention(module, query, key, value, mask, **kw)
+        q_len = query.shape[2]
+        if 1 < q_len <= fastgen.VERIFY_MAX:
+            want = sdpa_attention_forward(module, query, key, value, mask, **kw)[0]
+            widths.append((q_len, mask.dtype, torch.allclose(out[0], want, rtol=1e-4, atol=1e-5)))
+        return out
+
+    AttentionInterface.register(fastgen.VERIFY_ATTENTION, spy)
+    try:
+        assert torch.equal(gen.generate(ids, 24), ref)
+    finally:
+        AttentionInterface.register(fastgen.VERIFY_ATTENTION, fastgen.verify_attention)
+    assert widths and all(q == 5 and close for q, _, close in widths)  # K + 1 positions, every layer agreeing
+    assert {dtype for _, dtype, _ in widths} == {torch.bool}
+
+
+def test_decomposed_verify_attention_needs_fuse(tiny_llama):
+    import pytest
+
+    from workbench.core.errors import InputError
+
+    r = fast_recipe(str(tiny_llama), [("graph-decode", {"verify_attention": "decomposed"})])
+    with pytest.raises(InputError, match="verify_attention=decomposed.*fuse=true"):
+        pipeline.run(r.validate(), lambda *a, **k: None)

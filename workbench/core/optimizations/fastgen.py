@@ -287,6 +287,9 @@ class plain_forward:
 
 
 DECODE_ATTENTION = "optbench_decode"
+VERIFY_ATTENTION = "optbench_decode_verify"  # decode_attention that also decomposes short queries (verify rounds)
+VERIFY_MAX = 16  # the longest query verify_attention="decomposed" computes itself; prefills go to sdpa
+VERIFY_CHOICES = ("sdpa", "decomposed")
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -312,25 +315,58 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     return out.to(query.dtype).reshape(b, heads, d).unsqueeze(1), None  # (b, q=1, heads, d) like sdpa's
 
 
-def fuse_projections(model, gemv: bool = False) -> dict:
-    """Fuse q/k/v and gate/up and route decode attention through ``decode_attention`` (see the module docstring).
-    Returns counts of what was fused."""
+def verify_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """``decode_attention``, and a query of 2..``VERIFY_MAX`` positions (a speculative verify round) computed here
+    too: grouped-query matmuls against the cache, the mask's last rows (causal among the new positions), softmax in
+    fp32 — ops inductor fuses, where sdpa's choice for a short query on an H100 was a cuDNN kernel twice as slow as
+    the one-token step's (results/h100_2026-12-07b/spec_diag_draft_cuda.json). Longer queries go to sdpa."""
+    import torch
+
+    b, heads, q_len, d = query.shape
+    if q_len == 1 or q_len > VERIFY_MAX or attention_mask is None or attention_mask.dim() != 4 or dropout:
+        return decode_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                **kwargs)
+    kv_heads, length = key.shape[1], key.shape[2]
+    rep = heads // kv_heads
+    q = query.reshape(b, kv_heads, rep * q_len, d).float()  # head h reads kv head h // rep, as repeat_kv expands
+    scores = torch.matmul(q, key.float().transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)
+    scores = scores.reshape(b, kv_heads, rep, q_len, length)
+    mask = attention_mask[:, :, -q_len:, :].unsqueeze(2)  # (b or 1, 1, 1, q, L)
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask.float()
+    probs = scores.softmax(-1).reshape(b, kv_heads, rep * q_len, length)
+    out = torch.matmul(probs, value.float()).reshape(b, heads, q_len, d)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None  # (b, q, heads, d) like sdpa's
+
+
+def fuse_projections(model, gemv: bool = False, verify: str = "sdpa") -> dict:
+    """Fuse q/k/v and gate/up and route decode attention through ``decode_attention`` (``verify="decomposed"``:
+    ``verify_attention``, which also computes short queries itself; see the module docstring). Returns counts of
+    what was fused. The attention choice is the model's: a later call with another ``verify`` changes it."""
     import copy
 
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
-    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
-    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+    if verify not in VERIFY_CHOICES:
+        raise ValueError(f"verify must be one of {VERIFY_CHOICES}")
+    want = VERIFY_ATTENTION if verify == "decomposed" else DECODE_ATTENTION
+    for name, fn in ((DECODE_ATTENTION, decode_attention), (VERIFY_ATTENTION, verify_attention)):
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, sdpa_mask)
     done = {"qkv": 0, "gate_up": 0, "attention": 0}
     for mod in model.modules():
         if all(hasattr(mod, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "config")):
             if _fuse_group([mod.q_proj, mod.k_proj, mod.v_proj], gemv):
                 done["qkv"] += 1
-            if getattr(mod.config, "_attn_implementation", None) == "sdpa":
+            impl = getattr(mod.config, "_attn_implementation", None)
+            if impl == "sdpa":
                 mod.config = copy.copy(mod.config)  # this module only: the model's mask and export stay sdpa
-                mod.config._attn_implementation = DECODE_ATTENTION
-                done["attention"] += 1
+            if impl in ("sdpa", DECODE_ATTENTION, VERIFY_ATTENTION):
+                mod.config._attn_implementation = want
+                done["attention"] += impl == "sdpa"
         if all(hasattr(mod, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
             if _fuse_group([mod.gate_proj, mod.up_proj], gemv):
                 done["gate_up"] += 1
@@ -350,7 +386,7 @@ class GraphedGreedy:
 
     def __init__(self, model, batch: int, max_len: int, mode: str = "graph", compile_mode: str = "default",
                  log: Callable[[str], None] | None = None, tuning: str = "none", gemv: bool = False,
-                 fuse: bool = False) -> None:
+                 fuse: bool = False, verify_attention: str = "sdpa") -> None:
         import torch
         from transformers import StaticCache
 
@@ -369,7 +405,8 @@ class GraphedGreedy:
         if tuning not in TUNINGS:
             raise ValueError(f"tuning must be one of {TUNINGS}")
         if fuse:
-            self.log(f"graph-decode: fused {fuse_projections(model, gemv=gemv and mode != 'eager')}")
+            fused = fuse_projections(model, gemv=gemv and mode != "eager", verify=verify_attention)
+            self.log(f"graph-decode: fused {fused}")
         if gemv and mode != "eager":
             self.log(f"graph-decode: GEMV forward on {use_gemv(model)} Linear layers")
         if mode == "graph":

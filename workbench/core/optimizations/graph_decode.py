@@ -25,6 +25,10 @@ from workbench.core.optimizations.base import Applied, Param, register
         Param("fuse", bool, False, "Llama-family layers: one q/k/v and one gate/up projection (row views of one "
               "weight, no extra memory) and grouped-query decode attention without expanding K/V: fewer kernels "
               "per step"),
+        Param("verify_attention", str, "sdpa", "with fuse=true, the attention of a speculative verify round "
+              "(2-16 positions): sdpa (transformers' kernel choice — on an H100 a cuDNN kernel twice as slow as the "
+              "one-token step's) or decomposed (grouped-query matmuls and an fp32 softmax that inductor fuses, as "
+              "fuse does for one position; not yet timed on a GPU)", choices=("sdpa", "decomposed")),
         Param("max_len", int, 0, "static cache length; 0 = prompt + new tokens of the benchmark", min=0,
               max=131072),
     ),
@@ -33,6 +37,7 @@ from workbench.core.optimizations.base import Applied, Param, register
     cost=1.0,  # one compile of the decode step, cheaper than a whole-forward compile
 )
 def apply(model, params: dict, ctx) -> Applied:
+    from workbench.core.errors import InputError
     from workbench.core.optimizations.fastgen import GraphedGreedy
 
     from workbench.core.optimizations.quant_torchao import refuse_int8_dynamic_act_compile
@@ -44,10 +49,13 @@ def apply(model, params: dict, ctx) -> Applied:
         ctx.log("graph-decode: CUDA graphs need a GPU; on CPU the loop runs eagerly")
         mode = "eager"
 
+    if params["verify_attention"] != "sdpa" and not params["fuse"]:
+        raise InputError(f"graph-decode:verify_attention={params['verify_attention']}: the decomposed attention "
+                         "comes with fuse; expected fuse=true as well", param="opt")
     kw = {"mode": mode, "compile_mode": params["compile_mode"], "log": ctx.log, "tuning": params["tuning"],
-          "gemv": params["gemv"], "fuse": params["fuse"]}
+          "gemv": params["gemv"], "fuse": params["fuse"], "verify_attention": params["verify_attention"]}
     report = {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
-              "fuse": params["fuse"], "max_len": params["max_len"]}
+              "fuse": params["fuse"], "verify_attention": params["verify_attention"], "max_len": params["max_len"]}
     lookup = ctx.extra["generate_kwargs"].get("optbench_speculative")
     if lookup is not None:  # speculative (any method) before this step: drafts verified here
         factory = _lookup_factory(model, params, ctx, lookup, kw)
