@@ -136,7 +136,8 @@ def same_tokens(got, plain, graph, prompt: int) -> dict:
     a, b = got[0, prompt:], plain[0, prompt:]
     n = min(len(a), len(b))
     diff = (a[:n] != b[:n]).nonzero()
-    return {"first_difference": int(diff[0]) if len(diff) else None,
+    first = int(diff[0]) if len(diff) else (n if len(a) != len(b) else None)
+    return {"first_difference": first,
             "identical_to_graph_decode": None if graph is None else bool(torch.equal(got, graph))}
 
 
@@ -390,7 +391,10 @@ def main() -> int:
                  f"{args.iters} timed calls per variant; ms/token = median of per-round medians; speedup vs plain "
                  f"greedy on the same prompt in the same run.", "",
                  draft_line(draft_report) + f" Target precision: {args.target_dtype}."
-                 + (f" graph-decode rows: {args.graph_params}." if graph_params else "")
+                 + (f" graph-decode rows: {args.graph_params}"
+                    + ("; fuse rewrites the model in place (projections fused, attention routed), so the plain "
+                       "rows and the greedy reference run on the fused model too." if "fuse" in graph_params
+                       else ".") if graph_params else "")
                  + (" Every model (target and drafts) on oneDNN-packed Linear weights (onednn-linear); plain "
                     "(nn.Linear) is the same target on nn.Linear's own forward." if args.pack else ""), "",
                  "| prompt | kind | variant | decode ms/token | speedup | tokens / target forward | acceptance | "

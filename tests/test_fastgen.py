@@ -200,3 +200,25 @@ def test_decomposed_verify_attention_needs_fuse(tiny_llama):
     r = fast_recipe(str(tiny_llama), [("graph-decode", {"verify_attention": "decomposed"})])
     with pytest.raises(InputError, match="verify_attention=decomposed.*fuse=true"):
         pipeline.run(r.validate(), lambda *a, **k: None)
+
+
+def test_verify_attention_with_a_float_mask_and_two_rows_matches_sdpa():
+    """verify_attention's additive-mask branch (a float mask of 0 / -inf, batch 2, one row's keys partly masked
+    out), grouped heads 4 over 2: the output equals transformers' sdpa path."""
+    import types
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from workbench.core.optimizations.fastgen import verify_attention
+
+    torch.manual_seed(0)
+    module = types.SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
+    q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 2, 10, 8), torch.randn(2, 2, 10, 8)
+    allowed = torch.ones(2, 1, 3, 10, dtype=torch.bool)
+    allowed[:, :, :, 7:] = torch.tensor([[True, False, False], [True, True, False], [True, True, True]]).T[None, None]
+    allowed[1, :, :, :2] = False  # the second row's first keys are padding
+    mask = torch.zeros(2, 1, 3, 10).masked_fill(~allowed, float("-inf"))
+    got, _ = verify_attention(module, q, k, v, mask, scaling=8 ** -0.5)
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=8 ** -0.5)
+    assert got.shape == want.shape == (2, 3, 4, 8)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -158,6 +158,41 @@ def test_prompt_lookup_inside_graph_decode_captures_its_verify_step(llama256):
     gen._propose = lookup
 
 
+def test_decomposed_verify_attention_inside_captured_lookup_rounds(llama256):
+    """graph-decode fuse=true + verify_attention=decomposed on CUDA: the verify step (K + 1 query positions through
+    ``verify_attention``) and the one-token step compiled and captured; tokens equal to eager greedy decoding in
+    fp32 on a repeating prompt, with drafts accepted."""
+    from workbench.core.optimizations import fastgen
+    from workbench.core.optimizations.spec_lookup import LookupGreedy
+    from workbench.core.optimizations.speculative import _Stats
+
+    loaded = load(str(llama256), None, "cuda")
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2524, 1012] * 6], device="cuda")
+    ref = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, min_new_tokens=48,
+                                do_sample=False, pad_token_id=0)
+    from transformers import AttentionInterface
+
+    stats = _Stats()
+    gen = LookupGreedy(loaded.model, 1, 256, 4, 3, stats=stats, mode="graph", fuse=True,
+                       verify_attention="decomposed")
+    assert loaded.model.model.layers[0].self_attn.config._attn_implementation == fastgen.VERIFY_ATTENTION
+    widths = []
+
+    def spy(module, query, *a, **kw):  # runs when the steps are traced (and in eager prefills)
+        widths.append(query.shape[2])
+        return fastgen.verify_attention(module, query, *a, **kw)
+
+    AttentionInterface.register(fastgen.VERIFY_ATTENTION, spy)
+    try:
+        for _ in range(2):
+            assert torch.equal(gen.generate(ids, 48), ref)
+    finally:
+        AttentionInterface.register(fastgen.VERIFY_ATTENTION, fastgen.verify_attention)
+    assert 5 in widths  # the verify step's K + 1 positions went through verify_attention
+    assert gen.graph is not None and gen.single is not None
+    assert stats.live["target_forwards"] < stats.live["tokens"]
+
+
 def test_draft_model_inside_graph_decode_captures_both_steps(llama256):
     """speculative:method=draft + graph-decode on CUDA: the draft's one-token step and the model's verify step each
     captured as a CUDA graph; tokens equal to greedy decoding in fp32, and the model drafting for itself accepted

@@ -27,6 +27,20 @@ def other_draft(model):
     return draft
 
 
+def positions_agree(drafter) -> None:
+    """After every ``draft`` the position the draft's captured step reads next is its cache's write position (a
+    skipped ``_pos.fill_`` must never leave it elsewhere: transformers 5.24's Llama reads the cache's own length, so
+    a wrong one would not change the tokens)."""
+    inner = drafter.draft
+
+    def checked(token, pos, k, read=True):
+        out = inner(token, pos, k, read=read)
+        assert int(drafter._pos) == drafter.at == pos + k
+        return out
+
+    drafter.draft = checked
+
+
 def test_the_model_drafting_for_itself_is_always_accepted(tiny_llama):
     """Every draft is the model's own argmax: all K accepted every round, so the K-th draft is fed back to the draft
     before the next round each time (the path a good draft takes most)."""
@@ -75,6 +89,7 @@ def test_graphed_rounds_replay_the_drafts_step_and_the_verify_step(tiny_llama):
     d.mode = "graph"
     d._static_buffers(token, pos)
     d.graph = _ReplayEagerly(d._graph_body, drafted)
+    positions_agree(d)
     out = gen.generate(PROMPT, 40)
     assert torch.equal(out, greedy(loaded.model, PROMPT, 40))
     cache_is_the_sequence(loaded.model, gen, out)
@@ -180,6 +195,7 @@ def test_gated_graphed_rounds_take_the_one_token_graph_and_the_draft_catches_up(
     d.mode = "graph"
     d._static_buffers(token, pos)
     d.graph = _ReplayEagerly(d._graph_body, drafted)
+    positions_agree(d)
     caught = []
     catch_up = gen._catch_up
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 
 from workbench.core.optimizations.fastgen import GraphedGreedy
-from workbench.core.optimizations.spec_lookup import LookupGreedy, rewind
+from workbench.core.optimizations.spec_lookup import LookupGreedy, host_lengths, rewind
 
 
 class _Drafter(GraphedGreedy):
@@ -48,6 +48,7 @@ class _Drafter(GraphedGreedy):
         takes = "logits_to_keep" in inspect.signature(type(model).forward).parameters
         self.last_logits_only = {"logits_to_keep": 1} if takes else {}
         self.at = 0  # the cache's write position
+        self._host_lengths = host_lengths(self.cache)  # then rewind every time (see spec_lookup.host_lengths)
         self._graph_at = None  # the position the captured step reads next (None: unknown, set it)
 
     def prefill(self, input_ids) -> None:
@@ -69,7 +70,7 @@ class _Drafter(GraphedGreedy):
         """Write ``ids`` into the cache from ``pos`` on (one eager forward, no logits kept)."""
         torch = self.torch
         device = self.model.device
-        if pos != self.at:
+        if pos != self.at or self._host_lengths:
             rewind(self.cache, pos)
         self.model(input_ids=torch.tensor([ids], device=device),
                    cache_position=torch.arange(pos, pos + len(ids), device=device), use_cache=True,
@@ -80,7 +81,7 @@ class _Drafter(GraphedGreedy):
         """``read=False``: only write the steps into the cache (a catch-up), no drafts read back (no wait for the
         device)."""
         torch = self.torch
-        if pos != self.at:  # rows of rejected drafts to forget (none after a round that kept them all)
+        if pos != self.at or self._host_lengths:  # rows of rejected drafts (none after a round that kept all)
             rewind(self.cache, pos)
         self.at = pos + k
         if self.graph is not None:

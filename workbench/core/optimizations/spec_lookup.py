@@ -51,6 +51,12 @@ def propose_match(tokens: list[int], k: int, max_ngram: int, min_ngram: int = 1)
     return [], 0
 
 
+def host_lengths(cache) -> bool:
+    """Whether a layer keeps a host copy of its write position (sliding-window layers): captured replays do not
+    advance it, so a loop cannot skip a rewind that would have set it."""
+    return any(hasattr(layer, "cumulative_length_int") for layer in getattr(cache, "layers", ()))
+
+
 def rewind(cache, pos: int) -> None:
     """A static cache's own write position back to ``pos`` (the first unaccepted row). transformers 5.2x's
     StaticCache layers write at a ``cumulative_length`` they advance themselves, and (5.24, Llama) take the mask and
@@ -170,6 +176,7 @@ class LookupGreedy(GraphedGreedy):
         self.single = None  # CUDA: the one-token step's own graph (rounds with nothing proposed)
         self._capture_at = None  # the prompt's end while the graphs are captured
         self._sin = self._spos = self._sout = None
+        self._host_lengths = host_lengths(self.cache)
 
     def _decode_step(self, tokens, cache_position):
         out = self.model(input_ids=tokens, cache_position=cache_position, use_cache=True, **self._cache_kw)
@@ -299,8 +306,8 @@ class LookupGreedy(GraphedGreedy):
                 out += new
                 text += new
                 pos += len(new)
-                if pos != written and len(out) < max_new_tokens:  # rows of rejected drafts to forget (none
-                    self._rewind(pos)  # after a one-token step or a round that kept all; none after the last)
+                if (pos != written or self._host_lengths) and len(out) < max_new_tokens:  # rows of rejected
+                    self._rewind(pos)  # drafts (none after a one-token step, a round that kept all, the last)
                 on_step(len(new))
         if self.stats is not None:
             self.stats.add(len(out), rounds + 1, proposed)  # the prefill is a target forward too
