@@ -1,11 +1,25 @@
 """graph-decode's loop produces exactly generate's greedy tokens (eager here; the CUDA graph path in test_gpu)."""
 
+import contextlib
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.conftest import fast_recipe
 from workbench.core import pipeline
 from workbench.core.optimizations.fastgen import GraphedGreedy
+
+
+@contextlib.contextmanager
+def attention_spy(name: str, spy, original):
+    """``spy`` registered as transformers' attention function ``name`` for the block, ``original`` after."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(name, spy)
+    try:
+        yield
+    finally:
+        AttentionInterface.register(name, original)
 
 
 def varied_llama():
@@ -73,7 +87,7 @@ def test_fuse_keeps_tokens_weights_size_and_export(tmp_path):
     """fuse=True: q/k/v and gate/up become one projection each over one weight whose row blocks are the parameters;
     the decode attention is grouped-query against the cache. Tokens, the state dict, the counted size and a
     save/reload are unchanged; the decode attention really runs (one query row, a mask) and agrees with sdpa."""
-    from transformers import AttentionInterface, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     import workbench.core.optimizations.fastgen as fastgen
     from workbench.core.measure.memory import model_size_bytes
@@ -98,11 +112,8 @@ def test_fuse_keeps_tokens_weights_size_and_export(tmp_path):
                                                                                      **kw)[0], rtol=1e-4, atol=1e-4)))
         return out
 
-    AttentionInterface.register(fastgen.DECODE_ATTENTION, spy)
-    try:
+    with attention_spy(fastgen.DECODE_ATTENTION, spy, fastgen.decode_attention):
         assert torch.equal(gen.generate(ids, 20), ref)
-    finally:
-        AttentionInterface.register(fastgen.DECODE_ATTENTION, fastgen.decode_attention)
     assert len(calls) == 19 * 2 and all(dtype == torch.bool and close for dtype, close in calls)
     attn = model.model.layers[0].self_attn
     assert attn.k_proj.weight.untyped_storage().data_ptr() == attn.q_proj.weight.untyped_storage().data_ptr()
@@ -159,8 +170,7 @@ def test_fused_graph_decode_in_pipeline_exports_plain_weights(tiny_llama, tmp_pa
 def test_decomposed_verify_attention_agrees_with_sdpa_and_keeps_prompt_lookups_tokens():
     """fuse=true, verify_attention=decomposed: a prompt-lookup verify round's query of K + 1 positions (causal among
     themselves, against the cache) is computed by ``verify_attention`` and agrees with sdpa's; the tokens stay
-    greedy decoding's; a prefill (longer than VERIFY_MAX) still goes to sdpa."""
-    from transformers import AttentionInterface
+    greedy decoding's."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     import workbench.core.optimizations.fastgen as fastgen
@@ -183,11 +193,8 @@ def test_decomposed_verify_attention_agrees_with_sdpa_and_keeps_prompt_lookups_t
             widths.append((q_len, mask.dtype, torch.allclose(out[0], want, rtol=1e-4, atol=1e-5)))
         return out
 
-    AttentionInterface.register(fastgen.VERIFY_ATTENTION, spy)
-    try:
+    with attention_spy(fastgen.VERIFY_ATTENTION, spy, fastgen.verify_attention):
         assert torch.equal(gen.generate(ids, 24), ref)
-    finally:
-        AttentionInterface.register(fastgen.VERIFY_ATTENTION, fastgen.verify_attention)
     assert widths and all(q == 5 and close for q, _, close in widths)  # K + 1 positions, every layer agreeing
     assert {dtype for _, dtype, _ in widths} == {torch.bool}
 
