@@ -10,7 +10,8 @@ set -u
 STAGE=$1; ARG=${2:-570}
 source benchmarks/device_setup.sh
 mkdir -p /tmp/chain
-collect() { mkdir -p $OUT/chain; cp -r /tmp/chain/* $OUT/chain/ 2>/dev/null; }
+# one tarball (a call brings back at most 8 files) and the chain's log beside it
+collect() { tar czf $OUT/chain.tgz -C /tmp chain; cp /tmp/chain/chain.log $OUT/ 2>/dev/null; }
 if [ $STAGE = A ]; then
   { nvidia-smi; python3 -c "import torch,transformers,triton;print(torch.__version__,transformers.__version__,triton.__version__)"; } > /tmp/chain/env.txt 2>&1
   tail -1 /tmp/chain/env.txt

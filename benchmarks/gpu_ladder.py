@@ -53,7 +53,10 @@ VARIANTS = {"": {}, "cdt": {"tuning": "coordinate-descent"},
             "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
             "fuse": {"fuse": True},
             "fused": {"tuning": "coordinate-descent", "fuse": True},
-            "fgemv": {"tuning": "coordinate-descent", "fuse": True, "gemv": True}}
+            "fgemv": {"tuning": "coordinate-descent", "fuse": True, "gemv": True},
+            # every Linear a cuBLAS call inductor cannot rewrite, the rest tuned (graph-decode:matmul=extern)
+            "cdtx": {"tuning": "coordinate-descent", "matmul": "extern"},
+            "fusedx": {"tuning": "coordinate-descent", "fuse": True, "matmul": "extern"}}
 ALIASES = {"graph-cdt": "graph-decode+cdt", "graph-gemv": "graph-decode+gemv",
            "graph-autotune": "graph-decode+autotune", "graph-fused": "graph-decode+fused"}
 DEVICE = "cuda"  # the CPU dry run switches it

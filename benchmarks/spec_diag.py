@@ -83,6 +83,8 @@ def main() -> int:
                     help="a draft model folder (speculative.py --keep-drafts): split its rounds (speculative:"
                          "method=draft, gate=off: _propose is the draft's K steps) instead of prompt lookup's")
     ap.add_argument("--k", type=int, default=3, help="with --draft: tokens drafted per round")
+    ap.add_argument("--graph-params", default="",
+                    help="graph-decode's parameters for both loops, e.g. fuse=true,verify_attention=decomposed")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
 
@@ -104,6 +106,7 @@ def main() -> int:
 
         cast(model, torch.bfloat16)
     spec, graph = optimizations.get("speculative"), optimizations.get("graph-decode")
+    graph_params = dict(kv.split("=", 1) for kv in filter(None, args.graph_params.split(",")))
 
     def generator(speculative: bool, max_len: int):
         gk: dict = {}
@@ -112,14 +115,14 @@ def main() -> int:
         spec_params = ({"method": "draft", "draft": args.draft, "num_tokens": args.k, "gate": "off"} if args.draft
                        else {"method": "prompt-lookup", "gate": "off"})
         steps = [(spec, spec_params)] if speculative else []
-        for opt, params in steps + [(graph, {})]:
+        for opt, params in steps + [(graph, graph_params)]:
             ctx = ApplyContext(args.device, "causal-lm", tok, log=lambda t: print("  " + t, flush=True))
             ctx.extra["generate_kwargs"] = gk
             opt.apply(model, opt.resolve(params), ctx)
         return gk["optbench_generator"](1, max_len)
 
     doc: dict = {"model": args.model, "device": args.device, "environment": environment(args.device),
-                 "target_dtype": args.target_dtype,
+                 "target_dtype": args.target_dtype, "graph_decode_params": graph_params,
                  "new_tokens": args.new_tokens, "prompts": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -229,3 +229,57 @@ def test_verify_attention_with_a_float_mask_and_two_rows_matches_sdpa():
     want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=8 ** -0.5)
     assert got.shape == want.shape == (2, 3, 4, 8)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_extern_matmul_survives_compile_as_one_opaque_call_and_keeps_tokens():
+    """matmul=extern: every Linear (fused q/k/v and gate/up included) computes through optbench::linear, which
+    torch.compile keeps as a call (inductor cannot rewrite it as a reduction: no aten.mm / addmm left in the
+    graph it is given), with greedy tokens equal to generate's; gemv and extern together are refused."""
+    import pytest
+
+    from workbench.core.optimizations.fastgen import extern_linear
+
+    model = varied_llama()
+    ids = torch.randint(0, 512, (2, 12))
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16,
+                         do_sample=False, pad_token_id=0)
+    gen = GraphedGreedy(model, 2, 32, mode="eager", fuse=True, matmul="extern")
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert all(getattr(m, "_optbench_extern", False) or "forward" in vars(m) for m in linears)
+    calls = []
+    op = extern_linear()
+    with torch.library._scoped_library("optbench", "IMPL") as lib:
+        def counted(x, weight, bias):
+            calls.append(tuple(weight.shape))
+            return torch.nn.functional.linear(x, weight, bias)
+
+        lib.impl("linear", counted, "CPU")
+        assert torch.equal(gen.generate(ids, 16), ref)
+    layers = model.config.num_hidden_layers
+    assert len(calls) == 16 * (4 * layers + 1)  # fused qkv, o, fused gate/up, down a layer + the head, a forward
+    assert (model.config.vocab_size, model.config.hidden_size) in calls
+
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    x = torch.randn(1, 1, model.config.hidden_size)
+    lin = model.model.layers[0].mlp.down_proj
+    torch.compile(lambda t: model.model.layers[0].mlp(t), backend=backend, fullgraph=True)(x)
+    assert any("optbench.linear" in t for t in seen) and not any("aten.mm" in t or "addmm" in t for t in seen)
+    assert torch.equal(op(torch.ones(1, lin.in_features), lin.weight, None),
+                       torch.nn.functional.linear(torch.ones(1, lin.in_features), lin.weight))
+    with pytest.raises(ValueError, match="one or the other"):
+        GraphedGreedy(varied_llama(), 1, 16, mode="eager", gemv=True, matmul="extern")
+
+
+def test_extern_matmul_and_gemv_together_are_one_line_input_error(tiny_llama):
+    import pytest
+
+    from workbench.core.errors import InputError
+
+    r = fast_recipe(str(tiny_llama), [("graph-decode", {"gemv": True, "matmul": "extern"})])
+    with pytest.raises(InputError, match="gemv=true.*matmul=extern"):
+        pipeline.run(r.validate(), lambda *a, **k: None)

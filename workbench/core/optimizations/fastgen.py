@@ -20,7 +20,9 @@ at well under the HBM roofline on small matrices — benchmarks/results/gpu_diag
 ``tuning="coordinate-descent"`` lets inductor tune its Triton kernels' block sizes by coordinate descent, and
 ``gemv=True`` rewrites every plain ``nn.Linear`` that sees a single row (the decode step at batch 1) as a
 broadcast-multiply + sum, which inductor turns into one fused Triton reduction kernel reading the weight once
-(accumulating in fp32); prefill and batches keep ``F.linear``. Both only change how the step is compiled.
+(accumulating in fp32); prefill and batches keep ``F.linear``. ``matmul="extern"`` does the opposite: every Linear
+stays a library call (cuBLAS) that inductor cannot rewrite, while coordinate descent still tunes the rest of the
+step (see ``extern_linear``). They only change how the step is compiled.
 
 ``fuse=True`` (Llama-family layers) cuts the number of kernels per step, the other bound at batch 1:
 q/k/v become one projection and gate/up another, over one concatenated weight whose row blocks *are* the
@@ -47,6 +49,54 @@ MODES = ("graph", "reduce-overhead", "eager")
 TUNINGS = ("none", "coordinate-descent")
 
 
+MATMULS = ("inductor", "extern")
+
+
+def extern_linear():
+    """``torch.ops.optbench.linear``: ``F.linear`` as a custom op, which inductor calls as it is (cuBLAS on a GPU)
+    instead of lowering it. With ``coordinate_descent_tuning`` inductor rewrites every matmul with one row (the
+    batch-1 decode step) as a broadcast-multiply + sum, one Triton reduction per Linear; on an H200 such reductions
+    took 4.75 ms of an 8B step where cuBLAS ran the same Linears in 3.99 ms (results/kernel_probe_h200.md,
+    gpu_diag_h200_llama8b_fused_cdt.json). ``matmul="extern"`` keeps the library's kernels while the rest of the
+    step keeps inductor's tuned, fused ones."""
+    import torch
+
+    if not hasattr(torch.ops.optbench, "linear"):
+        @torch.library.custom_op("optbench::linear", mutates_args=(),
+                                 schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+        def linear(x, weight, bias):
+            return torch.nn.functional.linear(x, weight, bias)
+
+        @linear.register_fake
+        def _(x, weight, bias):
+            return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    return torch.ops.optbench.linear
+
+
+def _extern_forward(self, x):
+    """nn.Linear.forward through ``extern_linear`` (see there)."""
+    return _linear(x, self.weight, self.bias, gemv=False, extern=True)
+
+
+def use_extern(model) -> int:
+    """Give every plain nn.Linear with an ordinary weight tensor the extern forward, and mark fused groups to
+    compute through it too; returns how many Linear layers now do."""
+    import types
+
+    import torch
+
+    n = 0
+    for mod in model.modules():
+        if type(mod) is torch.nn.Linear and type(mod.weight.data) is torch.Tensor:
+            if hasattr(mod, "_optbench_shared"):  # fused: its own forward reads the flag
+                mod._optbench_extern = True
+            else:
+                mod.forward = types.MethodType(_extern_forward, mod)
+            n += 1
+    return n
+
+
 def _gemv_forward(self, x):
     """nn.Linear.forward, with a single input row computed as a reduction (see the module docstring)."""
     return _linear(x, self.weight, self.bias, gemv=True)
@@ -67,12 +117,14 @@ def use_gemv(model) -> int:
     return n
 
 
-def _linear(x, weight, bias, gemv: bool):
+def _linear(x, weight, bias, gemv: bool, extern: bool = False):
     import torch
 
     if gemv and x.numel() == x.shape[-1]:
         out = (x.unsqueeze(-2) * weight).sum(-1)
         return out + bias if bias is not None else out
+    if extern and type(weight) in (torch.Tensor, torch.nn.Parameter):  # quantized subclasses keep their own
+        return extern_linear()(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
 
@@ -86,8 +138,8 @@ class _Shared:
 
 
 def _fused_first(self, x):
-    parts = _linear(x, self._optbench_fused_weight, self._optbench_fused_bias, self._optbench_gemv).split(
-        self._optbench_sizes, dim=-1)
+    parts = _linear(x, self._optbench_fused_weight, self._optbench_fused_bias, self._optbench_gemv,
+                    getattr(self, "_optbench_extern", False)).split(self._optbench_sizes, dim=-1)
     self._optbench_shared.x, self._optbench_shared.parts = x, parts
     return parts[0]
 
@@ -96,7 +148,8 @@ def _fused_rest(self, x):
     shared = self._optbench_shared
     if shared.x is x:
         return shared.parts[self._optbench_index]
-    return _linear(x, _part_weight(self), self.bias, self._optbench_gemv)  # called on another input: compute it
+    return _linear(x, _part_weight(self), self.bias, self._optbench_gemv,  # called on another input: compute it
+                   getattr(self, "_optbench_extern", False))
 
 
 # torchao (0.18) tensor types whose inner tensors run along the weight's output rows: name -> (the dim they run
@@ -386,7 +439,7 @@ class GraphedGreedy:
 
     def __init__(self, model, batch: int, max_len: int, mode: str = "graph", compile_mode: str = "default",
                  log: Callable[[str], None] | None = None, tuning: str = "none", gemv: bool = False,
-                 fuse: bool = False, verify_attention: str = "sdpa") -> None:
+                 fuse: bool = False, verify_attention: str = "sdpa", matmul: str = "inductor") -> None:
         import torch
         from transformers import StaticCache
 
@@ -407,8 +460,15 @@ class GraphedGreedy:
         if fuse:
             fused = fuse_projections(model, gemv=gemv and mode != "eager", verify=verify_attention)
             self.log(f"graph-decode: fused {fused}")
+        if matmul not in MATMULS:
+            raise ValueError(f"matmul must be one of {MATMULS}")
+        if gemv and matmul == "extern":
+            raise ValueError("gemv computes each Linear as a Triton reduction, matmul=extern as a library call: "
+                             "one or the other")
         if gemv and mode != "eager":
             self.log(f"graph-decode: GEMV forward on {use_gemv(model)} Linear layers")
+        if matmul == "extern":
+            self.log(f"graph-decode: library matmuls on {use_extern(model)} Linear layers")
         if mode == "graph":
             if tuning == "coordinate-descent":  # torch.compile takes a mode or options, not both
                 options = {"coordinate_descent_tuning": True}

@@ -22,6 +22,10 @@ from workbench.core.optimizations.base import Applied, Param, register
               choices=("none", "coordinate-descent")),
         Param("gemv", bool, False, "batch-1 decode: compute each Linear as a fused Triton reduction instead of "
               "cuBLAS (see core/optimizations/fastgen.py)"),
+        Param("matmul", str, "inductor", "inductor: torch.compile's choice (with tuning=coordinate-descent it "
+              "rewrites batch-1 matmuls as Triton reductions); extern: every plain Linear stays a library call "
+              "(cuBLAS on a GPU) that inductor cannot rewrite, the rest of the step still compiled and tuned",
+              choices=("inductor", "extern")),
         Param("fuse", bool, False, "Llama-family layers: one q/k/v and one gate/up projection (row views of one "
               "weight, no extra memory) and grouped-query decode attention without expanding K/V: fewer kernels "
               "per step"),
@@ -52,10 +56,15 @@ def apply(model, params: dict, ctx) -> Applied:
     if params["verify_attention"] != "sdpa" and not params["fuse"]:
         raise InputError(f"graph-decode:verify_attention={params['verify_attention']}: the decomposed attention "
                          "comes with fuse; expected fuse=true as well", param="opt")
+    if params["gemv"] and params["matmul"] == "extern":
+        raise InputError("graph-decode: gemv=true computes each Linear as a Triton reduction and matmul=extern as a "
+                         "library call; expected one of them", param="opt")
     kw = {"mode": mode, "compile_mode": params["compile_mode"], "log": ctx.log, "tuning": params["tuning"],
-          "gemv": params["gemv"], "fuse": params["fuse"], "verify_attention": params["verify_attention"]}
+          "gemv": params["gemv"], "fuse": params["fuse"], "verify_attention": params["verify_attention"],
+          "matmul": params["matmul"]}
     report = {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
-              "fuse": params["fuse"], "verify_attention": params["verify_attention"], "max_len": params["max_len"]}
+              "fuse": params["fuse"], "verify_attention": params["verify_attention"], "matmul": params["matmul"],
+              "max_len": params["max_len"]}
     lookup = ctx.extra["generate_kwargs"].get("optbench_speculative")
     if lookup is not None:  # speculative (any method) before this step: drafts verified here
         factory = _lookup_factory(model, params, ctx, lookup, kw)
