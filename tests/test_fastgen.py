@@ -283,3 +283,24 @@ def test_extern_matmul_and_gemv_together_are_one_line_input_error(tiny_llama):
     r = fast_recipe(str(tiny_llama), [("graph-decode", {"gemv": True, "matmul": "extern"})])
     with pytest.raises(InputError, match="gemv=true.*matmul=extern"):
         pipeline.run(r.validate(), lambda *a, **k: None)
+
+
+def test_fusing_a_fused_model_again_keeps_its_weight():
+    """A second generator with fuse=true on the same model (a benchmark builds one per variant) must not re-fuse:
+    that concatenated the views into a new weight and freed the old one, which the first generator's captured
+    CUDA graph still read. The fused weight and the parameters' storage stay the same objects; tokens unchanged."""
+    from workbench.core.optimizations.fastgen import fuse_projections
+
+    model = varied_llama()
+    ids = torch.randint(0, 512, (1, 12))
+    first = GraphedGreedy(model, 1, 32, mode="eager", fuse=True)
+    ref = first.generate(ids, 12)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    held = {name: (getattr(m, "_optbench_fused_weight"), m.weight.data_ptr())
+            for name, m in (("qkv", attn.q_proj), ("gate_up", mlp.gate_proj))}
+    assert fuse_projections(model, verify="decomposed") == {"qkv": 2, "gate_up": 2, "attention": 0}
+    second = GraphedGreedy(model, 1, 32, mode="eager", fuse=True)
+    for name, m in (("qkv", attn.q_proj), ("gate_up", mlp.gate_proj)):
+        assert m._optbench_fused_weight is held[name][0] and m.weight.data_ptr() == held[name][1]
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == held["qkv"][0].untyped_storage().data_ptr()
+    assert torch.equal(second.generate(ids, 12), ref) and torch.equal(first.generate(ids, 12), ref)

@@ -268,6 +268,17 @@ def _set_part(m, view) -> None:
 QUANTIZED_CUDA_FLAG = "OPTBENCH_FUSE_QUANTIZED_CUDA"
 
 
+def _already_fused(linears: list) -> bool:
+    """Whether these layers are one fused group already, in this order. Fusing them again would concatenate the views
+    into a new weight and free the old one, which a CUDA graph captured by an earlier generator on the same model
+    still reads (seen on an H100: benchmarks built a generator per variant on one model)."""
+    shared = getattr(linears[0], "_optbench_shared", None)
+    return (shared is not None and hasattr(linears[0], "_optbench_fused_weight")
+            and len(getattr(linears[0], "_optbench_sizes", ())) == len(linears)
+            and all(getattr(m, "_optbench_shared", None) is shared and m._optbench_index == i
+                    for i, m in enumerate(linears)))
+
+
 def _fuse_group(linears: list, gemv: bool) -> bool:
     """One weight for Linear layers that always see the same input; their parameters become row views of it
     (torchao-quantized weights: see ``_quantized_concat``)."""
@@ -275,6 +286,10 @@ def _fuse_group(linears: list, gemv: bool) -> bool:
 
     import torch
 
+    if _already_fused(linears):  # a second generator on the same model: keep the weight its graphs were built on
+        for m in linears:
+            m._optbench_gemv = gemv and type(linears[0]._optbench_fused_weight) is torch.Tensor
+        return True
     if any(type(m) is not torch.nn.Linear for m in linears):
         return False
     if len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in linears}) != 1:
