@@ -212,3 +212,24 @@ def test_draft_model_inside_graph_decode_captures_both_steps(llama256):
         assert torch.equal(gen.generate(ids, 41), ref)
     assert gen.graph is not None and gen.drafter.graph is not None
     assert stats.live["acceptance_rate"] == 1.0 and stats.live["target_forwards"] == 2 * (1 + 8)
+
+
+def test_a_second_fused_generator_leaves_the_first_ones_graphs_valid(llama256):
+    """A captured lookup loop on a fused model, then another fused generator on the same model (what a benchmark
+    does per variant) and fresh allocations over whatever memory was freed: the first loop's graphs still give
+    greedy's tokens (a re-fuse once freed the weight they read)."""
+    from workbench.core.optimizations.fastgen import GraphedGreedy
+    from workbench.core.optimizations.spec_lookup import LookupGreedy
+
+    loaded = load(str(llama256), None, "cuda")
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2524, 1012] * 6], device="cuda")
+    ref = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, min_new_tokens=48,
+                                do_sample=False, pad_token_id=0)
+    first = LookupGreedy(loaded.model, 1, 256, 4, 3, mode="graph", fuse=True, verify_attention="decomposed")
+    assert torch.equal(first.generate(ids, 48), ref)
+    second = GraphedGreedy(loaded.model, 1, 256, mode="graph", fuse=True, matmul="extern",
+                           tuning="coordinate-descent")
+    assert torch.equal(second.generate(ids, 48), ref)  # matmul=extern, captured, tuned: greedy's tokens
+    filler = [torch.randn(p.shape, device="cuda", dtype=p.dtype) for p in loaded.model.parameters()]
+    assert torch.equal(first.generate(ids, 48), ref)
+    del filler
