@@ -24,7 +24,9 @@ from workbench.core.optimizations.base import Applied, Param, register
               "cuBLAS (see core/optimizations/fastgen.py)"),
         Param("matmul", str, "inductor", "inductor: torch.compile's choice (with tuning=coordinate-descent it "
               "rewrites batch-1 matmuls as Triton reductions); extern: every plain Linear stays a library call "
-              "(cuBLAS on a GPU) that inductor cannot rewrite, the rest of the step still compiled and tuned",
+              "(cuBLAS on a GPU) that inductor cannot rewrite, the rest of the step still compiled and tuned; on an H100 "
+              "slower at batch 1 (Llama-1B fused 1.48 vs 1.25 ms/token, 8B 7.09 vs 6.06: "
+              "benchmarks/results/h100_2026-12-07c)",
               choices=("inductor", "extern")),
         Param("fuse", bool, False, "Llama-family layers: one q/k/v and one gate/up projection (row views of one "
               "weight, no extra memory) and grouped-query decode attention without expanding K/V: fewer kernels "
