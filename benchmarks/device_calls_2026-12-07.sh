@@ -1,7 +1,8 @@
 #!/bin/bash
 # Device calls written in the twelfth session, replacing device_calls_2026-12-04.sh (copy as gpu_call.sh at the
 # repo root, ignored by git).
-#   A: setup + start benchmarks/chain.sh (setsid) and return at once — carry .whl, .carry1, gpu_call.sh;
+#   A: setup + start benchmarks/chain.sh (setsid) and return at once — carry .whl, .pw (pytest wheels), .carry1,
+#      gpu_call.sh;
 #   B LIMIT: wait up to LIMIT s for the chain's done file, then collect /tmp/chain into $OUT — carry .carry2;
 #   C N: return the kept student's parts N..N+3 (15 MB each: /tmp/studentparts, made by the chain) — the
 #        student distilled on the GPU, for the CPU speculative run (speculative.py --draft-from).

