@@ -56,7 +56,13 @@ VARIANTS = {"": {}, "cdt": {"tuning": "coordinate-descent"},
             "fgemv": {"tuning": "coordinate-descent", "fuse": True, "gemv": True},
             # every Linear a cuBLAS call inductor cannot rewrite, the rest tuned (graph-decode:matmul=extern)
             "cdtx": {"tuning": "coordinate-descent", "matmul": "extern"},
-            "fusedx": {"tuning": "coordinate-descent", "fuse": True, "matmul": "extern"}}
+            "fusedx": {"tuning": "coordinate-descent", "fuse": True, "matmul": "extern"},
+            # inductor's fusion switches (graph-decode:fusion=...) on the best recipes
+            "fusedc": {"tuning": "coordinate-descent", "fuse": True, "fusion": "combo"},
+            "fuseda": {"tuning": "coordinate-descent", "fuse": True, "fusion": "aggressive"},
+            "fusedca": {"tuning": "coordinate-descent", "fuse": True, "fusion": "combo+aggressive"},
+            "cdtc": {"tuning": "coordinate-descent", "fusion": "combo"},
+            "cdtca": {"tuning": "coordinate-descent", "fusion": "combo+aggressive"}}
 ALIASES = {"graph-cdt": "graph-decode+cdt", "graph-gemv": "graph-decode+gemv",
            "graph-autotune": "graph-decode+autotune", "graph-fused": "graph-decode+fused"}
 DEVICE = "cuda"  # the CPU dry run switches it

@@ -304,3 +304,29 @@ def test_fusing_a_fused_model_again_keeps_its_weight():
         assert m._optbench_fused_weight is held[name][0] and m.weight.data_ptr() == held[name][1]
     assert attn.k_proj.weight.untyped_storage().data_ptr() == held["qkv"][0].untyped_storage().data_ptr()
     assert torch.equal(second.generate(ids, 12), ref) and torch.equal(first.generate(ids, 12), ref)
+
+
+def test_fusion_switches_reach_inductor_and_keep_tokens(monkeypatch):
+    """graph-decode:fusion=combo+aggressive: the step is compiled with inductor's combo kernels and aggressive fusion
+    (next to coordinate descent when tuned); compiled on CPU here, greedy tokens equal generate's."""
+    import pytest
+
+    model = varied_llama()
+    ids = torch.randint(0, 512, (1, 12))
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8,
+                         do_sample=False, pad_token_id=0)
+    seen = []
+    real = torch.compile
+
+    def spy(fn, **kw):
+        seen.append(kw)
+        return real(fn, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    gen = GraphedGreedy(model, 1, 32, mode="graph", tuning="coordinate-descent", fusion="combo+aggressive")
+    assert seen[-1]["options"] == {"coordinate_descent_tuning": True, "combo_kernels": True, "aggressive_fusion": True}
+    assert torch.equal(gen.generate(ids, 8), ref)  # on CPU: the compiled step, no CUDA graph
+    GraphedGreedy(model, 1, 32, mode="graph")
+    assert "options" not in seen[-1] and seen[-1]["mode"] == "default"  # plain: compile's own default mode
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        GraphedGreedy(model, 1, 32, mode="graph", fusion="everything")

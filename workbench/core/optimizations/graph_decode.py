@@ -20,6 +20,10 @@ from workbench.core.optimizations.base import Applied, Param, register
               choices=("default", "max-autotune-no-cudagraphs")),
         Param("tuning", str, "none", "coordinate-descent: inductor tunes its kernels' block sizes (longer compile)",
               choices=("none", "coordinate-descent")),
+        Param("fusion", str, "default", "inductor's fusion switches for the step: combo (independent small "
+              "kernels in one launch), aggressive (fuse nodes that share no memory traffic), or both; fewer launches "
+              "per step at batch 1 (not yet timed on a GPU)",
+              choices=("default", "combo", "aggressive", "combo+aggressive")),
         Param("gemv", bool, False, "batch-1 decode: compute each Linear as a fused Triton reduction instead of "
               "cuBLAS (see core/optimizations/fastgen.py)"),
         Param("matmul", str, "inductor", "inductor: torch.compile's choice (with tuning=coordinate-descent it "
@@ -63,10 +67,10 @@ def apply(model, params: dict, ctx) -> Applied:
                          "library call; expected one of them", param="opt")
     kw = {"mode": mode, "compile_mode": params["compile_mode"], "log": ctx.log, "tuning": params["tuning"],
           "gemv": params["gemv"], "fuse": params["fuse"], "verify_attention": params["verify_attention"],
-          "matmul": params["matmul"]}
+          "matmul": params["matmul"], "fusion": params["fusion"]}
     report = {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
               "fuse": params["fuse"], "verify_attention": params["verify_attention"], "matmul": params["matmul"],
-              "max_len": params["max_len"]}
+              "fusion": params["fusion"], "max_len": params["max_len"]}
     lookup = ctx.extra["generate_kwargs"].get("optbench_speculative")
     if lookup is not None:  # speculative (any method) before this step: drafts verified here
         factory = _lookup_factory(model, params, ctx, lookup, kw)
