@@ -62,7 +62,12 @@ VARIANTS = {"": {}, "cdt": {"tuning": "coordinate-descent"},
             "fuseda": {"tuning": "coordinate-descent", "fuse": True, "fusion": "aggressive"},
             "fusedca": {"tuning": "coordinate-descent", "fuse": True, "fusion": "combo+aggressive"},
             "cdtc": {"tuning": "coordinate-descent", "fusion": "combo"},
-            "cdtca": {"tuning": "coordinate-descent", "fusion": "combo+aggressive"}}
+            "cdtca": {"tuning": "coordinate-descent", "fusion": "combo+aggressive"},
+            # programmatic dependent launch (graph-decode:pdl=true)
+            "fusedp": {"tuning": "coordinate-descent", "fuse": True, "pdl": True},
+            "fusedcp": {"tuning": "coordinate-descent", "fuse": True, "fusion": "combo", "pdl": True},
+            "cdtp": {"tuning": "coordinate-descent", "pdl": True},
+            "cdtcp": {"tuning": "coordinate-descent", "fusion": "combo", "pdl": True}}
 ALIASES = {"graph-cdt": "graph-decode+cdt", "graph-gemv": "graph-decode+gemv",
            "graph-autotune": "graph-decode+autotune", "graph-fused": "graph-decode+fused"}
 DEVICE = "cuda"  # the CPU dry run switches it

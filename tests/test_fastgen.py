@@ -306,9 +306,10 @@ def test_fusing_a_fused_model_again_keeps_its_weight():
     assert torch.equal(second.generate(ids, 12), ref) and torch.equal(first.generate(ids, 12), ref)
 
 
-def test_fusion_switches_reach_inductor_and_keep_tokens(monkeypatch):
+def test_fusion_and_pdl_switches_reach_inductor_and_keep_tokens(monkeypatch):
     """graph-decode:fusion=combo+aggressive: the step is compiled with inductor's combo kernels and aggressive fusion
-    (next to coordinate descent when tuned); compiled on CPU here, greedy tokens equal generate's."""
+    (next to coordinate descent when tuned); pdl=true: with programmatic dependent launch. Compiled on CPU here,
+    greedy tokens equal generate's."""
     import pytest
 
     model = varied_llama()
@@ -326,6 +327,9 @@ def test_fusion_switches_reach_inductor_and_keep_tokens(monkeypatch):
     gen = GraphedGreedy(model, 1, 32, mode="graph", tuning="coordinate-descent", fusion="combo+aggressive")
     assert seen[-1]["options"] == {"coordinate_descent_tuning": True, "combo_kernels": True, "aggressive_fusion": True}
     assert torch.equal(gen.generate(ids, 8), ref)  # on CPU: the compiled step, no CUDA graph
+    gen = GraphedGreedy(model, 1, 32, mode="graph", pdl=True)
+    assert seen[-1]["options"] == {"triton.enable_pdl": True}  # generated only for CUDA kernels on Hopper+
+    assert torch.equal(gen.generate(ids, 8), ref)
     GraphedGreedy(model, 1, 32, mode="graph")
     assert "options" not in seen[-1] and seen[-1]["mode"] == "default"  # plain: compile's own default mode
     with pytest.raises(ValueError, match="fusion must be one of"):

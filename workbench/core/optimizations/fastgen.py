@@ -45,6 +45,9 @@ import os
 
 from typing import Callable
 
+from workbench.core.optimizations._linear_forms import (MATMULS, _linear, extern_linear,  # noqa: F401 - re-exported
+                                                        use_extern, use_gemv)
+
 MODES = ("graph", "reduce-overhead", "eager")
 TUNINGS = ("none", "coordinate-descent")
 # inductor's fusion switches for the step (graph mode): combo kernels put independent small kernels (the rotary
@@ -52,85 +55,10 @@ TUNINGS = ("none", "coordinate-descent")
 # memory traffic too. At batch 1 every launch saved is ~1-2 µs of a ~1.2 ms Llama-1B step.
 FUSIONS = {"default": {}, "combo": {"combo_kernels": True}, "aggressive": {"aggressive_fusion": True},
            "combo+aggressive": {"combo_kernels": True, "aggressive_fusion": True}}
-
-
-MATMULS = ("inductor", "extern")
-
-
-def extern_linear():
-    """``torch.ops.optbench.linear``: ``F.linear`` as a custom op, which inductor calls as it is (cuBLAS on a GPU)
-    instead of lowering it. With ``coordinate_descent_tuning`` inductor rewrites every matmul with one row (the
-    batch-1 decode step) as a broadcast-multiply + sum, one Triton reduction per Linear; on an H200 such reductions
-    took 4.75 ms of an 8B step where cuBLAS ran the same Linears in 3.99 ms (results/kernel_probe_h200.md,
-    gpu_diag_h200_llama8b_fused_cdt.json). ``matmul="extern"`` keeps the library's kernels while the rest of the
-    step keeps inductor's tuned, fused ones."""
-    import torch
-
-    if not hasattr(torch.ops.optbench, "linear"):
-        @torch.library.custom_op("optbench::linear", mutates_args=(),
-                                 schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
-        def linear(x, weight, bias):
-            return torch.nn.functional.linear(x, weight, bias)
-
-        @linear.register_fake
-        def _(x, weight, bias):
-            return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-    return torch.ops.optbench.linear
-
-
-def _extern_forward(self, x):
-    """nn.Linear.forward through ``extern_linear`` (see there)."""
-    return _linear(x, self.weight, self.bias, gemv=False, extern=True)
-
-
-def use_extern(model) -> int:
-    """Give every plain nn.Linear with an ordinary weight tensor the extern forward, and mark fused groups to
-    compute through it too; returns how many Linear layers now do."""
-    import types
-
-    import torch
-
-    n = 0
-    for mod in model.modules():
-        if type(mod) is torch.nn.Linear and type(mod.weight.data) is torch.Tensor:
-            if hasattr(mod, "_optbench_shared"):  # fused: its own forward reads the flag
-                mod._optbench_extern = True
-            else:
-                mod.forward = types.MethodType(_extern_forward, mod)
-            n += 1
-    return n
-
-
-def _gemv_forward(self, x):
-    """nn.Linear.forward, with a single input row computed as a reduction (see the module docstring)."""
-    return _linear(x, self.weight, self.bias, gemv=True)
-
-
-def use_gemv(model) -> int:
-    """Give every plain nn.Linear with an ordinary weight tensor the GEMV forward; returns how many."""
-    import types
-
-    import torch
-
-    n = 0
-    for mod in model.modules():
-        if (type(mod) is torch.nn.Linear and type(mod.weight.data) is torch.Tensor  # not quantized subclasses
-                and not hasattr(mod, "_optbench_shared")):  # fused groups already take the gemv flag
-            mod.forward = types.MethodType(_gemv_forward, mod)
-            n += 1
-    return n
-
-
-def _linear(x, weight, bias, gemv: bool, extern: bool = False):
-    import torch
-
-    if gemv and x.numel() == x.shape[-1]:
-        out = (x.unsqueeze(-2) * weight).sum(-1)
-        return out + bias if bias is not None else out
-    if extern and type(weight) in (torch.Tensor, torch.nn.Parameter):  # quantized subclasses keep their own
-        return extern_linear()(x, weight, bias)
-    return torch.nn.functional.linear(x, weight, bias)
+# pdl: programmatic dependent launch (Hopper and later): each of the step's Triton kernels may be launched while the
+# one before it finishes and waits (gdc_wait) only where it reads that kernel's output — the gap between launches,
+# ~222 of them in a Llama-1B step, is what it saves
+PDL_OPTION = "triton.enable_pdl"
 
 
 class _Shared:
@@ -460,7 +388,7 @@ class GraphedGreedy:
     def __init__(self, model, batch: int, max_len: int, mode: str = "graph", compile_mode: str = "default",
                  log: Callable[[str], None] | None = None, tuning: str = "none", gemv: bool = False,
                  fuse: bool = False, verify_attention: str = "sdpa", matmul: str = "inductor",
-                 fusion: str = "default") -> None:
+                 fusion: str = "default", pdl: bool = False) -> None:
         import torch
         from transformers import StaticCache
 
@@ -494,7 +422,9 @@ class GraphedGreedy:
             raise ValueError(f"fusion must be one of {tuple(FUSIONS)}")
         if mode == "graph":
             options = {**({"coordinate_descent_tuning": True} if tuning == "coordinate-descent" else {}),
-                       **FUSIONS[fusion]}
+                       **FUSIONS[fusion], **({PDL_OPTION: True} if pdl else {})}
+            if pdl and not hasattr(torch._inductor.config.triton, PDL_OPTION.split(".")[1]):
+                raise ValueError(f"pdl needs an inductor with {PDL_OPTION} (torch {torch.__version__} has none)")
             if options:  # torch.compile takes a mode or options, not both
                 if compile_mode.startswith("max-autotune"):
                     options.update({"max_autotune": True, "triton.cudagraphs": False})

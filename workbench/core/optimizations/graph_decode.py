@@ -24,6 +24,9 @@ from workbench.core.optimizations.base import Applied, Param, register
               "kernels in one launch), aggressive (fuse nodes that share no memory traffic), or both; fewer launches "
               "per step at batch 1 (not yet timed on a GPU)",
               choices=("default", "combo", "aggressive", "combo+aggressive")),
+        Param("pdl", bool, False, "programmatic dependent launch (H100/H200): each Triton kernel of the step may "
+              "start while the previous one finishes, waiting only where it reads that kernel's output; cuts the "
+              "gaps between a batch-1 step's ~200 launches (not yet timed on a GPU)"),
         Param("gemv", bool, False, "batch-1 decode: compute each Linear as a fused Triton reduction instead of "
               "cuBLAS (see core/optimizations/fastgen.py)"),
         Param("matmul", str, "inductor", "inductor: torch.compile's choice (with tuning=coordinate-descent it "
@@ -67,10 +70,10 @@ def apply(model, params: dict, ctx) -> Applied:
                          "library call; expected one of them", param="opt")
     kw = {"mode": mode, "compile_mode": params["compile_mode"], "log": ctx.log, "tuning": params["tuning"],
           "gemv": params["gemv"], "fuse": params["fuse"], "verify_attention": params["verify_attention"],
-          "matmul": params["matmul"], "fusion": params["fusion"]}
+          "matmul": params["matmul"], "fusion": params["fusion"], "pdl": params["pdl"]}
     report = {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
               "fuse": params["fuse"], "verify_attention": params["verify_attention"], "matmul": params["matmul"],
-              "fusion": params["fusion"], "max_len": params["max_len"]}
+              "fusion": params["fusion"], "pdl": params["pdl"], "max_len": params["max_len"]}
     lookup = ctx.extra["generate_kwargs"].get("optbench_speculative")
     if lookup is not None:  # speculative (any method) before this step: drafts verified here
         factory = _lookup_factory(model, params, ctx, lookup, kw)
