@@ -67,7 +67,12 @@ VARIANTS = {"": {}, "cdt": {"tuning": "coordinate-descent"},
             "fusedp": {"tuning": "coordinate-descent", "fuse": True, "pdl": True},
             "fusedcp": {"tuning": "coordinate-descent", "fuse": True, "fusion": "combo", "pdl": True},
             "cdtp": {"tuning": "coordinate-descent", "pdl": True},
-            "cdtcp": {"tuning": "coordinate-descent", "fusion": "combo", "pdl": True}}
+            "cdtcp": {"tuning": "coordinate-descent", "fusion": "combo", "pdl": True},
+            # optbench's Triton decode-attention kernel (graph-decode:decode_kernel=triton, needs fuse)
+            "fusedk": {"tuning": "coordinate-descent", "fuse": True, "decode_kernel": "triton"},
+            "fusedkp": {"tuning": "coordinate-descent", "fuse": True, "decode_kernel": "triton", "pdl": True},
+            "fusedkcp": {"tuning": "coordinate-descent", "fuse": True, "decode_kernel": "triton", "fusion": "combo",
+                         "pdl": True}}
 ALIASES = {"graph-cdt": "graph-decode+cdt", "graph-gemv": "graph-decode+gemv",
            "graph-autotune": "graph-decode+autotune", "graph-fused": "graph-decode+fused"}
 DEVICE = "cuda"  # the CPU dry run switches it

@@ -233,3 +233,32 @@ def test_a_second_fused_generator_leaves_the_first_ones_graphs_valid(llama256):
     filler = [torch.randn(p.shape, device="cuda", dtype=p.dtype) for p in loaded.model.parameters()]
     assert torch.equal(first.generate(ids, 48), ref)
     del filler
+
+
+def test_triton_decode_kernel_inside_captured_steps(llama256):
+    """graph-decode fuse=true + decode_kernel=triton on CUDA: the one-token attention through optbench's Triton
+    kernel inside the compiled, captured step (plain graph-decode and prompt lookup's one-token rounds), tokens equal
+    to eager greedy decoding in fp32; the kernel really ran (the op was called while the steps were traced)."""
+    from workbench.core.optimizations import _decode_kernel
+    from workbench.core.optimizations.fastgen import GraphedGreedy
+    from workbench.core.optimizations.spec_lookup import LookupGreedy
+
+    loaded = load(str(llama256), None, "cuda")
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2524, 1012] * 6], device="cuda")
+    ref = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, min_new_tokens=48,
+                                do_sample=False, pad_token_id=0)
+    calls = []
+    real = _decode_kernel.kernel_attention
+    _decode_kernel.kernel_attention = lambda *a: calls.append(1) or real(*a)
+    try:
+        gen = GraphedGreedy(loaded.model, 1, 256, mode="graph", fuse=True, decode_kernel="triton",
+                            tuning="coordinate-descent")
+        for _ in range(2):
+            assert torch.equal(gen.generate(ids, 48), ref)
+        look = LookupGreedy(loaded.model, 1, 256, 4, 3, mode="graph", fuse=True, decode_kernel="triton",
+                            verify_attention="decomposed")
+        for _ in range(2):
+            assert torch.equal(look.generate(ids, 48), ref)
+    finally:
+        _decode_kernel.kernel_attention = real
+    assert calls and gen.graph is not None and look.single is not None

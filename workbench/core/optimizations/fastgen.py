@@ -291,6 +291,8 @@ DECODE_ATTENTION = "optbench_decode"
 VERIFY_ATTENTION = "optbench_decode_verify"  # decode_attention that also decomposes short queries (verify rounds)
 VERIFY_MAX = 16  # the longest query verify_attention="decomposed" computes itself; prefills go to sdpa
 VERIFY_CHOICES = ("sdpa", "decomposed")
+KERNELS = ("inductor", "triton")  # the one-token attention: compiled from grouped-query ops, or _decode_kernel.py
+DECODE_TRITON, VERIFY_TRITON = DECODE_ATTENTION + "_triton", VERIFY_ATTENTION + "_triton"
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -342,7 +344,20 @@ def verify_attention(module, query, key, value, attention_mask, scaling=None, dr
     return out.to(query.dtype).transpose(1, 2).contiguous(), None  # (b, q, heads, d) like sdpa's
 
 
-def fuse_projections(model, gemv: bool = False, verify: str = "sdpa") -> dict:
+def _kernel_first(fallback):
+    """An attention function that sends one-token calls the kernel takes to ``_decode_kernel`` and the rest to
+    ``fallback`` (``decode_attention`` or ``verify_attention``)."""
+    from workbench.core.optimizations import _decode_kernel
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if _decode_kernel.supported(query, key, attention_mask, dropout):
+            return _decode_kernel.kernel_attention(query, key, value, attention_mask, scaling), None
+        return fallback(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    return attention
+
+
+def fuse_projections(model, gemv: bool = False, verify: str = "sdpa", kernel: str = "inductor") -> dict:
     """Fuse q/k/v and gate/up and route decode attention through ``decode_attention`` (``verify="decomposed"``:
     ``verify_attention``, which also computes short queries itself; see the module docstring). Returns counts of
     what was fused. The attention choice is the model's: a later call with another ``verify`` changes it."""
@@ -351,10 +366,18 @@ def fuse_projections(model, gemv: bool = False, verify: str = "sdpa") -> dict:
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
-    if verify not in VERIFY_CHOICES:
-        raise ValueError(f"verify must be one of {VERIFY_CHOICES}")
-    want = VERIFY_ATTENTION if verify == "decomposed" else DECODE_ATTENTION
-    for name, fn in ((DECODE_ATTENTION, decode_attention), (VERIFY_ATTENTION, verify_attention)):
+    if verify not in VERIFY_CHOICES or kernel not in KERNELS:
+        raise ValueError(f"verify must be one of {VERIFY_CHOICES}, kernel one of {KERNELS}")
+    names = {("sdpa", "inductor"): DECODE_ATTENTION, ("decomposed", "inductor"): VERIFY_ATTENTION,
+             ("sdpa", "triton"): DECODE_TRITON, ("decomposed", "triton"): VERIFY_TRITON}
+    want = names[verify, kernel]
+    fns = {DECODE_ATTENTION: decode_attention, VERIFY_ATTENTION: verify_attention}
+    if kernel == "triton":
+        from workbench.core.optimizations import _decode_kernel
+
+        _decode_kernel.require()
+        fns.update({DECODE_TRITON: _kernel_first(decode_attention), VERIFY_TRITON: _kernel_first(verify_attention)})
+    for name, fn in fns.items():
         AttentionInterface.register(name, fn)
         AttentionMaskInterface.register(name, sdpa_mask)
     done = {"qkv": 0, "gate_up": 0, "attention": 0}
@@ -365,7 +388,7 @@ def fuse_projections(model, gemv: bool = False, verify: str = "sdpa") -> dict:
             impl = getattr(mod.config, "_attn_implementation", None)
             if impl == "sdpa":
                 mod.config = copy.copy(mod.config)  # this module only: the model's mask and export stay sdpa
-            if impl in ("sdpa", DECODE_ATTENTION, VERIFY_ATTENTION):
+            if impl == "sdpa" or impl in names.values():
                 mod.config._attn_implementation = want
                 done["attention"] += impl == "sdpa"
         if all(hasattr(mod, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
@@ -388,7 +411,7 @@ class GraphedGreedy:
     def __init__(self, model, batch: int, max_len: int, mode: str = "graph", compile_mode: str = "default",
                  log: Callable[[str], None] | None = None, tuning: str = "none", gemv: bool = False,
                  fuse: bool = False, verify_attention: str = "sdpa", matmul: str = "inductor",
-                 fusion: str = "default", pdl: bool = False) -> None:
+                 fusion: str = "default", pdl: bool = False, decode_kernel: str = "inductor") -> None:
         import torch
         from transformers import StaticCache
 
@@ -407,7 +430,12 @@ class GraphedGreedy:
         if tuning not in TUNINGS:
             raise ValueError(f"tuning must be one of {TUNINGS}")
         if fuse:
-            fused = fuse_projections(model, gemv=gemv and mode != "eager", verify=verify_attention)
+            if decode_kernel != "inductor" and mode == "eager":
+                self.log(f"graph-decode: decode_kernel={decode_kernel} is a CUDA kernel; the eager loop keeps the "
+                         "compiled-from-ops attention")
+                decode_kernel = "inductor"
+            fused = fuse_projections(model, gemv=gemv and mode != "eager", verify=verify_attention,
+                                     kernel=decode_kernel)
             self.log(f"graph-decode: fused {fused}")
         if matmul not in MATMULS:
             raise ValueError(f"matmul must be one of {MATMULS}")

@@ -42,6 +42,10 @@ from workbench.core.optimizations.base import Applied, Param, register
               "(2-16 positions): sdpa (transformers' kernel choice — on an H100 a cuDNN kernel twice as slow as the "
               "one-token step's) or decomposed (grouped-query matmuls and an fp32 softmax that inductor fuses, as "
               "fuse does for one position; not yet timed on a GPU)", choices=("sdpa", "decomposed")),
+        Param("decode_kernel", str, "inductor", "with fuse=true, the one-token attention: inductor (compiled from "
+              "grouped-query ops: three kernels a layer) or triton (optbench's one kernel a layer: reads the static "
+              "cache in place, skips the rows the mask hides; checked against sdpa in Triton's interpreter, not yet "
+              "timed on a GPU)", choices=("inductor", "triton")),
         Param("max_len", int, 0, "static cache length; 0 = prompt + new tokens of the benchmark", min=0,
               max=131072),
     ),
@@ -65,15 +69,20 @@ def apply(model, params: dict, ctx) -> Applied:
     if params["verify_attention"] != "sdpa" and not params["fuse"]:
         raise InputError(f"graph-decode:verify_attention={params['verify_attention']}: the decomposed attention "
                          "comes with fuse; expected fuse=true as well", param="opt")
+    if params["decode_kernel"] != "inductor" and not params["fuse"]:
+        raise InputError(f"graph-decode:decode_kernel={params['decode_kernel']}: the kernel replaces fuse's decode "
+                         "attention; expected fuse=true as well", param="opt")
     if params["gemv"] and params["matmul"] == "extern":
         raise InputError("graph-decode: gemv=true computes each Linear as a Triton reduction and matmul=extern as a "
                          "library call; expected one of them", param="opt")
     kw = {"mode": mode, "compile_mode": params["compile_mode"], "log": ctx.log, "tuning": params["tuning"],
           "gemv": params["gemv"], "fuse": params["fuse"], "verify_attention": params["verify_attention"],
-          "matmul": params["matmul"], "fusion": params["fusion"], "pdl": params["pdl"]}
+          "matmul": params["matmul"], "fusion": params["fusion"], "pdl": params["pdl"],
+          "decode_kernel": params["decode_kernel"]}
     report = {"mode": mode, "compile_mode": params["compile_mode"], "tuning": params["tuning"], "gemv": params["gemv"],
               "fuse": params["fuse"], "verify_attention": params["verify_attention"], "matmul": params["matmul"],
-              "fusion": params["fusion"], "pdl": params["pdl"], "max_len": params["max_len"]}
+              "fusion": params["fusion"], "pdl": params["pdl"], "decode_kernel": params["decode_kernel"],
+              "max_len": params["max_len"]}
     lookup = ctx.extra["generate_kwargs"].get("optbench_speculative")
     if lookup is not None:  # speculative (any method) before this step: drafts verified here
         factory = _lookup_factory(model, params, ctx, lookup, kw)
