@@ -18,7 +18,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from workbench.core.optimizations._decode_kernel import decode_attention_op
 torch.manual_seed(0)
 op = decode_attention_op()
-for b, heads, kv, length, d, valid in [(1, 9, 3, 40, 64, 17), (2, 32, 8, 70, 64, 70), (1, 4, 4, 33, 32, 1)]:
+for b, heads, kv, length, d, valid in [(1, 9, 3, 40, 64, 17), (2, 32, 8, 70, 64, 70), (1, 4, 4, 33, 32, 1),
+                                       (1, 32, 8, 5000, 64, 4321)]:
     q, k, v = torch.randn(b, heads, 1, d), torch.randn(b, kv, length, d), torch.randn(b, kv, length, d)
     allowed = torch.zeros(b, 1, 1, length, dtype=torch.bool)
     allowed[..., :valid] = True
@@ -34,7 +35,8 @@ print("ok")
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (CPU torch builds)")
 def test_kernel_matches_sdpa_in_the_interpreter():
     """Grouped heads 9 over 3 (SmolLM2), 32 over 8 (Llama-1B) with two rows and padding, 4 over 4 with one visible
-    key: the kernel's output equals sdpa's (fp32, Triton's interpreter)."""
+    key, and a 5,000-row cache (spans of several blocks, the last ones hidden): the kernel's output equals sdpa's
+    (fp32, Triton's interpreter)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
     done = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
