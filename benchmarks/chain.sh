@@ -5,7 +5,7 @@
 # it). First the GPU tests of graph-decode's speculative paths (the new one included: carry .pw — pytest, pluggy,
 # iniconfig wheels — with call A); then part 1's ladder with inductor's fusion switches (graph-decode:fusion=combo /
 # aggressive, new), programmatic dependent launch (pdl=true, new) and optbench's Triton decode-attention kernel
-# (decode_kernel=triton, new: one kernel a layer for the one-token attention) on the best recipes, Llama-1B fuse + cdt (66.6 % MBU on the H100, target 70 %) and 8B cdt (83.1 %,
+# (decode_kernel=triton, new: split-K, two launches a layer for the one-token attention) on the best recipes, Llama-1B fuse + cdt (66.6 % MBU on the H100, target 70 %) and 8B cdt (83.1 %,
 # target 85 %); then prompt lookup under fuse + decomposed verify attention (open and code-edit), the 4-block student
 # on fuse + decomposed (180 s of distillation), where its round goes, and lookup under fuse=true alone. ~2,400 s in
 # all: more than a lease; the B calls collect what finished, in this order.

@@ -31,8 +31,8 @@ from workbench.core.optimizations.base import Applied, Param, register
               "cuBLAS (see core/optimizations/fastgen.py)"),
         Param("matmul", str, "inductor", "inductor: torch.compile's choice (with tuning=coordinate-descent it "
               "rewrites batch-1 matmuls as Triton reductions); extern: every plain Linear stays a library call "
-              "(cuBLAS on a GPU) that inductor cannot rewrite, the rest of the step still compiled and tuned; on an H100 "
-              "slower at batch 1 (Llama-1B fused 1.48 vs 1.25 ms/token, 8B 7.09 vs 6.06: "
+              "(cuBLAS on a GPU) that inductor cannot rewrite, the rest of the step still compiled and tuned; on "
+              "an H100 slower at batch 1 (Llama-1B fused 1.48 vs 1.25 ms/token, 8B 7.09 vs 6.06: "
               "benchmarks/results/h100_2026-12-07c)",
               choices=("inductor", "extern")),
         Param("fuse", bool, False, "Llama-family layers: one q/k/v and one gate/up projection (row views of one "
@@ -43,9 +43,9 @@ from workbench.core.optimizations.base import Applied, Param, register
               "one-token step's) or decomposed (grouped-query matmuls and an fp32 softmax that inductor fuses, as "
               "fuse does for one position; not yet timed on a GPU)", choices=("sdpa", "decomposed")),
         Param("decode_kernel", str, "inductor", "with fuse=true, the one-token attention: inductor (compiled from "
-              "grouped-query ops: three kernels a layer) or triton (optbench's one kernel a layer: reads the static "
-              "cache in place, skips the rows the mask hides; checked against sdpa in Triton's interpreter, not yet "
-              "timed on a GPU)", choices=("inductor", "triton")),
+              "grouped-query ops: three kernels a layer) or triton (optbench's split-K kernels, two a layer: read "
+              "the static cache in place, skip the rows the mask hides; checked against sdpa in Triton's "
+              "interpreter, not yet timed on a GPU)", choices=("inductor", "triton")),
         Param("max_len", int, 0, "static cache length; 0 = prompt + new tokens of the benchmark", min=0,
               max=131072),
     ),
