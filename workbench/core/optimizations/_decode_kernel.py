@@ -8,7 +8,7 @@ first kernel gives each (sequence, key/value head, span of cache rows) a program
 query heads, reads its span of the cache where it is (no K/V expanded per query head; the rows the mask hides are
 not read: predicated loads, so the static cache's unused tail costs nothing) and keeps an online softmax in fp32;
 the second combines the spans' partial results. Spans of one block each until the cache has more than 64 blocks, so
-a short cache is one round trip per program.
+a short cache is two dependent round trips per program (the mask's rows, then the K/V rows they show).
 
 Registered as the custom op ``optbench::decode_attention`` so that torch.compile calls it as it is, inside the step
 that graph-decode captures as a CUDA graph. Checked against sdpa in Triton's interpreter on CPU
@@ -32,7 +32,7 @@ def _kernels():
                      sqb, sqh, skb, skh, skl, svb, svh, svl, smb,
                      L: tl.constexpr, KV: tl.constexpr, S: tl.constexpr, SPAN: tl.constexpr, REP: tl.constexpr,
                      REP_P: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr):
-        pid = tl.program_id(0)  # (sequence, key/value head)
+        pid = tl.program_id(0).to(tl.int64)  # (sequence, key/value head); int64: offsets of long caches
         span = tl.program_id(1)
         b = pid // KV
         h = pid % KV
@@ -101,9 +101,13 @@ def _launch(q, k, v, allowed, scale: float):
         q = q.contiguous()
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()
+    if allowed.shape[-1] < length:
+        raise ValueError(f"decode attention: a mask of {allowed.shape[-1]} positions for a cache of {length}")
+    if allowed.stride(-1) != 1:  # the kernel walks the mask's rows with unit stride
+        allowed = allowed.contiguous()
     rep = heads // kv
     rep_p = triton.next_power_of_2(rep)
-    block = max(16, min(64, 128 // rep_p))  # [rep_p, block, d] fp32 products held in registers
+    block = max(16, min(64, 8192 // (rep_p * d)))  # [rep_p, block, d] fp32 products held in registers
     blocks = triton.cdiv(length, block)
     span = block * triton.cdiv(blocks, MAX_SPANS)  # rows per program: one block until the cache is long
     spans = triton.cdiv(length, span)
@@ -117,7 +121,8 @@ def _launch(q, k, v, allowed, scale: float):
                            v.stride(0), v.stride(1), v.stride(2), allowed.stride(0),
                            L=length, KV=kv, S=spans, SPAN=span, REP=rep, REP_P=rep_p, D=d, BLOCK=block, num_warps=4)
     second[(b * kv,)](pm, pl, pa, out, out.stride(0), out.stride(1), KV=kv, S=spans,
-                      S_P=triton.next_power_of_2(spans), REP=rep, REP_P=rep_p, D=d, num_warps=4)
+                      S_P=triton.next_power_of_2(spans), REP=rep, REP_P=rep_p, D=d,
+                      num_warps=4 if spans <= 16 else 8)  # [spans, rep_p, d] fp32 partials
     return out
 
 

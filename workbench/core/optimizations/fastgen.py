@@ -350,7 +350,8 @@ def _kernel_first(fallback):
     from workbench.core.optimizations import _decode_kernel
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        if _decode_kernel.supported(query, key, attention_mask, dropout):
+        if (kwargs.get("softcap") is None and kwargs.get("s_aux") is None  # logit soft-capping, sinks: not in it
+                and _decode_kernel.supported(query, key, attention_mask, dropout)):
             return _decode_kernel.kernel_attention(query, key, value, attention_mask, scaling), None
         return fallback(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
