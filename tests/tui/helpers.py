@@ -26,12 +26,13 @@ def fast_app(**kw):
     return OptbenchApp(**kw)
 
 
-async def wait_for(pilot, cond, timeout: float = 60.0, step: float = 0.1, what: str = "condition") -> float:
-    """Pump the app until ``cond()`` is true; returns the seconds it took. Fails the test on timeout."""
+async def wait_for(pilot, cond, timeout: float = 60.0, step: float = 0.1, what="condition") -> float:
+    """Pump the app until ``cond()`` is true; returns the seconds it took. Fails the test on timeout, naming ``what``
+    (a string, or a callable giving one then, e.g. the screen as it is at the end)."""
     t0 = time.monotonic()
     while not cond():
         if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
         await pilot.pause(step)
     return time.monotonic() - t0
 

@@ -106,8 +106,10 @@ async def test_form_checks_as_typed_then_a_real_tune_fills_table_frontier_sessio
         assert table.row_count == 5  # the 5 trials that ran (6 combinations not run, counted in the subtitle)
         assert [f["label"] for f in st.frontier] == ["bf16:mode=cast", "baseline"]
         assert st.best["label"] == "bf16:mode=cast"
-        text = screen_text(app)
-        assert "✓ finished" in text and "bf16:cast" in text and "6 combinations not run" in text
+        # The panes redraw on the app's clock and toasts (up to 10 s) may cover part of the table: wait for the text.
+        shown = ("✓ finished", "bf16:cast", "6 combinations not run")
+        await wait_for(pilot, lambda: all(s in screen_text(app) for s in shown), 20,
+                       what=lambda: f"{shown} on screen; it shows: {screen_text(app)!r}")
         table.focus()
         await pilot.press("f")  # the frontier view: the baseline and bf16
         assert table.row_count == 2
