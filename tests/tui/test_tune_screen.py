@@ -171,8 +171,8 @@ async def test_cancel_stops_the_worker_within_two_seconds_and_quit_leaves_no_pro
         assert elapsed < 2.0, elapsed
         await wait_for(pilot, lambda: not app.tuning, 5, step=0.05, what="the cancel in the UI")
         assert not h.thread.is_alive()
-        await pilot.pause(0.1)
-        assert app.tune_state.status == "cancelled" and "■ cancelled" in screen_text(app)
+        await wait_for(pilot, lambda: app.tune_state.status == "cancelled" and "■ cancelled" in screen_text(app), 10,
+                       what=lambda: f"'■ cancelled' on screen; it shows: {screen_text(app)!r}")
         assert any("tune was cancelled" in m for _, m in app.notices)
         assert app.session is None  # nothing from a cancelled tune is saved
         await pilot.press("escape", "1")  # still responsive
