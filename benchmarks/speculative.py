@@ -9,7 +9,7 @@ acceptance rate, and whether the speculative output equals plain greedy decoding
 
 Usage: python benchmarks/speculative.py [--device cpu|cuda] [--new-tokens 96] [--rounds 3]
        [--draft-layers 8] [--distill-steps 400] [--distill-seconds 600] [--drafts "vocab=0,k=4;vocab=8192,k=4"]
-       [--target-dtype model|bf16] [--out benchmarks/results]
+       [--self-drafts "k=4;k=6"] [--target-dtype model|bf16] [--out benchmarks/results]
 Writes speculative_<device>.json and .md.
 """
 
@@ -141,6 +141,16 @@ def same_tokens(got, plain, graph, prompt: int) -> dict:
             "identical_to_graph_decode": None if graph is None else bool(torch.equal(got, graph))}
 
 
+def self_line(variants: dict) -> str:
+    """The self drafts' line (speculative:draft=self): their precision and bytes against the model's."""
+    reps = [rep for rep, _ in variants.values() if rep.get("draft") == "self"]
+    if not reps:
+        return ""
+    r = reps[0]
+    return (f" Self drafts (draft=self): the model's own weights, {r.get('draft_dtype')}; "
+            f"{r.get('draft_cost_ratio', 0):.2f}× the model's bytes (the embedding shared), no training.")
+
+
 def identity_cell(row: dict) -> str:
     if row.get("identical_to_greedy") is None:
         return ""
@@ -188,7 +198,11 @@ def main() -> int:
                          "graph-decode); with --graph, every speculative row is then inside graph-decode's loop")
     ap.add_argument("--drafts", default="vocab=0,k=4",
                     help="draft variants over the one distilled student, ';'-separated: vocab=N (draft_vocab, 0 = "
-                         "the whole vocabulary), k=N (tokens drafted per round)")
+                         "the whole vocabulary), k=N (tokens drafted per round), dtype=D (speculative:draft_dtype, "
+                         "e.g. int8)")
+    ap.add_argument("--self-drafts", default="",
+                    help="';'-separated k=N[,dtype=D] variants drafted by the model's own weights "
+                         "(speculative:draft=self, draft_dtype D, default int8): no student needed")
     ap.add_argument("--target-dtype", default="model", choices=("model", "bf16"),
                     help="bf16: cast the model first (the faster plain recipe on a CPU with native bf16); every "
                          "row, plain included, then runs it")
@@ -355,12 +369,16 @@ def main() -> int:
             variants["draft-head+graph-decode"] = head_variant(0, True)
             if args.head_lookup:
                 variants[f"draft-head+lookup={args.head_lookup}+graph-decode"] = head_variant(args.head_lookup, True)
-    for spec_text, chats in ((d, c) for c in chat_counts for d in drafts):
+    selfs = [("self", d) for d in filter(None, args.self_drafts.split(";"))]
+    for chats, spec_text in [(c, d) for c in chat_counts for d in drafts] + selfs:
         kv = dict(part.split("=", 1) for part in spec_text.split(","))
         vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))
-        params = {"method": "draft", "draft": str(student_dirs[chats]), "draft_vocab": vocab, "num_tokens": k}
-        tag = chats if chats.startswith("from ") else f"chats={chats}"
-        name = f"draft[{f'{tag},' if len(chat_counts) > 1 else ''}vocab={vocab or 'all'},k={k}]"
+        dtype = kv.get("dtype", "int8" if chats == "self" else None)
+        params = {"method": "draft", "draft": "self" if chats == "self" else str(student_dirs[chats]),
+                  "draft_vocab": vocab, "num_tokens": k, **({"draft_dtype": dtype} if dtype else {})}
+        tag = chats if chats.startswith("from ") or chats == "self" else f"chats={chats}"
+        name = (f"draft[{f'{tag},' if len(chat_counts) > 1 or chats == 'self' else ''}vocab={vocab or 'all'},k={k}"
+                f"{f',{dtype}' if dtype else ''}]")
         if not args.no_eager:
             variants[name] = make(params)
         if args.graph:  # the same draft inside graph-decode's loop (spec_draft.py: static caches, captured steps)
@@ -390,7 +408,7 @@ def main() -> int:
                  f"{env.get('torch')}, transformers {env.get('transformers')}. Interleaved rounds: {args.rounds} × "
                  f"{args.iters} timed calls per variant; ms/token = median of per-round medians; speedup vs plain "
                  f"greedy on the same prompt in the same run.", "",
-                 draft_line(draft_report) + f" Target precision: {args.target_dtype}."
+                 draft_line(draft_report) + self_line(variants) + f" Target precision: {args.target_dtype}."
                  + (f" graph-decode rows: {args.graph_params}"
                     + ("; fuse rewrites the model in place (projections fused, attention routed), so the plain "
                        "rows and the greedy reference run on the fused model too." if "fuse" in graph_params

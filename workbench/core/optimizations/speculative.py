@@ -46,7 +46,9 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               "core/optimizations/spec_head.py; Llama-family models)", choices=METHODS,
               search=("draft", "prompt-lookup")),
         Param("draft", str, "layers", "method=draft: layers (a student made of this model's own blocks, built "
-              "here) or a model reference with the same tokenizer (demo:NAME, a folder, a hub id)"),
+              "here), self (the model's own weights, with draft_dtype=int8 on a CPU: no training; "
+              "core/optimizations/_draft_int8.py) or a model reference with the same tokenizer (demo:NAME, a "
+              "folder, a hub id)"),
         Param("draft_layers", int, 0, "draft=layers: blocks kept in the student (0: a quarter, at least 1)",
               min=0, max=4096),
         Param("distill_steps", int, 0, "draft=layers: distillation steps (on the model's chat replies and the "
@@ -74,9 +76,10 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               "CPU). On a GPU a step of one window is launch-bound: a batch sees many times the tokens in the "
               "same seconds, and a draft that sees few windows many times memorises them", min=0, max=4096),
         Param("draft_dtype", str, "auto", "precision the draft runs in: auto (bf16 where the CPU has native bf16 "
-              "matmuls or on a GPU, else the model's), fp32, bf16, or model (the model's own); a draft only "
+              "matmuls or on a GPU, else the model's), fp32, bf16, model (the model's own), or int8 (CPU, "
+              "method=draft: every Linear of the draft as int8 weights, a quarter of fp32's bytes); a draft only "
               "proposes, so its rounding costs acceptance, never correctness",
-              choices=("auto", "model", "fp32", "bf16")),
+              choices=("auto", "model", "fp32", "bf16", "int8")),
         Param("draft_vocab", int, 0, "method=draft: tokens the draft can propose (0: the whole vocabulary; N: "
               "the N most frequent — the built-in text's tokens by count, then the lowest ids, which a BPE "
               "tokenizer gives its earliest merges). The draft's LM head shrinks to N rows (FR-Spec): on a small "
@@ -128,6 +131,13 @@ def apply(model, params: dict, ctx) -> Applied:
     t0 = time.perf_counter()
     method = params["method"]
     report: dict = {"method": method}
+    if params["draft_dtype"] == "int8":  # before any distillation or training is spent
+        if method != "draft":
+            raise InputError(f"speculative:method={method},draft_dtype=int8: an int8 draft is a draft model's; "
+                             "expected method=draft", param="opt")
+        from workbench.core.optimizations._draft_int8 import check_device
+
+        check_device(ctx.device)
     draft = None
     fp32_note = fp32_verify_note(model, ctx.device)
     if fp32_note:
@@ -255,6 +265,16 @@ def _apply_head(model, params: dict, ctx, report: dict, t0: float) -> Applied:
 def _draft_model(model, params: dict, ctx):
     """(draft model on the model's device, report fields)."""
     ref = params["draft"].strip()
+    if ref == "self":
+        from workbench.core.optimizations import _draft_int8
+
+        if params["draft_dtype"] != "int8":
+            raise InputError(f"speculative:draft=self,draft_dtype={params['draft_dtype']}: a copy of the model in a "
+                             "float dtype costs about what the model does; expected draft_dtype=int8 (CPU)",
+                             param="opt")
+        _draft_int8.check_device(ctx.device)
+        ctx.log("speculative: the draft is the model's own weights (a copy, to be made int8)")
+        return _draft_int8.self_draft(model), {"draft": "self", "draft_layers": len(_blocks_of(model))}
     if ref in ("", "layers"):
         from workbench.core.optimizations._spec_student import student
 
@@ -277,6 +297,12 @@ def _draft_precision(draft, model, choice: str, device: str) -> str:
 
     from workbench.core.optimizations._common import cast, float_dtype
 
+    if choice == "int8":
+        from workbench.core.optimizations import _draft_int8
+
+        _draft_int8.check_device(device)
+        n = _draft_int8.quantize_draft(draft)
+        return f"int8 weights ({n} Linear layers), {str(float_dtype(draft)).replace('torch.', '')} elsewhere"
     if choice == "auto":
         from workbench.core.measure.cpu import describe
 
