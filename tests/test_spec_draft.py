@@ -59,6 +59,31 @@ def test_the_model_drafting_for_itself_is_always_accepted(tiny_llama):
     assert s["tokens"] == 26
 
 
+def test_a_fully_accepted_rounds_last_draft_is_fed_with_the_next_rounds_first_step(tiny_llama):
+    """Eager loop: after a round that kept all K drafts, the K-th draft and the newest token go through the draft in
+    one forward that also yields the next first draft — K draft forwards a round, not K + 1."""
+    loaded = load(str(tiny_llama), None, "cpu")
+    stats = _Stats()
+    draft = copy.deepcopy(loaded.model)
+    widths = []
+    real = draft.forward
+
+    def counted(*args, **kw):
+        widths.append(kw["input_ids"].shape[1])
+        return real(*args, **kw)
+
+    draft.forward = counted
+    gen = DraftGreedy(loaded.model, draft, 1, 64, 4, stats=stats, mode="eager")
+    out = gen.generate(PROMPT, 26)
+    assert torch.equal(out, greedy(loaded.model, PROMPT, 26))
+    rounds = stats.live["target_forwards"] - 1  # the prefill is the first
+    assert rounds == 5 and stats.live["acceptance_rate"] == 1.0
+    assert widths[0] == PROMPT.shape[1]  # the draft's prefill
+    assert len(widths) == 1 + rounds * 4  # K forwards a round
+    assert widths[1:].count(2) == rounds - 1  # every round after the first starts with d_K and the newest token
+    cache_is_the_sequence(gen.drafter.model, gen.drafter, out, rows=min(gen._fed, out.shape[1] - 1))
+
+
 def test_a_draft_that_is_sometimes_wrong_keeps_the_models_tokens(tiny_llama):
     loaded = load(str(tiny_llama), None, "cpu")
     stats = _Stats()

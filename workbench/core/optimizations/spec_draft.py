@@ -107,6 +107,24 @@ class _Drafter(GraphedGreedy):
             out.append(tok)
         return torch.cat(out, dim=1)[0].tolist() if read else []
 
+    def draft_after(self, tokens: list[int], pos: int, k: int) -> list[int]:
+        """Eager loop only: k greedy tokens after ``tokens``, which are written from ``pos`` on by the first step
+        (one forward of their positions) — a fully accepted round's K-th draft and the newest token together,
+        where ``draft`` would spend a step on each."""
+        torch = self.torch
+        if pos != self.at or self._host_lengths:
+            rewind(self.cache, pos)
+        n = len(tokens)
+        self.at = pos + n + k - 1
+        device = self.model.device
+        tok = self._step(torch.tensor([tokens], device=device), torch.arange(pos, pos + n, device=device)).clone()
+        out, p = [tok], torch.tensor([pos + n], device=device)
+        for _ in range(k - 1):
+            tok = self._step(tok, p).clone()
+            p = p + 1
+            out.append(tok)
+        return torch.cat(out, dim=1)[0].tolist()
+
 
 class DraftGreedy(LookupGreedy):
     """``generate(ids, n_new, on_step)`` like ``GraphedGreedy``, drafting with a second model every round — or,
@@ -156,6 +174,11 @@ class DraftGreedy(LookupGreedy):
         if gate is not None and not gate.verify(self._match, self.num_tokens + 1):
             return []
         newest = len(text) - 1  # its position; the draft needs every token before it
+        if newest - self._fed == 1 and self.drafter.mode == "eager":  # the last round kept all K drafts: feed d_K
+            self._start, self._drafts = newest, self.drafter.draft_after(text[self._fed:], self._fed,
+                                                                          self.num_tokens)  # with the newest
+            self._fed = newest
+            return self._drafts
         self._catch_up(text, newest)
         self._start, self._drafts = newest, self.drafter.draft(text[-1], newest, self.num_tokens)
         return self._drafts
