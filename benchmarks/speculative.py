@@ -199,7 +199,7 @@ def main() -> int:
     ap.add_argument("--drafts", default="vocab=0,k=4",
                     help="draft variants over the one distilled student, ';'-separated: vocab=N (draft_vocab, 0 = "
                          "the whole vocabulary), k=N (tokens drafted per round), dtype=D (speculative:draft_dtype, "
-                         "e.g. int8)")
+                         "e.g. int8), compile=1 (speculative:draft_compile)")
     ap.add_argument("--self-drafts", default="",
                     help="';'-separated k=N[,dtype=D] variants drafted by the model's own weights "
                          "(speculative:draft=self, draft_dtype D, default int8): no student needed")
@@ -374,11 +374,13 @@ def main() -> int:
         kv = dict(part.split("=", 1) for part in spec_text.split(","))
         vocab, k = int(kv.get("vocab", 0)), int(kv.get("k", 4))
         dtype = kv.get("dtype", "int8" if chats == "self" else None)
+        compiled = kv.get("compile", "0") not in ("0", "false")
         params = {"method": "draft", "draft": "self" if chats == "self" else str(student_dirs[chats]),
-                  "draft_vocab": vocab, "num_tokens": k, **({"draft_dtype": dtype} if dtype else {})}
+                  "draft_vocab": vocab, "num_tokens": k, **({"draft_dtype": dtype} if dtype else {}),
+                  **({"draft_compile": True} if compiled else {})}
         tag = chats if chats.startswith("from ") or chats == "self" else f"chats={chats}"
         name = (f"draft[{f'{tag},' if len(chat_counts) > 1 or chats == 'self' else ''}vocab={vocab or 'all'},k={k}"
-                f"{f',{dtype}' if dtype else ''}]")
+                f"{f',{dtype}' if dtype else ''}{',compiled' if compiled else ''}]")
         if not args.no_eager:
             variants[name] = make(params)
         if args.graph:  # the same draft inside graph-decode's loop (spec_draft.py: static caches, captured steps)

@@ -95,3 +95,26 @@ def test_what_cannot_work_is_refused_in_one_line(tiny_llama):
         spec.apply(loaded.model, spec.resolve({"draft": "self", "draft_dtype": "int8"}), ctx)
     with pytest.raises(InputError, match="draft_dtype"):
         spec.resolve({"draft_dtype": "int4"})
+
+
+def test_a_compiled_int8_draft_step_keeps_the_models_tokens(tiny_llama):
+    """draft_compile=true: the draft's one-token step through inductor on this CPU (one graph, compiled once for
+    the one-token shape; the folded two-position step stays eager), and the output is still the model's own."""
+    import torch._dynamo
+
+    from workbench.core.optimizations.spec_draft import DraftGreedy
+    from workbench.core.optimizations.speculative import _Stats
+
+    loaded = load(str(tiny_llama), None, "cpu")
+    draft = _draft_int8.self_draft(loaded.model)
+    _draft_int8.quantize_draft(draft)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    stats = _Stats()
+    gen = DraftGreedy(loaded.model, draft, 1, 96, 4, stats=stats, mode="eager", draft_compile=True)
+    assert gen.drafter._step is not gen.drafter._decode_step
+    ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 11, 523]])
+    for n in (30, 12):
+        assert torch.equal(gen.generate(ids, n), greedy(loaded.model, ids, n))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one shape, no recompiles
+    assert stats.live["accepted"] > 0

@@ -131,7 +131,8 @@ def _lookup_factory(model, params: dict, ctx, lookup: dict, kw: dict):
                 from workbench.core.optimizations.spec_draft import DraftGreedy
 
                 made["gen"] = DraftGreedy(model, lookup["draft"], 1, want, lookup["num_tokens"],
-                                          stats=lookup["stats"], gate=gate, **kw)
+                                          stats=lookup["stats"], gate=gate,
+                                          draft_compile=lookup.get("draft_compile", False), **kw)
             else:
                 made["gen"] = LookupGreedy(model, 1, want, lookup["num_tokens"], lookup["ngram"],
                                            stats=lookup["stats"], gate=gate, **kw)

@@ -107,6 +107,12 @@ class _Drafter(GraphedGreedy):
             out.append(tok)
         return torch.cat(out, dim=1)[0].tolist() if read else []
 
+    def compile_step(self) -> None:
+        """The eager loop's one-token step through inductor (CPU: C++ kernels around the draft's matmuls); a
+        several-position step (``draft_after``'s first) stays eager, so the step compiles for one shape only."""
+        self.log("speculative: compiling the draft's one-token step (inductor, CPU; the first call pays it)")
+        self._step = self.torch.compile(self._decode_step, fullgraph=True, dynamic=False)
+
     def draft_after(self, tokens: list[int], pos: int, k: int) -> list[int]:
         """Eager loop only: k greedy tokens after ``tokens``, which are written from ``pos`` on by the first step
         (one forward of their positions) — a fully accepted round's K-th draft and the newest token together,
@@ -117,7 +123,8 @@ class _Drafter(GraphedGreedy):
         n = len(tokens)
         self.at = pos + n + k - 1
         device = self.model.device
-        tok = self._step(torch.tensor([tokens], device=device), torch.arange(pos, pos + n, device=device)).clone()
+        first = self._step if n == 1 else self._decode_step  # eager: see compile_step
+        tok = first(torch.tensor([tokens], device=device), torch.arange(pos, pos + n, device=device)).clone()
         out, p = [tok], torch.tensor([pos + n], device=device)
         for _ in range(k - 1):
             tok = self._step(tok, p).clone()
@@ -135,10 +142,16 @@ class DraftGreedy(LookupGreedy):
     gate_in_propose = True  # the gate decides before the draft spends its K steps
 
     def __init__(self, model, draft, batch: int, max_len: int, num_tokens: int, stats=None, gate=None,
-                 **kw) -> None:
+                 draft_compile: bool = False, **kw) -> None:
         super().__init__(model, batch, max_len, num_tokens, 1, stats=stats, gate=gate, **kw)
         self.drafter = _Drafter(draft, 1, self.max_len + 1, mode=self.mode, log=self.log,
                                 **{k: v for k, v in kw.items() if k not in ("mode", "log")})
+        if draft_compile:
+            if self.drafter.mode == "eager" and next(draft.parameters()).device.type == "cpu":
+                self.drafter.compile_step()
+            else:
+                self.log("speculative: draft_compile is for a CPU draft; on CUDA the draft's step is compiled and "
+                         "captured already")
         self._fed = 0  # the draft's cache holds the text's tokens at positions [0, _fed)
         self._start: int | None = None  # the position the last round drafted from (None: it did not draft)
         self._drafts: list[int] = []

@@ -100,6 +100,9 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
               "one-token step took, and the tokens a round gave — for lookup per length of the match — measured "
               "in the loop), else runs a one-token step; off drafts and verifies every round",
               choices=("auto", "off")),
+        Param("draft_compile", bool, False, "method=draft inside graph-decode's loop on a CPU: compile the draft's "
+              "one-token step with inductor (C++; about a minute on the first call on 2 cores). AVX2 EPYC: the "
+              "int8 self-draft's step 28 -> 21 ms (a CUDA draft step is compiled and captured anyway)"),
         Param("lookup", int, 0, "method=draft-head: where the text's last N..ngram tokens occurred earlier, draft "
               "what followed them (prompt lookup) instead of the head — a head without attention cannot copy from "
               "the context; N is the shortest match taken (0: the head always drafts)", min=0, max=32),
@@ -178,7 +181,7 @@ def apply(model, params: dict, ctx) -> Applied:
     # graph-decode, applied after this, runs the lookup or the draft inside its own loop
     ctx.extra["generate_kwargs"]["optbench_speculative"] = {
         "method": method, "num_tokens": num, "ngram": params["ngram"], "gate": params["gate"], "stats": stats,
-        "report": report, "draft": draft}
+        "report": report, "draft": draft, "draft_compile": params["draft_compile"]}
     report["setup_seconds"] = time.perf_counter() - t0
     report["stats"] = stats.live  # the same dict: the benchmark's calls fill it in before the report is written
     return Applied(model, report)
