@@ -123,7 +123,9 @@ SCHEDULES = ("constant", "heuristic_transient", "heuristic")
           "A distilled draft trains on the model's own chat replies (draft_chats). method=draft with "
           "graph-decode runs both models on static caches with captured steps (spec_draft.py). Memory: the "
           "model plus the draft (a draft of a quarter of the blocks shares nothing with the model, so it adds "
-          "about a quarter of the block weights plus embeddings and head).",
+          "about a quarter of the block weights plus embeddings and head). On a CPU the model's own weights as an int8 "
+          "draft with its step compiled (draft=self,draft_dtype=int8,draft_compile=true, with onednn-linear and "
+          "graph-decode) ran 1.36-1.53x graph-decode on demo:smollm2 (AVX2 EPYC, 2 threads), output identical.",
     extra={"max_batch": 1},
 )
 def apply(model, params: dict, ctx) -> Applied:
