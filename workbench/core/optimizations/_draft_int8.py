@@ -63,7 +63,9 @@ def quantize_draft(draft) -> int:
     count = 0
     for module in list(draft.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is torch.nn.Linear and child.weight.dtype.is_floating_point:
+            # plain float weights only: a weight already quantized (a tensor subclass) keeps its own kernel
+            if type(child) is torch.nn.Linear and type(child.weight.data) is torch.Tensor \
+                    and child.weight.dtype.is_floating_point:
                 setattr(module, name, int8_linear(child))
                 count += 1
     if count and getattr(draft.config, "tie_word_embeddings", False):
