@@ -95,21 +95,11 @@ class _Drafter(GraphedGreedy):
                 if read:
                     out.append(self._tok.clone())
             return torch.cat(out, dim=1)[0].tolist() if read else []
-        device = self.model.device
-        tok = torch.tensor([[token]], device=device)
-        p = torch.tensor([pos], device=device)
-        out = []
-        for _ in range(k):
-            if self.mode == "reduce-overhead":
-                torch.compiler.cudagraph_mark_step_begin()
-            tok = self._step(tok, p).clone()
-            p = p + 1
-            out.append(tok)
-        return torch.cat(out, dim=1)[0].tolist() if read else []
+        return self._steps([token], pos, k, read)
 
     def compile_step(self) -> None:
         """The eager loop's one-token step through inductor (CPU: C++ kernels around the draft's matmuls); a
-        several-position step (``draft_after``'s first) stays eager, so the step compiles for one shape only."""
+        several-position step (``draft_after``'s first) stays eager (``_steps``), so it compiles for one shape."""
         self.log("speculative: compiling the draft's one-token step (inductor, CPU; the first call pays it)")
         self._step = self.torch.compile(self._decode_step, fullgraph=True, dynamic=False)
 
@@ -117,20 +107,28 @@ class _Drafter(GraphedGreedy):
         """Eager loop only: k greedy tokens after ``tokens``, which are written from ``pos`` on by the first step
         (one forward of their positions) — a fully accepted round's K-th draft and the newest token together,
         where ``draft`` would spend a step on each."""
-        torch = self.torch
         if pos != self.at or self._host_lengths:
             rewind(self.cache, pos)
-        n = len(tokens)
-        self.at = pos + n + k - 1
+        self.at = pos + len(tokens) + k - 1
+        return self._steps(tokens, pos, k)
+
+    def _steps(self, tokens: list[int], pos: int, k: int, read: bool = True) -> list[int]:
+        """k greedy tokens, uncaptured: the first step reads ``tokens`` (written from ``pos`` on), each later one
+        the token before it. A several-position step runs eagerly (the compiled step has one shape). ``read=False``:
+        no read-back (no wait for the device)."""
+        torch = self.torch
         device = self.model.device
-        first = self._step if n == 1 else self._decode_step  # eager: see compile_step
-        tok = first(torch.tensor([tokens], device=device), torch.arange(pos, pos + n, device=device)).clone()
-        out, p = [tok], torch.tensor([pos + n], device=device)
-        for _ in range(k - 1):
-            tok = self._step(tok, p).clone()
-            p = p + 1
+        tok = torch.tensor([tokens], device=device)
+        p = torch.arange(pos, pos + len(tokens), device=device)
+        out = []
+        for _ in range(k):
+            if self.mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+            step = self._step if tok.shape[1] == 1 else self._decode_step
+            tok = step(tok, p).clone()
+            p = p[-1:] + 1
             out.append(tok)
-        return torch.cat(out, dim=1)[0].tolist()
+        return torch.cat(out, dim=1)[0].tolist() if read else []
 
 
 class DraftGreedy(LookupGreedy):

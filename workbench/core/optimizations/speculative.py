@@ -277,7 +277,6 @@ def _draft_model(model, params: dict, ctx):
             raise InputError(f"speculative:draft=self,draft_dtype={params['draft_dtype']}: a copy of the model in a "
                              "float dtype costs about what the model does; expected draft_dtype=int8 (CPU)",
                              param="opt")
-        _draft_int8.check_device(ctx.device)
         ctx.log("speculative: the draft is the model's own weights (a copy, to be made int8)")
         return _draft_int8.self_draft(model), {"draft": "self", "draft_layers": len(_blocks_of(model))}
     if ref in ("", "layers"):
@@ -305,8 +304,7 @@ def _draft_precision(draft, model, choice: str, device: str) -> str:
     if choice == "int8":
         from workbench.core.optimizations import _draft_int8
 
-        _draft_int8.check_device(device)
-        n = _draft_int8.quantize_draft(draft)
+        n = _draft_int8.quantize_draft(draft)  # (the device was checked when apply began)
         return f"int8 weights ({n} Linear layers), {str(float_dtype(draft)).replace('torch.', '')} elsewhere"
     if choice == "auto":
         from workbench.core.measure.cpu import describe
